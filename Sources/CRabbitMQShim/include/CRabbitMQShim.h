@@ -1,0 +1,3 @@
+#ifndef CRABBITMQSHIM_H
+#define CRABBITMQSHIM_H
+#endif

@@ -1,0 +1,77 @@
+# Shared helpers for the project's scripts. Source it; do not run it.
+# Installs what is missing (apt, as root or with sudo) and starts a local
+# RabbitMQ bound to 127.0.0.1 when none answers at RUNWORKER_AMQP_URL.
+
+: "${RUNWORKER_AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/}"
+export RUNWORKER_AMQP_URL
+
+# The plugins the worker relies on (consistent-hash partitioning of run ids).
+RUNWORKER_BROKER_PLUGINS="rabbitmq_consistent_hash_exchange"
+
+log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
+
+as_root() {
+    if [ "$(id -u)" = 0 ]; then "$@"
+    elif command -v sudo >/dev/null 2>&1; then sudo -n "$@"
+    else return 1
+    fi
+}
+
+apt_updated=""
+apt_install() {
+    # apt_install PACKAGE... : installs the packages that are not installed yet.
+    local missing=()
+    for p in "$@"; do
+        dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+    done
+    [ ${#missing[@]} -eq 0 ] && return 0
+    command -v apt-get >/dev/null 2>&1 || { log "missing ${missing[*]} and no apt-get: install them by hand"; return 1; }
+    log "installing ${missing[*]}"
+    if [ -z "$apt_updated" ]; then as_root apt-get update -qq >/dev/null || true; apt_updated=1; fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null \
+        || { log "could not install ${missing[*]} (need root or sudo)"; return 1; }
+}
+
+# Host and port of an amqp(s):// URL.
+amqp_host() { local u=${1#*://}; u=${u#*@}; u=${u%%/*}; u=${u%%\?*}; echo "${u%%:*}"; }
+amqp_port() {
+    local u=${1#*://}; u=${u#*@}; u=${u%%/*}; u=${u%%\?*}
+    case "$u" in *:*) echo "${u##*:}" ;; *) case "$1" in amqps://*) echo 5671 ;; *) echo 5672 ;; esac ;; esac
+}
+
+port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
+
+ensure_broker() {
+    local host port
+    host=$(amqp_host "$RUNWORKER_AMQP_URL"); port=$(amqp_port "$RUNWORKER_AMQP_URL")
+    if port_open "$host" "$port"; then
+        ensure_plugins_running
+        return 0
+    fi
+    case "$host" in
+        127.*|localhost) ;;
+        *) log "no broker answers at $host:$port and it is not local: start it yourself"; return 1 ;;
+    esac
+    apt_install rabbitmq-server amqp-tools || return 1
+    log "starting a local RabbitMQ on 127.0.0.1:$port"
+    as_root rabbitmq-plugins enable --offline $RUNWORKER_BROKER_PLUGINS >/dev/null
+    as_root env RABBITMQ_NODE_IP_ADDRESS=127.0.0.1 RABBITMQ_NODE_PORT="$port" rabbitmq-server -detached >/dev/null 2>&1 || true
+    local i
+    for i in $(seq 1 120); do
+        port_open "$host" "$port" && break
+        sleep 0.5
+    done
+    as_root rabbitmqctl await_startup --timeout 60 >/dev/null 2>&1 || true
+    port_open "$host" "$port" || { log "the broker did not come up; see /var/log/rabbitmq/"; return 1; }
+    log "broker ready"
+}
+
+# A broker that was already running may lack our plugins; enable them online when we can.
+ensure_plugins_running() {
+    command -v rabbitmq-plugins >/dev/null 2>&1 || return 0
+    as_root rabbitmq-plugins enable $RUNWORKER_BROKER_PLUGINS >/dev/null 2>&1 || true
+}
+
+ensure_build_deps() {
+    apt_install librabbitmq-dev pkg-config || return 1
+}
