@@ -6,6 +6,9 @@ import PackageDescription
 //   AMQPClient        Swift AMQP 0-9-1 client over librabbitmq, no C types leak out
 //   RunContract       the wire contract: JSON values, commands, events, snapshots, codec
 //   RunStateMachine   the pure run state machine (no I/O, time passed in)
+//   RunStore          durable runs, outbox and de-duplication records (SQLite; in-memory for tests)
+//   RunWorker         the worker: topology, partition ownership, batched command loop
+//   runworker, runctl the executables
 let package = Package(
     name: "runworker",
     platforms: [.macOS(.v14)],
@@ -16,6 +19,11 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.10.0"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
     ],
     targets: [
         .systemLibrary(
@@ -27,9 +35,40 @@ let package = Package(
         .target(name: "AMQPClient", dependencies: ["CRabbitMQ", "CRabbitMQShim"]),
         .target(name: "RunContract"),
         .target(name: "RunStateMachine", dependencies: ["RunContract"]),
+        .target(
+            name: "RunStore",
+            dependencies: ["RunContract", .product(name: "GRDB", package: "GRDB.swift")]
+        ),
+        .target(
+            name: "RunWorker",
+            dependencies: [
+                "AMQPClient", "RunContract", "RunStateMachine", "RunStore",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Yams", package: "Yams"),
+            ]
+        ),
+        .executableTarget(
+            name: "runworker",
+            dependencies: [
+                "RunWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
+        .executableTarget(
+            name: "runctl",
+            dependencies: [
+                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
 
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
+        .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
+        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "AMQPClient", "RunStore"]),
         .testTarget(
             name: "RunStateMachineTests",
             dependencies: [

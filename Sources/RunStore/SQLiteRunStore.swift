@@ -1,0 +1,285 @@
+import Foundation
+import GRDB
+import RunContract
+
+/// The embedded store: one SQLite file in WAL mode, shared by every worker process on a
+/// host. Writers serialise on SQLite's write lock (`BEGIN IMMEDIATE`), which is also what
+/// keeps two processes from applying commands to one run at once; the version guard in
+/// `save` is a second line of defence.
+public final class SQLiteRunStore: RunStore {
+    public enum Synchronous: String, Sendable {
+        /// Durable against power loss (an fsync per commit).
+        case full = "FULL"
+        /// Durable against process crashes; the last commits may be lost on power loss.
+        case normal = "NORMAL"
+    }
+
+    private let queue: DatabaseQueue
+    public let path: String
+
+    /// Opens (and creates or migrates) the store at `path`.
+    public init(path: String, synchronous: Synchronous = .full, busyTimeoutSeconds: Double = 30) throws {
+        self.path = path
+        var config = Configuration()
+        config.journalMode = .wal
+        config.busyMode = .timeout(busyTimeoutSeconds)
+        config.label = "runworker.store"
+        config.prepareDatabase { db in
+            try db.execute(sql: "PRAGMA synchronous = \(synchronous.rawValue)")
+        }
+        do {
+            queue = try DatabaseQueue(path: path, configuration: config)
+            try Self.migrator.migrate(queue)
+        } catch {
+            throw StoreError(.unavailable, "cannot open SQLite store at \(path): \(error)")
+        }
+    }
+
+    /// Parses `sqlite:///absolute/path` and `sqlite://relative/path`.
+    public static func path(fromURL url: String) throws -> String {
+        guard url.hasPrefix("sqlite://") else {
+            throw StoreError(.invalidURL, "not a sqlite:// URL: \(url)")
+        }
+        let rest = String(url.dropFirst("sqlite://".count))
+        guard !rest.isEmpty, rest != "/" else {
+            throw StoreError(.invalidURL, "sqlite URL has no path: \(url)")
+        }
+        return rest
+    }
+
+    private static var migrator: DatabaseMigrator {
+        var m = DatabaseMigrator()
+        m.registerMigration("v1") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE runs (
+                        run_id TEXT PRIMARY KEY NOT NULL,
+                        status TEXT NOT NULL,
+                        agent_id TEXT,
+                        version INTEGER NOT NULL,
+                        updated_at_ms INTEGER NOT NULL,
+                        next_deadline_ms INTEGER,
+                        body BLOB NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE INDEX runs_by_status ON runs(status, updated_at_ms);
+                    CREATE INDEX runs_by_agent ON runs(agent_id, updated_at_ms);
+                    CREATE INDEX runs_by_update ON runs(updated_at_ms);
+                    CREATE INDEX runs_by_deadline ON runs(next_deadline_ms) WHERE next_deadline_ms IS NOT NULL;
+                    CREATE TABLE outbox (
+                        id INTEGER PRIMARY KEY AUTOINCREMENT,
+                        run_id TEXT NOT NULL,
+                        seq INTEGER NOT NULL,
+                        type TEXT NOT NULL,
+                        status TEXT NOT NULL,
+                        routing_key TEXT NOT NULL,
+                        message_id TEXT NOT NULL,
+                        written_at_ms INTEGER NOT NULL,
+                        body BLOB NOT NULL
+                    );
+                    CREATE INDEX outbox_by_run ON outbox(run_id, id);
+                    CREATE TABLE commands (
+                        run_id TEXT NOT NULL,
+                        command_id TEXT NOT NULL,
+                        command TEXT,
+                        error_code TEXT,
+                        error_message TEXT,
+                        PRIMARY KEY (run_id, command_id)
+                    ) WITHOUT ROWID;
+                    """)
+        }
+        return m
+    }
+
+    public func transaction<T>(_ body: (any RunStoreTransaction) throws -> T) throws -> T {
+        var result: T?
+        try mapErrors {
+            try queue.writeWithoutTransaction { db in
+                try db.inTransaction(.immediate) {
+                    result = try body(Transaction(db: db))
+                    return .commit
+                }
+            }
+        }
+        return result!
+    }
+
+    public func run(_ runID: String) throws -> Run? {
+        try mapErrors { try queue.read { db in try Self.loadRun(db, runID) } }
+    }
+
+    public func runs(status: RunStatus?, agentID: String?, limit: Int) throws -> [Run] {
+        var sql = "SELECT body FROM runs"
+        var clauses: [String] = []
+        var args: [(any DatabaseValueConvertible)?] = []
+        if let status {
+            clauses.append("status = ?")
+            args.append(status.rawValue)
+        }
+        if let agentID {
+            clauses.append("agent_id = ?")
+            args.append(agentID)
+        }
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY updated_at_ms DESC, run_id LIMIT ?"
+        args.append(limit)
+        let arguments = StatementArguments(args)
+        return try mapErrors {
+            try queue.read { db in
+                try Row.fetchAll(db, sql: sql, arguments: arguments).map { try Self.decodeRun($0["body"]) }
+            }
+        }
+    }
+
+    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) throws -> [OutboxMessage] {
+        try mapErrors {
+            try queue.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT * FROM outbox WHERE written_at_ms <= ? ORDER BY id LIMIT ?",
+                    arguments: [writtenBefore.milliseconds, limit]
+                ).map(Self.outboxMessage)
+            }
+        }
+    }
+
+    static func outboxMessage(_ row: Row) -> OutboxMessage {
+        OutboxMessage(
+            id: row["id"], runID: row["run_id"], seq: row["seq"], type: row["type"], status: row["status"],
+            routingKey: row["routing_key"], messageID: row["message_id"], body: [UInt8](row["body"] as Data),
+            writtenAt: Timestamp(milliseconds: row["written_at_ms"]))
+    }
+
+    public func removeOutbox(ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
+        try mapErrors {
+            try queue.write { db in
+                let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+                for id in ids { try statement.execute(arguments: [id]) }
+            }
+        }
+    }
+
+    public func runsDue(at time: Timestamp, limit: Int) throws -> [String] {
+        try mapErrors {
+            try queue.read { db in
+                try String.fetchAll(
+                    db,
+                    sql: "SELECT run_id FROM runs WHERE next_deadline_ms <= ? ORDER BY next_deadline_ms LIMIT ?",
+                    arguments: [time.milliseconds, limit])
+            }
+        }
+    }
+
+    // MARK: - Rows
+
+    static func loadRun(_ db: Database, _ runID: String) throws -> Run? {
+        let statement = try db.cachedStatement(sql: "SELECT body FROM runs WHERE run_id = ?")
+        guard let row = try Row.fetchOne(statement, arguments: [runID]) else { return nil }
+        return try decodeRun(row["body"])
+    }
+
+    static func decodeRun(_ data: Data) throws -> Run {
+        do {
+            return try RunRecord.decode([UInt8](data))
+        } catch {
+            throw StoreError(.corrupt, "stored run cannot be decoded: \(error)")
+        }
+    }
+
+    private func mapErrors<T>(_ body: () throws -> T) throws -> T {
+        do {
+            return try body()
+        } catch let error as StoreError {
+            throw error
+        } catch let error as DatabaseError
+            where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
+        {
+            throw StoreError(.unavailable, "SQLite is busy: \(error.message ?? "\(error.resultCode)")")
+        } catch let error as DatabaseError {
+            throw StoreError(.unavailable, "SQLite error: \(error.message ?? "\(error.resultCode)")")
+        }
+    }
+
+    private struct Transaction: RunStoreTransaction {
+        let db: Database
+
+        func run(_ runID: String) throws -> Run? { try SQLiteRunStore.loadRun(db, runID) }
+
+        func outcome(runID: String, commandID: String) throws -> CommandOutcome? {
+            let statement = try db.cachedStatement(
+                sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
+            guard let row = try Row.fetchOne(statement, arguments: [runID, commandID]) else { return nil }
+            let code: String? = row["error_code"]
+            let message: String? = row["error_message"]
+            return CommandOutcome(
+                command: row["command"],
+                error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+        }
+
+        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
+            let body = Data(RunRecord.encode(run))
+            if let previousVersion {
+                let statement = try db.cachedStatement(
+                    sql: """
+                        UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
+                            next_deadline_ms = ?, body = ?
+                        WHERE run_id = ? AND version = ?
+                        """)
+                try statement.execute(arguments: [
+                    run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
+                    nextDeadline?.milliseconds, body, run.runID, previousVersion,
+                ])
+                if db.changesCount != 1 {
+                    throw StoreError(
+                        .versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
+                }
+            } else {
+                let statement = try db.cachedStatement(
+                    sql: """
+                        INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, body)
+                        VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                        """)
+                try statement.execute(arguments: [
+                    run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
+                    nextDeadline?.milliseconds, body,
+                ])
+                if db.changesCount != 1 {
+                    throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
+                }
+            }
+        }
+
+        func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64] {
+            let statement = try db.cachedStatement(
+                sql: """
+                    INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                    """)
+            var ids: [Int64] = []
+            ids.reserveCapacity(messages.count)
+            for m in messages {
+                try statement.execute(arguments: [
+                    m.runID, m.seq, m.type, m.status, m.routingKey, m.messageID, m.writtenAt.milliseconds,
+                    Data(m.body),
+                ])
+                ids.append(db.lastInsertedRowID)
+            }
+            return ids
+        }
+
+        func pendingOutbox(runID: String) throws -> [OutboxMessage] {
+            let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
+            return try Row.fetchAll(statement, arguments: [runID]).map(SQLiteRunStore.outboxMessage)
+        }
+
+        func recordOutcome(runID: String, commandID: String, _ outcome: CommandOutcome) throws {
+            let statement = try db.cachedStatement(
+                sql: """
+                    INSERT INTO commands (run_id, command_id, command, error_code, error_message)
+                    VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                    """)
+            try statement.execute(arguments: [
+                runID, commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message,
+            ])
+        }
+    }
+}

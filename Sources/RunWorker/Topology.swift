@@ -1,0 +1,25 @@
+/// The names the worker declares, all derived from one prefix (contract "Topology").
+public struct Topology: Sendable, Equatable {
+    public var prefix: String
+    public var partitions: Int
+
+    public init(prefix: String = "runs", partitions: Int = 8) {
+        self.prefix = prefix
+        self.partitions = partitions
+    }
+
+    /// Producers publish here with routing key = run id. A consistent-hash exchange: each
+    /// partition queue is bound with weight 1, so a run id always lands in one partition.
+    public var commandsExchange: String { "\(prefix).commands" }
+    /// Topic exchange, routing key `run.<run_id>.<event_type>`.
+    public var eventsExchange: String { "\(prefix).events" }
+    /// Exchange and queue of messages that can never be applied.
+    public var deadExchange: String { "\(prefix).dead" }
+    public var deadQueue: String { "\(prefix).dead" }
+    /// Every live worker consumes this queue; its consumer count is the number of workers,
+    /// from which each derives its fair share of partitions.
+    public var presenceQueue: String { "\(prefix).workers" }
+
+    public func partitionQueue(_ index: Int) -> String { "\(prefix).commands.\(index)" }
+    public var partitionQueues: [String] { (0..<partitions).map(partitionQueue) }
+}
