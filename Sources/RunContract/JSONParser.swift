@@ -10,6 +10,11 @@
 //   refused, as are bytes that are not valid UTF-8 anywhere in a string.
 // - Nesting deeper than `maxDepth` arrays/objects is refused, so hostile input cannot
 //   exhaust the stack.
+// - An object with more than `maxObjectMembers` members is refused. `JSONObject` can only be
+//   built through its de-duplicating subscript, which is linear per key, so building an
+//   object of n keys costs n²/2 comparisons (100 000 keys took 18 s). The limit bounds a
+//   hostile 1 MiB body to well under a second; it can go once `JSONObject` gains an
+//   initializer that trusts the parser's own duplicate check.
 
 /// Why a byte sequence is not JSON, and where: `offset` is the byte index (0-based) at which
 /// the parser gave up.
@@ -28,26 +33,31 @@ public struct JSONParseError: Error, Sendable, Hashable, CustomStringConvertible
 extension JSONValue {
     /// The nesting limit `parse` applies unless told otherwise.
     public static let defaultMaxDepth = 128
+    /// The per-object member limit `parse` applies unless told otherwise.
+    public static let defaultMaxObjectMembers = 1000
 
     /// Parses one JSON document (surrounding whitespace allowed, nothing else after it).
     public static func parse(
-        _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth
+        _ bytes: some Collection<UInt8>, maxDepth: Int = defaultMaxDepth,
+        maxObjectMembers: Int = defaultMaxObjectMembers
     ) throws(JSONParseError) -> JSONValue {
         let result: Result<JSONValue, JSONParseError>? = bytes.withContiguousStorageIfAvailable { buffer in
-            var parser = JSONParser(buffer, maxDepth: maxDepth)
+            var parser = JSONParser(buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
             return Result { () throws(JSONParseError) in try parser.parseDocument() }
         }
         if let result { return try result.get() }
         let copy = Array(bytes)
         return try copy.withUnsafeBufferPointer { buffer in
-            var parser = JSONParser(buffer, maxDepth: maxDepth)
+            var parser = JSONParser(buffer, maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
             return Result { () throws(JSONParseError) in try parser.parseDocument() }
         }.get()
     }
 
     /// Parses the UTF-8 of `text`.
-    public static func parse(_ text: String, maxDepth: Int = defaultMaxDepth) throws(JSONParseError) -> JSONValue {
-        try parse(Array(text.utf8), maxDepth: maxDepth)
+    public static func parse(
+        _ text: String, maxDepth: Int = defaultMaxDepth, maxObjectMembers: Int = defaultMaxObjectMembers
+    ) throws(JSONParseError) -> JSONValue {
+        try parse(Array(text.utf8), maxDepth: maxDepth, maxObjectMembers: maxObjectMembers)
     }
 }
 
@@ -72,11 +82,13 @@ struct JSONParser {
     private let b: UnsafeBufferPointer<UInt8>
     private var i = 0
     private let maxDepth: Int
+    private let maxObjectMembers: Int
     private var depth = 0
 
-    init(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int) {
+    init(_ bytes: UnsafeBufferPointer<UInt8>, maxDepth: Int, maxObjectMembers: Int) {
         self.b = bytes
         self.maxDepth = maxDepth
+        self.maxObjectMembers = maxObjectMembers
     }
 
     mutating func parseDocument() throws(JSONParseError) -> JSONValue {
@@ -193,6 +205,9 @@ struct JSONParser {
                 throw fail("unexpected \(describe(b[i])), expected a string key")
             }
             let keyOffset = i
+            guard entries.count < maxObjectMembers else {
+                throw fail("object has more than \(maxObjectMembers) members")
+            }
             let key = try parseString()
             // Small objects (the common case) scan; big ones switch to a set.
             let duplicate: Bool

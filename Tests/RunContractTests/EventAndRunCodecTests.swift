@@ -183,8 +183,12 @@ enum RunFixtures {
 
     /// The storage form keeps everything: every action with status, times and deadlines,
     /// attempt bookkeeping, `resume_from`, `usage`, explicit nulls.
-    @Test(arguments: [RunFixtures.fullRun, RunFixtures.finishedRun, RunFixtures.minimalRun])
-    func storageRoundTrip(_ run: Run) throws {
+    @Test(arguments: [
+        Labelled("full", RunFixtures.fullRun), Labelled("finished", RunFixtures.finishedRun),
+        Labelled("minimal", RunFixtures.minimalRun),
+    ])
+    func storageRoundTrip(_ labelled: Labelled<Run>) throws {
+        let run = labelled.value
         let back = try Run.decodeStorage(run.encodeForStorage())
         #expect(back == run)
         #expect(back.actions.map(\.id) == run.actions.map(\.id))

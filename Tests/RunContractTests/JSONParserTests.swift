@@ -150,6 +150,21 @@ struct ValidDocument: Sendable, CustomStringConvertible {
         #expect(throws: JSONParseError.self) { try JSONValue.parse(Array("[[1]]".utf8), maxDepth: 1) }
     }
 
+    /// Objects with more members than the limit are refused at the first member too many,
+    /// since building them costs quadratic time; the limit is adjustable.
+    @Test func enforcesObjectMemberLimit() throws {
+        func object(_ n: Int) -> String { "{" + (0..<n).map { "\"k\($0)\":1" }.joined(separator: ",") + "}" }
+        #expect(try parse(object(1000)).objectValue?.count == 1000)
+        do {
+            _ = try parse(object(1001))
+            Issue.record("1001 members parsed")
+        } catch {
+            #expect(error.reason == "object has more than 1000 members")
+        }
+        #expect(try JSONValue.parse(object(1001), maxObjectMembers: 2000).objectValue?.count == 1001)
+        #expect(throws: JSONParseError.self) { try JSONValue.parse(object(3), maxObjectMembers: 2) }
+    }
+
     /// Parsing works the same on non-contiguous collections as on arrays.
     @Test func parsesNonContiguousCollections() throws {
         let text = #"{"a":[1,2.5,"x"]}"#
