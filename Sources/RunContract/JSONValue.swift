@@ -17,9 +17,31 @@ public struct JSONObject: Sendable, Hashable, Sequence, ExpressibleByDictionaryL
     public private(set) var entries: [(key: String, value: JSONValue)]
 
     public init() { entries = [] }
+    /// Later duplicates replace earlier ones, in the earlier one's place.
     public init(_ entries: [(key: String, value: JSONValue)]) {
-        self.entries = []
-        for (k, v) in entries { self[k] = v }
+        if entries.count < 16 {
+            self.entries = []
+            for (k, v) in entries { self[k] = v }
+            return
+        }
+        var index: [String: Int] = [:]
+        var unique: [(key: String, value: JSONValue)] = []
+        unique.reserveCapacity(entries.count)
+        for entry in entries {
+            if let i = index[entry.key] {
+                unique[i].value = entry.value
+            } else {
+                index[entry.key] = unique.count
+                unique.append(entry)
+            }
+        }
+        self.entries = unique
+    }
+
+    /// For callers that already know the keys are distinct (the parser checks them itself):
+    /// no de-duplication pass, so building a large object stays linear.
+    public init(uncheckedUniqueEntries entries: [(key: String, value: JSONValue)]) {
+        self.entries = entries
     }
     public init(dictionaryLiteral elements: (String, JSONValue)...) {
         self.init(elements.map { (key: $0.0, value: $0.1) })

@@ -179,7 +179,7 @@ public final class SQLiteRunStore: RunStore {
 
     static func decodeRun(_ data: Data) throws -> Run {
         do {
-            return try RunRecord.decode([UInt8](data))
+            return try Run.decodeStorage([UInt8](data))
         } catch {
             throw StoreError(.corrupt, "stored run cannot be decoded: \(error)")
         }
@@ -216,7 +216,7 @@ public final class SQLiteRunStore: RunStore {
         }
 
         func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
-            let body = Data(RunRecord.encode(run))
+            let body = Data(run.encodeForStorage())
             if let previousVersion {
                 let statement = try db.cachedStatement(
                     sql: """

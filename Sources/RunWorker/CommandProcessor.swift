@@ -19,15 +19,9 @@ public struct InboundCommand: Sendable {
     }
 }
 
-/// A header value of an outbound message (the contract only needs strings and integers).
-public enum HeaderValue: Sendable, Hashable {
-    case string(String)
-    case int(Int64)
-}
-
 /// Something to publish once a batch is durable. The transport maps `destination` to an
 /// exchange; everything else is the message itself.
-public struct OutboundMessage: Sendable, Hashable {
+public struct OutboundMessage: Sendable {
     public enum Destination: Sendable, Hashable {
         /// `<prefix>.events`, routing key `run.<id>.<type>`.
         case events
@@ -43,7 +37,7 @@ public struct OutboundMessage: Sendable, Hashable {
     public var correlationID: String?
     /// The AMQP `type` property: the event type, `command_rejected` or `reply`.
     public var type: String?
-    public var headers: [String: HeaderValue]
+    public var headers: [(key: String, value: HeaderValue)]
     public var body: [UInt8]
     public var persistent: Bool
     /// The outbox row to delete once the broker confirmed this message.
@@ -51,7 +45,7 @@ public struct OutboundMessage: Sendable, Hashable {
 
     public init(
         destination: Destination, routingKey: String, messageID: String? = nil, correlationID: String? = nil,
-        type: String? = nil, headers: [String: HeaderValue] = [:], body: [UInt8], persistent: Bool = true,
+        type: String? = nil, headers: [(key: String, value: HeaderValue)] = [], body: [UInt8], persistent: Bool = true,
         outboxID: Int64? = nil
     ) {
         self.destination = destination
@@ -68,7 +62,7 @@ public struct OutboundMessage: Sendable, Hashable {
     init(outbox row: OutboxMessage) {
         self.init(
             destination: .events, routingKey: row.routingKey, messageID: row.messageID, type: row.type,
-            headers: ["run_id": .string(row.runID), "seq": .int(row.seq), "type": .string(row.type), "status": .string(row.status)],
+            headers: [("run_id", .string(row.runID)), ("seq", .int(row.seq)), ("type", .string(row.type)), ("status", .string(row.status))],
             body: row.body, outboxID: row.id)
     }
 }
@@ -171,7 +165,7 @@ public struct CommandProcessor: Sendable {
 
                 let outcome: Result<Transition, RunError>
                 let run = try current(runID)
-                do {
+                do throws(RunError) {
                     let command = try envelope.decodeCommand()
                     outcome = machine.apply(command, to: run, at: now)
                 } catch {
@@ -224,7 +218,7 @@ public struct CommandProcessor: Sendable {
     static func outboxRow(_ event: RunEvent, at now: Timestamp) -> OutboxMessage {
         OutboxMessage(
             runID: event.runID, seq: event.seq, type: event.type.rawValue, status: event.status.rawValue,
-            routingKey: event.routingKey, messageID: event.eventID, body: event.jsonBytes(), writtenAt: now)
+            routingKey: event.routingKey, messageID: event.eventID, body: event.encode(), writtenAt: now)
     }
 
     static func rejection(runID: String, commandID: String?, command: String?, error: RunError, afterSeq: Int64, at now: Timestamp)
@@ -234,8 +228,8 @@ public struct CommandProcessor: Sendable {
                                        afterSeq: afterSeq, occurredAt: now)
         return OutboundMessage(
             destination: .events, routingKey: rejected.routingKey, messageID: rejected.messageID, type: "command_rejected",
-            headers: ["run_id": .string(runID), "type": .string("command_rejected"), "error_code": .string(error.code.rawValue)],
-            body: rejected.jsonBytes())
+            headers: [("run_id", .string(runID)), ("type", .string("command_rejected")), ("error_code", .string(error.code.rawValue))],
+            body: rejected.encode())
     }
 
     static func reply(to inbound: InboundCommand, commandID: String?, run: Run?, error: RunError?) -> OutboundMessage? {
@@ -243,16 +237,13 @@ public struct CommandProcessor: Sendable {
         let reply = CommandReply(commandID: commandID, ok: error == nil, run: run, error: error)
         return OutboundMessage(
             destination: .reply, routingKey: replyTo, correlationID: inbound.correlationID, type: "reply",
-            body: reply.jsonBytes(), persistent: false)
+            body: reply.encode(), persistent: false)
     }
 
     static func deadLetter(_ inbound: InboundCommand, _ error: RunError) -> OutboundMessage {
         OutboundMessage(
             destination: .dead, routingKey: inbound.routingKey, messageID: inbound.messageID,
-            headers: [
-                "x-reason": .string(error.code.rawValue), "x-reason-message": .string(error.message),
-                "x-original-routing-key": .string(inbound.routingKey),
-            ],
+            headers: error.deadLetterHeaders(originalRoutingKey: inbound.routingKey),
             body: inbound.body)
     }
 }

@@ -44,7 +44,7 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
     @Test(arguments: StoreKind.allCases) func saveAndLoad(kind: StoreKind) throws {
         let store = try kind.make()
         let run = sampleRun("r1")
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             #expect(try tx.run("r1") == nil)
             try tx.save(run, previousVersion: nil, nextDeadline: nil)
             #expect(try tx.run("r1") == run)
@@ -72,7 +72,7 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
         struct Boom: Error {}
         let store = try kind.make()
         #expect(throws: Boom.self) {
-            try store.transaction { tx in
+            try store.transaction { (tx) throws in
                 try tx.save(sampleRun("r1"), previousVersion: nil, nextDeadline: nil)
                 _ = try tx.appendOutbox([outboxRow("r1", 1)])
                 try tx.recordOutcome(runID: "r1", commandID: "c1", CommandOutcome(command: "start", error: nil))
@@ -81,19 +81,19 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
         }
         #expect(try store.run("r1") == nil)
         #expect(try store.pendingOutbox(writtenBefore: Timestamp(milliseconds: .max), limit: 10).isEmpty)
-        try store.transaction { tx in #expect(try tx.outcome(runID: "r1", commandID: "c1") == nil) }
+        try store.transaction { (tx) throws in #expect(try tx.outcome(runID: "r1", commandID: "c1") == nil) }
     }
 
     /// Outcomes are kept per (run, command id), refusals included, and the first one wins.
     @Test(arguments: StoreKind.allCases) func outcomes(kind: StoreKind) throws {
         let store = try kind.make()
         let refusal = RunError(.invalidTransition, "run r1 is completed")
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             try tx.recordOutcome(runID: "r1", commandID: "c1", CommandOutcome(command: "start", error: nil))
             try tx.recordOutcome(runID: "r1", commandID: "c2", CommandOutcome(command: "complete", error: refusal))
             try tx.recordOutcome(runID: "r1", commandID: "c2", CommandOutcome(command: "complete", error: nil))
         }
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             #expect(try tx.outcome(runID: "r1", commandID: "c1") == CommandOutcome(command: "start", error: nil))
             #expect(try tx.outcome(runID: "r1", commandID: "c2") == CommandOutcome(command: "complete", error: refusal))
             #expect(try tx.outcome(runID: "r2", commandID: "c1") == nil)
@@ -103,11 +103,11 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
     /// Outbox rows come back in insertion order with their ids, per run and by age, and go once removed.
     @Test(arguments: StoreKind.allCases) func outbox(kind: StoreKind) throws {
         let store = try kind.make()
-        let ids = try store.transaction { tx in
+        let ids = try store.transaction { (tx) throws in
             try tx.appendOutbox([outboxRow("r1", 1, at: 100), outboxRow("r2", 1, at: 100), outboxRow("r1", 2, at: 200)])
         }
         #expect(ids.count == 3 && ids[0] < ids[1] && ids[1] < ids[2])
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             #expect(try tx.pendingOutbox(runID: "r1").map(\.seq) == [1, 2])
         }
         #expect(try store.pendingOutbox(writtenBefore: Timestamp(milliseconds: 150), limit: 10).map(\.id) == [ids[0], ids[1]])
@@ -121,7 +121,7 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
     /// Listing filters by status and agent, newest first, and honours the limit.
     @Test(arguments: StoreKind.allCases) func listing(kind: StoreKind) throws {
         let store = try kind.make()
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             try tx.save(sampleRun("r1", status: .running, agent: "a", updated: 1), previousVersion: nil, nextDeadline: nil)
             try tx.save(sampleRun("r2", status: .completed, agent: "a", updated: 2), previousVersion: nil, nextDeadline: nil)
             try tx.save(sampleRun("r3", status: .running, agent: "b", updated: 3), previousVersion: nil, nextDeadline: nil)
@@ -136,7 +136,7 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
     /// Deadlines index runs for the timer sweep; a run saved without one drops out.
     @Test(arguments: StoreKind.allCases) func deadlines(kind: StoreKind) throws {
         let store = try kind.make()
-        try store.transaction { tx in
+        try store.transaction { (tx) throws in
             try tx.save(sampleRun("r1"), previousVersion: nil, nextDeadline: Timestamp(milliseconds: 300))
             try tx.save(sampleRun("r2"), previousVersion: nil, nextDeadline: Timestamp(milliseconds: 100))
             try tx.save(sampleRun("r3"), previousVersion: nil, nextDeadline: nil)
