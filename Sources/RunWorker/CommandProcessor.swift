@@ -136,6 +136,8 @@ public struct CommandProcessor: Sendable {
         try store.transaction { tx in
             // Runs touched by this batch: the version they had in the store, and where they are now.
             var runs: [String: (stored: Int64?, run: Run?)] = [:]
+            // Outbox rows this batch already publishes, so a duplicate does not queue them twice.
+            var queuedOutbox: Set<Int64> = []
             func current(_ id: String) throws -> Run? {
                 if let entry = runs[id] { return entry.run }
                 let run = try tx.run(id)
@@ -151,7 +153,9 @@ public struct CommandProcessor: Sendable {
                     // Seen before: its effect is already stored. Make sure its events reach the
                     // broker (a worker may have died before publishing them), then answer as before.
                     let run = try current(runID)
-                    for row in try tx.pendingOutbox(runID: runID) { messages.append(OutboundMessage(outbox: row)) }
+                    for row in try tx.pendingOutbox(runID: runID) where queuedOutbox.insert(row.id).inserted {
+                        messages.append(OutboundMessage(outbox: row))
+                    }
                     if let error = first.error {
                         messages.append(Self.rejection(runID: runID, commandID: commandID, command: first.command,
                                                        error: error, afterSeq: run?.version ?? 0, at: now))
@@ -180,6 +184,7 @@ public struct CommandProcessor: Sendable {
                     for (row, id) in zip(rows, ids) {
                         var row = row
                         row.id = id
+                        queuedOutbox.insert(id)
                         messages.append(OutboundMessage(outbox: row))
                     }
                     if let commandID {
