@@ -88,7 +88,7 @@ private enum BufferOutcome<E> { case items([E]), error(any Error), wait }
 public struct AMQPMessageStream<Element: Sendable>: AsyncSequence, Sendable {
     let buffer: AsyncBuffer<Element>
 
-    public struct AsyncIterator: AsyncIteratorProtocol {
+    public struct AsyncIterator: AsyncIteratorProtocol, Sendable {
         let buffer: AsyncBuffer<Element>
         public mutating func next() async throws -> Element? {
             try await buffer.next(max: 1).first

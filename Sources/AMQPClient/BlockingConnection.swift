@@ -123,8 +123,8 @@ public final class BlockingConnection {
             let err = errno
             var e = statusError(status, "connecting to \(c.host):\(c.port)")
             if status == AMQP_STATUS_SOCKET_ERROR.rawValue || status == AMQP_STATUS_TCP_ERROR.rawValue {
-                e.code = (err == ECONNREFUSED || err == 0 || err == EHOSTUNREACH || err == ENETUNREACH)
-                    ? .connectionRefused : .socketError
+                // A refused non-blocking connect is reported as a socket error; errno may be stale.
+                e.code = .connectionRefused
                 e.message = "cannot connect to \(c.host):\(c.port): \(err == 0 ? "connection refused" : String(cString: strerror(err)))"
             }
             throw e
