@@ -1,0 +1,366 @@
+import AMQPClient
+import Foundation
+import Logging
+import RunContract
+import RunStateMachine
+import RunStore
+import ServiceLifecycle
+import Synchronization
+
+/// The worker as a service: `run()` returns after a graceful shutdown (SIGTERM/SIGINT through
+/// a `ServiceGroup`), once the batch in flight is stored, published, confirmed and acked.
+public final class Worker: Service {
+    public let settings: WorkerSettings
+    let logger: Logger
+    let store: any RunStore
+    let clock: @Sendable () -> Timestamp
+    private let stopFlag = StopFlag()
+
+    public init(
+        settings: WorkerSettings, logger: Logger, store: (any RunStore)? = nil,
+        clock: @escaping @Sendable () -> Timestamp = Worker.systemClock
+    ) throws {
+        self.settings = settings
+        self.logger = logger
+        self.clock = clock
+        self.store = try store ?? SQLiteRunStore.open(
+            url: settings.store, synchronous: settings.sqliteSynchronous == "NORMAL" ? .normal : .full)
+    }
+
+    public static let systemClock: @Sendable () -> Timestamp = {
+        Timestamp(seconds: Date().timeIntervalSince1970)
+    }
+
+    /// Asks the loop to stop after the batch in flight.
+    public func stop() { stopFlag.set() }
+
+    public func run() async throws {
+        let loop = WorkerLoop(
+            settings: settings, logger: logger, stop: stopFlag,
+            processor: CommandProcessor(
+                store: store, machine: RunStateMachine(defaults: settings.runDefaults),
+                maxBodyBytes: settings.maxBodyBytes, clock: clock))
+        let stopFlag = self.stopFlag
+        try await withGracefulShutdownHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+                // librabbitmq and the loop block: they get a thread of their own, which alone
+                // touches the connection.
+                let thread = Thread {
+                    do {
+                        try loop.run()
+                        continuation.resume()
+                    } catch {
+                        continuation.resume(throwing: error)
+                    }
+                }
+                thread.name = "runworker-loop"
+                thread.start()
+            }
+        } onGracefulShutdown: {
+            stopFlag.set()
+        }
+    }
+}
+
+final class StopFlag: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
+}
+
+/// The command loop. Everything in it runs on one thread, which owns the AMQP connection.
+/// `@unchecked Sendable`: it is handed to that thread once and used there only.
+final class WorkerLoop: @unchecked Sendable {
+    let settings: WorkerSettings
+    let topology: Topology
+    var logger: Logger
+    let stop: StopFlag
+    let processor: CommandProcessor
+    let workerID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+
+    // Per connection.
+    var conn: BlockingConnection?
+    var control: UInt16 = 0
+    var publisher: UInt16 = 0
+    /// Partition consumers: channel → partition index.
+    var owned: [UInt16: Int] = [:]
+    var nextRebalance = Date.distantPast
+    var nextOutboxSweep = Date.distantPast
+    var announcedReady = false
+
+    init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
+        self.settings = settings
+        self.topology = settings.topology
+        self.logger = logger
+        self.stop = stop
+        self.processor = processor
+        self.logger[metadataKey: "worker"] = .string(workerID)
+    }
+
+    /// Runs sessions until asked to stop; a lost connection is re-established with backoff.
+    func run() throws {
+        var backoff = 0.2
+        while !stop.isSet {
+            do {
+                try session()
+                return
+            } catch {
+                close()
+                if stop.isSet { return }
+                logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(backoff)"])
+                sleepUnlessStopped(backoff)
+                backoff = min(backoff * 2, 10)
+            }
+        }
+    }
+
+    func sleepUnlessStopped(_ seconds: Double) {
+        let until = Date().addingTimeInterval(seconds)
+        while !stop.isSet, Date() < until { Thread.sleep(forTimeInterval: 0.05) }
+    }
+
+    // MARK: - Session
+
+    private func session() throws {
+        var config = try AMQPConfiguration(url: settings.amqpURL)
+        if config.connectionName == nil { config.connectionName = "runworker-\(workerID)" }
+        let conn = try BlockingConnection(configuration: config)
+        self.conn = conn
+        owned = [:]
+        control = try conn.openChannel()
+        try declareTopology(conn)
+        publisher = try conn.openChannel()
+        try conn.confirmSelect(channel: publisher)
+        // Presence: every live worker consumes this queue, so its consumer count is the head count.
+        let presence = try conn.openChannel()
+        _ = try conn.consume(channel: presence, queue: topology.presenceQueue, noAck: true)
+
+        try flushOutbox(olderThan: 0)
+        nextRebalance = .distantPast
+        logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
+
+        while !stop.isSet {
+            let now = Date()
+            if now >= nextRebalance {
+                try rebalance(conn)
+                nextRebalance = now.addingTimeInterval(settings.rebalanceIntervalS)
+                if !announcedReady {
+                    announcedReady = true
+                    logger.info("runworker ready", metadata: ["partitions": "\(owned.values.sorted())"])
+                }
+            }
+            if now >= nextOutboxSweep {
+                // Rows a live worker is about to publish are younger than this; older ones
+                // were left by a worker that died between commit and confirm.
+                try flushOutbox(olderThan: 5)
+                nextOutboxSweep = now.addingTimeInterval(5)
+            }
+            try processNextBatch(conn)
+        }
+        // Graceful stop: the last batch is acked; closing returns prefetched deliveries.
+        logger.info("stopping: closing consumers and connection")
+        close()
+    }
+
+    func close() {
+        conn?.close()
+        conn = nil
+        owned = [:]
+    }
+
+    private func declareTopology(_ conn: BlockingConnection) throws {
+        let t = topology
+        try conn.exchangeDeclare(
+            channel: control, name: t.commandsExchange, type: "x-consistent-hash", durable: true)
+        try conn.exchangeDeclare(channel: control, name: t.eventsExchange, type: .topic, durable: true)
+        try conn.exchangeDeclare(channel: control, name: t.deadExchange, type: .fanout, durable: true)
+        _ = try conn.queueDeclare(channel: control, name: t.deadQueue, durable: true)
+        try conn.queueBind(channel: control, queue: t.deadQueue, exchange: t.deadExchange, routingKey: "")
+        _ = try conn.queueDeclare(channel: control, name: t.presenceQueue, durable: true)
+        for q in t.partitionQueues {
+            _ = try conn.queueDeclare(channel: control, name: q, durable: true)
+            // Consistent-hash bindings take their weight in the routing key.
+            try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "1")
+        }
+    }
+
+    // MARK: - Partition ownership
+
+    /// Claims unowned partitions up to this worker's fair share and gives up extras.
+    private func rebalance(_ conn: BlockingConnection) throws {
+        if !conn.isChannelOpen(control) { control = try conn.openChannel() }
+        let workers = max(1, Int(try conn.queueDeclare(channel: control, name: topology.presenceQueue, passive: true).consumerCount))
+        let fair = (topology.partitions + workers - 1) / workers
+
+        if owned.count > fair {
+            // Highest partitions first, so workers converge on a stable split.
+            for (channel, partition) in owned.sorted(by: { $0.value > $1.value }).prefix(owned.count - fair) {
+                owned[channel] = nil
+                try? conn.closeChannel(channel)
+                logger.info("released partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
+            }
+            return
+        }
+        guard owned.count < fair else { return }
+        let mine = Set(owned.values)
+        // Start at a per-worker offset so that workers starting together try different partitions.
+        let offset = Int(UInt64(workerID, radix: 36)! % UInt64(topology.partitions))
+        for step in 0..<topology.partitions where owned.count < fair {
+            let partition = (offset + step) % topology.partitions
+            guard !mine.contains(partition) else { continue }
+            let queue = topology.partitionQueue(partition)
+            let info = try conn.queueDeclare(channel: control, name: queue, passive: true)
+            guard info.consumerCount == 0 else { continue }
+            let channel = try conn.openChannel()
+            do {
+                try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
+                _ = try conn.consume(channel: channel, queue: queue, exclusive: true)
+                owned[channel] = partition
+                logger.info("claimed partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
+            } catch let error as AMQPError where !error.isConnectionLevel {
+                // Another worker claimed it first (403 in exclusive use): the broker closed the channel.
+                try? conn.closeChannel(channel)
+            }
+        }
+    }
+
+    // MARK: - Commands
+
+    private struct Received {
+        var channel: UInt16
+        var tag: UInt64
+        var command: InboundCommand
+    }
+
+    private func processNextBatch(_ conn: BlockingConnection) throws {
+        var batch: [Received] = []
+        let limit = settings.batchSize
+        // Wait briefly for the first event, then take what is already buffered.
+        var events: [AMQPEvent] = []
+        if let first = try conn.nextEvent(timeout: 0.1) {
+            events.append(first)
+            events += try conn.drainEvents(max: limit * 2)
+        }
+        for event in events {
+            switch event {
+            case .delivery(let d):
+                guard owned[d.channel] != nil else { continue }  // released: the broker requeued it
+                batch.append(Received(
+                    channel: d.channel, tag: d.deliveryTag,
+                    command: InboundCommand(
+                        body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
+                        replyTo: d.properties.replyTo, correlationID: d.properties.correlationID)))
+            case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
+                if let partition = owned.removeValue(forKey: channel) {
+                    logger.warning("lost partition", metadata: ["partition": "\(partition)"])
+                    batch.removeAll { $0.channel == channel }
+                    nextRebalance = .distantPast
+                }
+                if channel == publisher || channel == control {
+                    throw AMQPError(.channelClosed, "worker channel \(channel) was closed by the broker")
+                }
+            case .confirm, .returned:
+                break
+            }
+        }
+        guard !batch.isEmpty else { return }
+
+        let processed: ProcessedBatch
+        do {
+            processed = try processor.process(batch.map(\.command))
+        } catch {
+            // The store failed (busy, unavailable): nothing was written. Hand the deliveries
+            // back in order and slow down; they are redelivered to whoever owns the partition.
+            logger.error("store failed, requeueing batch", metadata: ["error": "\(error)", "commands": "\(batch.count)"])
+            for (channel, tag) in highestTags(batch) {
+                try conn.nack(channel: channel, deliveryTag: tag, multiple: true, requeue: true)
+            }
+            sleepUnlessStopped(0.5)
+            return
+        }
+
+        try publishConfirmed(conn, processed.messages)
+        for (channel, tag) in highestTags(batch) {
+            try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
+        }
+        log(processed.results)
+    }
+
+    private func highestTags(_ batch: [Received]) -> [(UInt16, UInt64)] {
+        var top: [UInt16: UInt64] = [:]
+        for r in batch { top[r.channel] = max(top[r.channel] ?? 0, r.tag) }
+        return top.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    }
+
+    /// Publishes in order, waits for every confirm, then deletes the confirmed outbox rows.
+    /// A nack or a timeout throws: the session restarts, the deliveries are redelivered, and
+    /// the outbox still holds the events.
+    private func publishConfirmed(_ conn: BlockingConnection, _ messages: [OutboundMessage]) throws {
+        guard !messages.isEmpty else { return }
+        let timestamp = Date()
+        for m in messages {
+            var headers = AMQPTable()
+            for (k, v) in m.headers {
+                switch v {
+                case .string(let s): headers[k] = .string(s)
+                case .int(let i): headers[k] = .int64(i)
+                }
+            }
+            let properties = AMQPProperties(
+                contentType: "application/json", headers: headers.isEmpty ? nil : headers,
+                deliveryMode: m.persistent ? 2 : 1, correlationID: m.correlationID, messageID: m.messageID,
+                timestamp: timestamp, type: m.type)
+            let exchange: String
+            switch m.destination {
+            case .events: exchange = topology.eventsExchange
+            case .dead: exchange = topology.deadExchange
+            case .reply: exchange = ""
+            }
+            _ = try conn.publish(channel: publisher, exchange: exchange, routingKey: m.routingKey, body: m.body, properties: properties)
+        }
+        let result = try conn.waitForConfirms(channel: publisher, timeout: 30)
+        guard result.allAcked else {
+            throw AMQPError(.protocolError, "broker refused \(result.nacked.count) of \(messages.count) publishes")
+        }
+        try processor.store.removeOutbox(ids: messages.compactMap(\.outboxID))
+    }
+
+    /// Publishes outbox rows older than `seconds` (all of them at 0): events committed by a
+    /// worker that died before the broker confirmed them.
+    private func flushOutbox(olderThan seconds: Double) throws {
+        guard let conn else { return }
+        let cutoff = processor.clock().adding(seconds: -seconds)
+        while true {
+            let rows = try processor.store.pendingOutbox(writtenBefore: cutoff, limit: 500)
+            guard !rows.isEmpty else { return }
+            logger.info("publishing events left in the outbox", metadata: ["count": "\(rows.count)"])
+            try publishConfirmed(conn, rows.map(OutboundMessage.init(outbox:)))
+            if rows.count < 500 { return }
+        }
+    }
+
+    private func log(_ results: [CommandResult]) {
+        for r in results {
+            var metadata: Logger.Metadata = [:]
+            if let id = r.runID { metadata["run_id"] = .string(id) }
+            if let id = r.commandID { metadata["command_id"] = .string(id) }
+            if let c = r.command { metadata["command"] = .string(c) }
+            switch r.kind {
+            case .applied(let events):
+                metadata["events"] = "\(events)"
+                logger.debug("applied", metadata: metadata)
+            case .duplicate(let outcome):
+                metadata["first_outcome"] = .string(outcome.error?.code.rawValue ?? "ok")
+                logger.info("duplicate command answered with its first outcome", metadata: metadata)
+            case .refused(let error):
+                metadata["code"] = .string(error.code.rawValue)
+                metadata["reason"] = .string(error.message)
+                logger.info("command refused", metadata: metadata)
+            case .deadLettered(let error):
+                metadata["code"] = .string(error.code.rawValue)
+                metadata["reason"] = .string(error.message)
+                logger.warning("message dead-lettered", metadata: metadata)
+            }
+        }
+    }
+}
