@@ -68,7 +68,8 @@ let package = Package(
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
-        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "AMQPClient", "RunStore"]),
+        // Depends on the executables so that `swift test` builds the binaries it launches.
+        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "AMQPClient", "RunStore", "runworker", "runctl"]),
         .testTarget(
             name: "RunStateMachineTests",
             dependencies: [

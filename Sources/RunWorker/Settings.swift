@@ -38,6 +38,8 @@ public struct WorkerSettings: Sendable, Equatable {
 
     /// Applies a YAML document (the config file's format) over these settings.
     public mutating func apply(yaml text: String) throws(SettingsError) {
+        // An empty document (or only comments) sets nothing.
+        guard text.split(separator: "\n").contains(where: { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else { return }
         let file: FileSettings
         do {
             file = try YAMLDecoder().decode(FileSettings.self, from: text)

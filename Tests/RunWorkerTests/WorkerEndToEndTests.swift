@@ -1,0 +1,195 @@
+import AMQPClient
+import Foundation
+import RunContract
+import RunStore
+import Testing
+
+@testable import RunWorker
+
+/// End-to-end tests: real `runworker` processes against the real broker, driven through the
+/// contract only. Serialized: each starts processes, and the machine has two cores.
+@Suite(.serialized) struct WorkerEndToEndTests {
+    /// A run's whole life yields the contract's events, routing keys, message ids, headers and
+    /// replies, and the stored run matches the last reply.
+    @Test func fullLifecycle() throws {
+        let prefix = uniquePrefix("life")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        try worker.waitReady()
+
+        var r = try client.call(["command": "start", "run_id": "run-1", "agent_id": "ag", "input": ["q": 1]], id: "c1")
+        #expect(r.ok && r.run?.status == .running && r.run?.version == 2 && r.commandID == "c1")
+        r = try client.call(["command": "require_action", "run_id": "run-1",
+                             "actions": [["id": "a-1", "type": "tool_call", "tool": "calc", "args": ["x": 2]],
+                                         ["type": "send_message", "recipient": "bob", "content": "hi"]]], id: "c2")
+        #expect(r.run?.status == .waiting && r.run?.pendingActions.count == 2)
+        let generated = try #require(r.run?.pendingActions.last?.id)
+        r = try client.call(["command": "complete_action", "run_id": "run-1", "action_id": "a-1", "result": 4], id: "c3")
+        #expect(r.run?.status == .waiting)
+        r = try client.call(["command": "fail_action", "run_id": "run-1", "action_id": .string(generated),
+                             "error": ["message": "bounced"]], id: "c4")
+        #expect(r.run?.status == .running)
+        r = try client.call(["command": "complete", "run_id": "run-1", "result": "done", "usage": ["tokens": 7]], id: "c5")
+        #expect(r.run?.status == .completed && r.run?.stopReason == .completed && r.run?.version == 7)
+
+        try client.waitForEvents { $0.count >= 7 }
+        #expect(client.runEvents.map(\.type)
+            == [.created, .started, .actionRequired, .actionRequired, .actionCompleted, .actionFailed, .completed])
+        for (i, e) in client.events.enumerated() {
+            let event = try RunEvent.decode(e.body)
+            #expect(event.seq == Int64(i + 1))
+            #expect(e.routingKey == "run.run-1.\(event.type.rawValue)")
+            #expect(e.properties.messageID == "run-1:\(i + 1)")
+            #expect(e.properties.deliveryMode == 2)
+            #expect(e.properties.contentType == "application/json")
+            let h = try #require(e.properties.headers)
+            #expect(h["run_id"] == .string("run-1"))
+            #expect(h["seq"]?.int64Value == Int64(i + 1))
+            #expect(h["type"] == .string(event.type.rawValue))
+            #expect(h["status"] == .string(event.status.rawValue))
+        }
+        let last = try RunEvent.decode(client.events.last!.body)
+        #expect(last.type == .completed && last.result == "done" && last.usage == ["tokens": 7] && last.stopReason == .completed)
+        #expect(worker.terminate() == 0)
+        let stored = try SQLiteRunStore.open(url: tempStore(prefix)).run("run-1")
+        #expect(stored?.status == .completed && stored?.version == 7)
+    }
+
+    /// Every refusal code comes back on reply_to, is published as command_rejected with
+    /// after_seq, and changes nothing; the worker keeps serving.
+    @Test func everyRefusalCode() throws {
+        let prefix = uniquePrefix("refuse")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        try worker.waitReady()
+        _ = try client.call(["command": "start", "run_id": "r1"], id: "setup-1")
+        _ = try client.call(["command": "require_action", "run_id": "r1",
+                             "action": ["id": "a1", "type": "system_action", "action": "sleep"]], id: "setup-2")
+        _ = try client.call(["command": "complete_action", "run_id": "r1", "action_id": "a1"], id: "setup-3")
+
+        let cases: [(JSONValue, RunError.Code)] = [
+            (["command": "complete", "run_id": "nobody"], .runNotFound),
+            (["command": "create", "run_id": "r1"], .runExists),
+            (["command": "launch", "run_id": "r1"], .unknownCommand),
+            (["command": "require_action", "run_id": "r1", "action": ["type": "tool_call"]], .validationError),
+            (["command": "complete_action", "run_id": "r1", "action_id": "zzz"], .invalidTransition),
+            (["command": "complete", "run_id": "r1", "expected_version": 1], .versionConflict),
+        ]
+        for (i, (command, code)) in cases.enumerated() {
+            let reply = try client.call(command, id: "bad-\(i)")
+            #expect(!reply.ok && reply.error?.code == code, "case \(i): \(reply)")
+        }
+        // action_not_found needs a waiting run; a second action makes one.
+        _ = try client.call(["command": "require_action", "run_id": "r1",
+                             "action": ["id": "a2", "type": "system_action", "action": "sleep"]], id: "setup-4")
+        let notFound = try client.call(["command": "complete_action", "run_id": "r1", "action_id": "zzz"], id: "bad-nf")
+        #expect(notFound.error?.code == .actionNotFound)
+        let done = try client.call(["command": "cancel", "run_id": "r1", "reason": "enough"], id: "end")
+        #expect(done.ok && done.run?.status == .cancelled)
+        let late = try client.call(["command": "start", "run_id": "r1"], id: "late")
+        #expect(late.error?.code == .invalidTransition)
+
+        try client.waitForEvents { evs in evs.filter { $0.properties.type == "command_rejected" }.count >= cases.count + 2 }
+        let rejected = client.rejections
+        #expect(rejected.map(\.commandID) == (0..<cases.count).map { "bad-\($0)" } + ["bad-nf", "late"])
+        #expect(rejected.first?.afterSeq == 0)  // unknown run
+        #expect(rejected[1].afterSeq == 4)
+        #expect(rejected.map(\.error.code) == cases.map(\.1) + [.actionNotFound, .invalidTransition])
+        let stored = try SQLiteRunStore.open(url: tempStore(prefix)).run("r1")
+        #expect(stored?.status == .cancelled)
+        #expect(worker.process.isRunning)
+    }
+
+    /// A command delivered twice (same message id) is applied once; the repeat is answered
+    /// with the first outcome, refusals included.
+    @Test func duplicatesAppliedOnce() throws {
+        let prefix = uniquePrefix("dup")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        try worker.waitReady()
+        for _ in 0..<3 { try client.send(["command": "start", "run_id": "r1"], id: "s1", reply: false) }
+        for _ in 0..<3 {
+            try client.send(["command": "require_action", "run_id": "r1",
+                             "action": ["type": "tool_call", "tool": "t", "args": [:]]], id: "s2", reply: false)
+        }
+        let first = try client.call(["command": "complete", "run_id": "r1"], id: "s3")
+        let again = try client.call(["command": "complete", "run_id": "r1"], id: "s3")
+        #expect(first.error?.code == .invalidTransition)
+        #expect(again.error == first.error)
+        // The body's command_id stands in for a missing message_id.
+        try client.publish((["command": "cancel", "run_id": "r1", "command_id": "s4"] as JSONValue).serialized(), routingKey: "r1", id: nil)
+        try client.publish((["command": "cancel", "run_id": "r1", "command_id": "s4"] as JSONValue).serialized(), routingKey: "r1", id: nil)
+        try client.waitForEvents { evs in evs.contains { $0.routingKey == "run.r1.cancelled" } }
+        let check = try client.call(["command": "cancel", "run_id": "r1"], id: "s5")
+        #expect(check.error?.code == .invalidTransition)
+        #expect(client.runEvents.map(\.type) == [.created, .started, .actionRequired, .cancelled])
+        #expect(try SQLiteRunStore.open(url: tempStore(prefix)).run("r1")?.version == 4)
+        _ = worker
+    }
+
+    /// Malformed, oversize and unattributable messages go to <prefix>.dead with the reason in
+    /// headers, are answered when they ask, and the worker goes on serving.
+    @Test func deadLettersAndStillServing() throws {
+        let prefix = uniquePrefix("dead")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: tempStore(prefix), extraEnv: ["RUNWORKER_MAX_BODY_BYTES": "2048"])
+        try worker.waitReady()
+        let big: JSONValue = ["command": "start", "run_id": "r1", "input": .string(String(repeating: "x", count: 4000))]
+        let bodies: [([UInt8], String, String)] = [
+            (Array("{not json".utf8), "r1", "malformed_message"),
+            (Array("[1]".utf8), "r1", "malformed_message"),
+            ((["command": "start"] as JSONValue).serialized(), "r1", "validation_error"),
+            ((["command": "start", "run_id": "r2"] as JSONValue).serialized(), "r1", "validation_error"),
+            (big.serialized(), "r1", "payload_too_large"),
+        ]
+        for (i, (body, key, _)) in bodies.enumerated() {
+            try client.publish(body, routingKey: key, id: "m\(i)")
+        }
+        for (i, (_, _, code)) in bodies.enumerated() {
+            let reply = try client.reply("m\(i)")
+            #expect(reply.error?.code.rawValue == code && reply.run == nil)
+        }
+        var dead: [AMQPDelivery] = []
+        let ch = try client.conn.openChannel()
+        let deadline = Date().addingTimeInterval(10)
+        while dead.count < bodies.count, Date() < deadline {
+            if let d = try client.conn.get(channel: ch, queue: client.topology.deadQueue, noAck: true) { dead.append(d) } else {
+                Thread.sleep(forTimeInterval: 0.05)
+            }
+        }
+        #expect(dead.map(\.body) == bodies.map(\.0))
+        #expect(dead.map { $0.properties.headers?["x-reason"]?.stringValue } == bodies.map(\.2))
+        #expect(dead.allSatisfy { $0.properties.headers?["x-original-routing-key"] == .string("r1") })
+        #expect(dead.allSatisfy { ($0.properties.headers?["x-reason-message"]?.stringValue?.isEmpty ?? true) == false })
+        // Still serving.
+        let ok = try client.call(["command": "start", "run_id": "r1"], id: "after")
+        #expect(ok.ok && ok.run?.status == .running)
+        #expect(worker.process.isRunning)
+    }
+
+    /// SIGTERM: the worker finishes, closes cleanly and exits 0.
+    @Test func gracefulShutdown() throws {
+        let prefix = uniquePrefix("term")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        try worker.waitReady()
+        for i in 0..<200 { try client.send(["command": "start", "run_id": .string("r\(i)")], id: "c\(i)", reply: false) }
+        try client.confirmAll()
+        Thread.sleep(forTimeInterval: 0.1)
+        #expect(worker.terminate() == 0)
+        #expect(worker.log.contains("stopping"))
+        // Whatever it had not applied is still queued; a new worker finishes it, none twice.
+        let second = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        try second.waitReady()
+        try client.waitForEvents { $0.count >= 400 }
+        let seqs = Dictionary(grouping: client.runEvents, by: \.runID).mapValues { $0.map(\.seq).sorted() }
+        #expect(seqs.count == 200)
+        #expect(seqs.values.allSatisfy { Set($0) == [1, 2] })
+        #expect(second.terminate() == 0)
+    }
+}
