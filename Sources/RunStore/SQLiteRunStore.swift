@@ -27,11 +27,22 @@ public final class SQLiteRunStore: RunStore {
         config.prepareDatabase { db in
             try db.execute(sql: "PRAGMA synchronous = \(synchronous.rawValue)")
         }
-        do {
-            queue = try DatabaseQueue(path: path, configuration: config)
-            try Self.migrator.migrate(queue)
-        } catch {
-            throw StoreError(.unavailable, "cannot open SQLite store at \(path): \(error)")
+        // Several processes opening a new file at once race on switching it to WAL (SQLite
+        // answers "busy" before the busy handler is in place) and on the first migration (the
+        // loser finds the tables already made): retry; the next try sees the finished work.
+        var attempt = 0
+        while true {
+            do {
+                let queue = try DatabaseQueue(path: path, configuration: config)
+                try Self.migrator.migrate(queue)
+                self.queue = queue
+                break
+            } catch is DatabaseError where attempt < 50 {
+                attempt += 1
+                usleep(UInt32.random(in: 20_000...80_000))
+            } catch {
+                throw StoreError(.unavailable, "cannot open SQLite store at \(path): \(error)")
+            }
         }
     }
 

@@ -166,4 +166,19 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
         #expect(throws: StoreError.self) { try SQLiteRunStore.path(fromURL: "postgres://x/y") }
         #expect(throws: StoreError.self) { try SQLiteRunStore.path(fromURL: "sqlite://") }
     }
+
+    /// Several openers of a brand-new file at once (workers starting together) all succeed:
+    /// the races on WAL mode and on the first migration are retried.
+    @Test func concurrentFirstOpen() async throws {
+        for _ in 0..<5 {
+            let path = FileManager.default.temporaryDirectory.appendingPathComponent("race-\(UUID().uuidString).sqlite").path
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for _ in 0..<4 {
+                    group.addTask { _ = try SQLiteRunStore(path: path) }
+                }
+                try await group.waitForAll()
+            }
+            #expect(try SQLiteRunStore(path: path).run("x") == nil)
+        }
+    }
 }

@@ -1,0 +1,128 @@
+import AMQPClient
+import Foundation
+import RunContract
+import RunStore
+import Testing
+
+@testable import RunWorker
+
+/// Publishes the four commands of `runs` runs interleaved (every run's step 1, then every
+/// run's step 2, ...), in order on one channel, without waiting for replies.
+func publishLifecycles(_ client: ContractClient, runs: Range<Int>, steps: Range<Int> = 0..<4, tag: String = "") throws {
+    for step in steps {
+        for i in runs {
+            let id = "run-\(i)"
+            let command: JSONValue
+            switch step {
+            case 0: command = ["command": "start", "run_id": .string(id)]
+            case 1: command = ["command": "require_action", "run_id": .string(id),
+                               "action": ["id": "a", "type": "tool_call", "tool": "t", "args": ["i": .int(Int64(i))]]]
+            case 2: command = ["command": "complete_action", "run_id": .string(id), "action_id": "a", "result": .int(Int64(i))]
+            default: command = ["command": "complete", "run_id": .string(id)]
+            }
+            try client.send(command, id: "\(id)-s\(step)", reply: false)
+        }
+        try client.confirmAll()
+    }
+}
+
+/// Checks every run's events: the lifecycle in order, seq gapless from 1, duplicates (same
+/// seq) identical; no command was refused.
+func checkLifecycles(_ client: ContractClient, runs: Int) throws {
+    #expect(client.rejections.isEmpty, "rejections: \(client.rejections.prefix(3))")
+    var byRun: [String: [Int64: RunEvent]] = [:]
+    for e in client.runEvents {
+        if let seen = byRun[e.runID]?[e.seq] {
+            #expect(seen == e, "a repeated seq must be the same event")
+        }
+        byRun[e.runID, default: [:]][e.seq] = e
+    }
+    #expect(byRun.count == runs)
+    for (run, events) in byRun {
+        #expect(events.keys.sorted() == [1, 2, 3, 4, 5], "\(run): seqs \(events.keys.sorted())")
+        #expect((1...5).compactMap { events[$0]?.type } == [.created, .started, .actionRequired, .actionCompleted, .completed],
+                "\(run)")
+    }
+}
+
+@Suite(.serialized) struct MultiWorkerTests {
+    /// Two workers share the partitions and the SQLite file; 200 runs' commands interleaved
+    /// are all applied in order, once.
+    @Test func twoWorkersTwoHundredRuns() throws {
+        let prefix = uniquePrefix("two")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let store = tempStore(prefix)
+        let a = try WorkerProcess(prefix: prefix, store: store)
+        let b = try WorkerProcess(prefix: prefix, store: store)
+        try a.waitReady()
+        try b.waitReady()
+        // Wait until the partitions are split between them (4 partitions, 2 workers).
+        let deadline = Date().addingTimeInterval(10)
+        while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
+        #expect(a.ownedPartitions.isDisjoint(with: b.ownedPartitions))
+
+        try publishLifecycles(client, runs: 0..<200)
+        try client.waitForEvents(timeout: 60) { $0.count >= 1000 }
+        try checkLifecycles(client, runs: 200)
+        // Both did work.
+        #expect(a.log.contains("applied") && b.log.contains("applied"))
+        let runs = try SQLiteRunStore.open(url: store).runs(status: .completed, agentID: nil, limit: 1000)
+        #expect(runs.count == 200 && runs.allSatisfy { $0.version == 5 })
+        #expect(a.terminate() == 0)
+        #expect(b.terminate() == 0)
+    }
+
+    /// One of two workers killed with SIGKILL mid-stream: the other takes over its
+    /// partitions; nothing is lost, nothing applied twice, every run's seq is gapless.
+    @Test func killOneWorkerMidStream() throws {
+        let prefix = uniquePrefix("kill")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let store = tempStore(prefix)
+        let a = try WorkerProcess(prefix: prefix, store: store)
+        let b = try WorkerProcess(prefix: prefix, store: store)
+        try a.waitReady()
+        try b.waitReady()
+        let deadline = Date().addingTimeInterval(10)
+        while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        try publishLifecycles(client, runs: 0..<300, steps: 0..<2)
+        try client.waitForEvents(timeout: 30) { $0.count >= 100 }
+        a.kill()
+        try publishLifecycles(client, runs: 0..<300, steps: 2..<4)
+        try client.waitForEvents(timeout: 60) { evs in
+            Set(evs.filter { $0.routingKey.hasSuffix(".completed") }.map(\.routingKey)).count >= 300
+        }
+        try checkLifecycles(client, runs: 300)
+        #expect(b.ownedPartitions.count == 4)
+        let runs = try SQLiteRunStore.open(url: store).runs(status: nil, agentID: nil, limit: 1000)
+        #expect(runs.count == 300 && runs.allSatisfy { $0.status == .completed && $0.version == 5 })
+        #expect(b.terminate() == 0)
+    }
+
+    /// A worker that joins later gets a share: the first releases partitions to it.
+    @Test func lateJoinerGetsAShare() throws {
+        let prefix = uniquePrefix("join")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let store = tempStore(prefix)
+        let a = try WorkerProcess(prefix: prefix, store: store)
+        try a.waitReady()
+        #expect(a.ownedPartitions.count == 4)
+        let b = try WorkerProcess(prefix: prefix, store: store)
+        try b.waitReady()
+        let deadline = Date().addingTimeInterval(10)
+        while b.ownedPartitions.count < 2, Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
+        #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
+        try publishLifecycles(client, runs: 0..<50)
+        try client.waitForEvents(timeout: 30) { $0.count >= 250 }
+        try checkLifecycles(client, runs: 50)
+        #expect(a.terminate() == 0)
+        #expect(b.terminate() == 0)
+    }
+}
