@@ -1,0 +1,74 @@
+import Foundation
+import RunContract
+import Testing
+
+@testable import RunWorker
+
+/// Runs `runctl` with the test broker and prefix; returns exit status and combined output.
+func runctl(_ args: [String], prefix: String, store: String) throws -> (status: Int32, output: String) {
+    let p = Process()
+    p.executableURL = binDir.appendingPathComponent("runctl")
+    p.arguments = args
+    var env = ProcessInfo.processInfo.environment
+    env["RUNWORKER_AMQP_URL"] = amqpURL
+    env["RUNWORKER_PREFIX"] = prefix
+    env["RUNWORKER_STORE"] = store
+    p.environment = env
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let data = out.fileHandleForReading.readDataToEndOfFile()
+    p.waitUntilExit()
+    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+}
+
+@Suite(.serialized) struct RunCtlTests {
+    /// The README walkthrough works: runctl drives a run, prints outcomes, exits 1 with the
+    /// code on a refusal, reads the store, and `watch --json` prints the events.
+    @Test func walkthrough() throws {
+        let prefix = uniquePrefix("ctl")
+        let store = tempStore(prefix)
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store)
+        try worker.waitReady()
+
+        let watcher = Process()
+        watcher.executableURL = binDir.appendingPathComponent("runctl")
+        watcher.arguments = ["watch", "run-42", "--json", "--count", "6", "--prefix", prefix, "--amqp-url", amqpURL]
+        let watchOut = Pipe()
+        watcher.standardOutput = watchOut
+        try watcher.run()
+        Thread.sleep(forTimeInterval: 0.5)  // let it bind before events flow
+
+        var r = try runctl(["start", "run-42", "--agent", "demo", "--input", #"{"question": "2 + 2"}"#], prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.contains("run-42 is running"), "\(r.output)")
+        r = try runctl(["require-action", "run-42", "--tool", "calculator", "--args", #"{"expression": "2 + 2"}"#, "--id", "a-1"],
+                       prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.contains("pending action a-1"), "\(r.output)")
+        r = try runctl(["complete", "run-42"], prefix: prefix, store: store)
+        #expect(r.status == 1 && r.output.contains("invalid_transition"), "\(r.output)")
+        r = try runctl(["complete-action", "run-42", "a-1", "--result", "4"], prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.contains("run-42 is running"), "\(r.output)")
+        r = try runctl(["complete", "run-42", "--result", #""4""#, "--json"], prefix: prefix, store: store)
+        let reply = try CommandReply.decode(Array(r.output.utf8))
+        #expect(r.status == 0 && reply.run?.status == .completed && reply.run?.result == "4")
+        r = try runctl(["get", "run-42"], prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.contains("completed (version 5"), "\(r.output)")
+        r = try runctl(["list", "--status", "completed"], prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.hasPrefix("run-42\tcompleted\tv5"), "\(r.output)")
+        r = try runctl(["get", "nobody"], prefix: prefix, store: store)
+        #expect(r.status == 1 && r.output.contains("run_not_found"))
+        r = try runctl(["require-action", "run-42", "--tool", "x", "--args", "{bad"], prefix: prefix, store: store)
+        #expect(r.status != 0 && r.output.contains("--args is not valid JSON"))
+
+        let lines = String(decoding: watchOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            .split(separator: "\n").map(String.init)
+        watcher.waitUntilExit()
+        let types = try lines.filter { !$0.contains("command_rejected") }.map { try RunEvent.decode(Array($0.utf8)).type }
+        #expect(types == [.created, .started, .actionRequired, .actionCompleted, .completed])
+        #expect(lines.filter { $0.contains("command_rejected") }.count == 1)
+        #expect(worker.terminate() == 0)
+    }
+}
