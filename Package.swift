@@ -65,6 +65,15 @@ let package = Package(
             ]
         ),
 
+        // The benchmark (scripts/bench): the broker's echo ceiling and the worker, in one run.
+        .executableTarget(
+            name: "runbench",
+            dependencies: [
+                "AMQPClient", "RunContract", "RunWorker",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
