@@ -6,7 +6,8 @@ import Synchronization
 /// transaction that throws leaves nothing behind.
 public final class InMemoryRunStore: RunStore {
     struct State {
-        var runs: [String: (run: Run, nextDeadline: Timestamp?)] = [:]
+        var runs: [String: (run: Run, nextDeadline: Timestamp?, partition: Int?)] = [:]
+        var attempts: [String: (count: Int, error: String?)] = [:]
         var outcomes: [String: CommandOutcome] = [:]
         var outbox: [OutboxMessage] = []
         var nextOutboxID: Int64 = 1
@@ -47,11 +48,28 @@ public final class InMemoryRunStore: RunStore {
         state.withLock { $0.outbox.removeAll { remove.contains($0.id) } }
     }
 
-    public func runsDue(at time: Timestamp, limit: Int) throws -> [String] {
+    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String] {
         state.withLock { state in
-            state.runs.compactMap { id, entry in entry.nextDeadline.flatMap { $0 <= time ? (id, $0) : nil } }
-                .sorted { $0.1 < $1.1 }.prefix(limit).map(\.0)
+            state.runs.compactMap { id, entry -> (String, Timestamp)? in
+                guard let d = entry.nextDeadline, d <= time else { return nil }
+                if let partitions, !partitions.contains(entry.partition ?? -1) { return nil }
+                return (id, d)
+            }
+            .sorted { $0.1 < $1.1 }.prefix(limit).map(\.0)
         }
+    }
+
+    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int {
+        state.withLock { state in
+            let previous = state.attempts[key]
+            let next = (previous.map { $0.count + (increment ? 1 : 0) } ?? 1, error ?? previous?.error)
+            state.attempts[key] = next
+            return next.0
+        }
+    }
+
+    public func lastDeliveryError(key: String) throws -> String? {
+        state.withLock { $0.attempts[key]?.error }
     }
 
     /// Works on a copy of the state; the store adopts it only when the body returns.
@@ -65,7 +83,7 @@ public final class InMemoryRunStore: RunStore {
             state.outcomes["\(runID)\u{0}\(commandID)"]
         }
 
-        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
+        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws {
             let current = state.runs[run.runID]?.run.version
             guard current == previousVersion else {
                 throw StoreError(
@@ -73,7 +91,8 @@ public final class InMemoryRunStore: RunStore {
                     "run \(run.runID) is at version \(current.map(String.init) ?? "none"), "
                         + "expected \(previousVersion.map(String.init) ?? "none")")
             }
-            state.runs[run.runID] = (run, run.status.isTerminal ? nil : nextDeadline)
+            let keptPartition = partition ?? state.runs[run.runID]?.partition
+            state.runs[run.runID] = (run, run.status.isTerminal ? nil : nextDeadline, keptPartition)
         }
 
         func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64] {

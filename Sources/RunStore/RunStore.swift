@@ -72,8 +72,10 @@ public protocol RunStoreTransaction {
     func outcome(runID: String, commandID: String) throws -> CommandOutcome?
     /// Inserts (`previousVersion == nil`) or replaces the run, guarded by its version: when the
     /// stored run is not at `previousVersion`, throws `StoreError.versionConflict`.
-    /// `nextDeadline` (from the state machine) indexes the run for the timer sweep.
-    func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws
+    /// `nextDeadline` (from the state machine) indexes the run for the timer sweep;
+    /// `partition` records which command partition the run's commands arrive on, so that only
+    /// that partition's owner fires its timers (nil keeps what was stored).
+    func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws
     /// Returns the ids given to the rows, in order.
     func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64]
     /// The run's rows not yet confirmed by the broker, oldest first.
@@ -94,6 +96,29 @@ public protocol RunStore: Sendable {
     /// sweep leaves alone what a live worker is about to publish itself).
     func pendingOutbox(writtenBefore: Timestamp, limit: Int) throws -> [OutboxMessage]
     func removeOutbox(ids: [Int64]) throws
-    /// Ids of non-terminal runs with a deadline at or before `time`, earliest first.
-    func runsDue(at time: Timestamp, limit: Int) throws -> [String]
+    /// Ids of non-terminal runs with a deadline at or before `time`, earliest first, among
+    /// the runs of `partitions` (all runs when nil).
+    func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String]
+    /// Counts one more failed or interrupted delivery of a message (or, with `increment`
+    /// false, only notes its error) and returns the count so far: the poison-message guard.
+    /// Its own transaction.
+    func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int
+    /// The last error recorded for a message, if any.
+    func lastDeliveryError(key: String) throws -> String?
+}
+
+extension RunStoreTransaction {
+    public func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
+        try save(run, previousVersion: previousVersion, nextDeadline: nextDeadline, partition: nil)
+    }
+}
+
+extension RunStore {
+    public func recordDeliveryAttempt(key: String, error: String?, at time: Timestamp) throws -> Int {
+        try recordDeliveryAttempt(key: key, error: error, increment: true, at: time)
+    }
+
+    public func runsDue(at time: Timestamp, limit: Int) throws -> [String] {
+        try runsDue(at: time, partitions: nil, limit: limit)
+    }
 }

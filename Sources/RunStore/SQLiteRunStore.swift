@@ -70,12 +70,19 @@ public final class SQLiteRunStore: RunStore {
                         version INTEGER NOT NULL,
                         updated_at_ms INTEGER NOT NULL,
                         next_deadline_ms INTEGER,
+                        partition INTEGER,
                         body BLOB NOT NULL
                     ) WITHOUT ROWID;
                     CREATE INDEX runs_by_status ON runs(status, updated_at_ms);
                     CREATE INDEX runs_by_agent ON runs(agent_id, updated_at_ms);
                     CREATE INDEX runs_by_update ON runs(updated_at_ms);
                     CREATE INDEX runs_by_deadline ON runs(next_deadline_ms) WHERE next_deadline_ms IS NOT NULL;
+                    CREATE TABLE delivery_attempts (
+                        message_key TEXT PRIMARY KEY NOT NULL,
+                        attempts INTEGER NOT NULL,
+                        last_error TEXT,
+                        updated_at_ms INTEGER NOT NULL
+                    ) WITHOUT ROWID;
                     CREATE TABLE outbox (
                         id INTEGER PRIMARY KEY AUTOINCREMENT,
                         run_id TEXT NOT NULL,
@@ -169,13 +176,36 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    public func runsDue(at time: Timestamp, limit: Int) throws -> [String] {
+    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String] {
+        var sql = "SELECT run_id FROM runs WHERE next_deadline_ms <= ?"
+        if let partitions {
+            guard !partitions.isEmpty else { return [] }
+            sql += " AND partition IN (\(partitions.map(String.init).joined(separator: ",")))"
+        }
+        sql += " ORDER BY next_deadline_ms LIMIT ?"
+        return try mapErrors {
+            try queue.read { db in try String.fetchAll(db, sql: sql, arguments: [time.milliseconds, limit]) }
+        }
+    }
+
+    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int {
+        try mapErrors {
+            try queue.write { db in
+                try db.execute(
+                    sql: """
+                        INSERT INTO delivery_attempts (message_key, attempts, last_error, updated_at_ms) VALUES (?, 1, ?, ?)
+                        ON CONFLICT(message_key) DO UPDATE SET attempts = attempts + ?,
+                            last_error = COALESCE(excluded.last_error, last_error), updated_at_ms = excluded.updated_at_ms
+                        """, arguments: [key, error, time.milliseconds, increment ? 1 : 0])
+                return try Int.fetchOne(db, sql: "SELECT attempts FROM delivery_attempts WHERE message_key = ?", arguments: [key]) ?? 1
+            }
+        }
+    }
+
+    public func lastDeliveryError(key: String) throws -> String? {
         try mapErrors {
             try queue.read { db in
-                try String.fetchAll(
-                    db,
-                    sql: "SELECT run_id FROM runs WHERE next_deadline_ms <= ? ORDER BY next_deadline_ms LIMIT ?",
-                    arguments: [time.milliseconds, limit])
+                try String.fetchOne(db, sql: "SELECT last_error FROM delivery_attempts WHERE message_key = ?", arguments: [key])
             }
         }
     }
@@ -226,18 +256,20 @@ public final class SQLiteRunStore: RunStore {
                 error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
         }
 
-        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
+        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws {
+            // A terminal run has no timer left.
+            let nextDeadline = run.status.isTerminal ? nil : nextDeadline
             let body = Data(run.encodeForStorage())
             if let previousVersion {
                 let statement = try db.cachedStatement(
                     sql: """
                         UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
-                            next_deadline_ms = ?, body = ?
+                            next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
                         WHERE run_id = ? AND version = ?
                         """)
                 try statement.execute(arguments: [
                     run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                    nextDeadline?.milliseconds, body, run.runID, previousVersion,
+                    nextDeadline?.milliseconds, partition, body, run.runID, previousVersion,
                 ])
                 if db.changesCount != 1 {
                     throw StoreError(
@@ -246,12 +278,12 @@ public final class SQLiteRunStore: RunStore {
             } else {
                 let statement = try db.cachedStatement(
                     sql: """
-                        INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, body)
-                        VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                        INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
                         """)
                 try statement.execute(arguments: [
                     run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                    nextDeadline?.milliseconds, body,
+                    nextDeadline?.milliseconds, partition, body,
                 ])
                 if db.changesCount != 1 {
                     throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")

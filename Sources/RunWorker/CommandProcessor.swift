@@ -9,8 +9,15 @@ public struct InboundCommand: Sendable {
     public var messageID: String?
     public var replyTo: String?
     public var correlationID: String?
+    /// The partition queue it came from; recorded with the run so that the partition's owner
+    /// fires the run's timers.
+    public var partition: Int?
 
-    public init(body: [UInt8], routingKey: String, messageID: String? = nil, replyTo: String? = nil, correlationID: String? = nil) {
+    public init(
+        body: [UInt8], routingKey: String, messageID: String? = nil, replyTo: String? = nil, correlationID: String? = nil,
+        partition: Int? = nil
+    ) {
+        self.partition = partition
         self.body = body
         self.routingKey = routingKey
         self.messageID = messageID
@@ -76,6 +83,8 @@ public struct CommandResult: Sendable, Hashable {
         case duplicate(CommandOutcome)
         /// Cannot be attributed to a run: dead-lettered.
         case deadLettered(RunError)
+        /// A deadline elapsed (timeout or retry delay).
+        case timerFired(events: Int)
     }
 
     public var runID: String?
@@ -134,8 +143,10 @@ public struct CommandProcessor: Sendable {
         guard !attributable.isEmpty else { return ProcessedBatch(messages: messages, results: results) }
 
         try store.transaction { tx in
-            // Runs touched by this batch: the version they had in the store, and where they are now.
+            // Runs touched by this batch: the version they had in the store, where they are now,
+            // and the partition their latest command came from.
             var runs: [String: (stored: Int64?, run: Run?)] = [:]
+            var partitions: [String: Int] = [:]
             // Outbox rows this batch already publishes, so a duplicate does not queue them twice.
             var queuedOutbox: Set<Int64> = []
             func current(_ id: String) throws -> Run? {
@@ -167,7 +178,15 @@ public struct CommandProcessor: Sendable {
                     continue
                 }
 
+                if let partition = inbound.partition { partitions[runID] = partition }
                 let outcome: Result<Transition, RunError>
+                // Deadlines that elapsed before this command fire first, exactly as the timer
+                // sweep would have fired them had it run a moment earlier.
+                if let before = try current(runID), let fired = Self.fireDue(machine, before, at: now) {
+                    runs[runID]?.run = fired.run
+                    try appendEvents(fired.events, to: &messages, queued: &queuedOutbox, tx: tx, at: now)
+                    results.append(CommandResult(runID: runID, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
+                }
                 let run = try current(runID)
                 do throws(RunError) {
                     let command = try envelope.decodeCommand()
@@ -179,14 +198,7 @@ public struct CommandProcessor: Sendable {
                 switch outcome {
                 case .success(let transition):
                     runs[runID] = (runs[runID]?.stored ?? nil, transition.run)
-                    let rows = transition.events.map { Self.outboxRow($0, at: now) }
-                    let ids = try tx.appendOutbox(rows)
-                    for (row, id) in zip(rows, ids) {
-                        var row = row
-                        row.id = id
-                        queuedOutbox.insert(id)
-                        messages.append(OutboundMessage(outbox: row))
-                    }
+                    try appendEvents(transition.events, to: &messages, queued: &queuedOutbox, tx: tx, at: now)
                     if let commandID {
                         try tx.recordOutcome(runID: runID, commandID: commandID,
                                              CommandOutcome(command: envelope.commandName, error: nil))
@@ -210,12 +222,60 @@ public struct CommandProcessor: Sendable {
                 }
             }
 
-            for (_, entry) in runs {
-                guard let run = entry.run, run.version != entry.stored else { continue }
-                try tx.save(run, previousVersion: entry.stored, nextDeadline: RunStateMachine.nextDeadline(of: run))
+            for (id, entry) in runs {
+                guard let run = entry.run, run.version != entry.stored || partitions[id] != nil else { continue }
+                try tx.save(run, previousVersion: entry.stored, nextDeadline: RunStateMachine.nextDeadline(of: run),
+                            partition: partitions[id])
             }
         }
         return ProcessedBatch(messages: messages, results: results)
+    }
+
+    /// Fires the elapsed deadlines of these runs (the timer sweep), in one transaction. A run
+    /// whose deadline is no longer relevant (completed meanwhile, fired by another worker) is
+    /// left alone.
+    public func fireTimers(runIDs: [String]) throws -> ProcessedBatch {
+        let now = clock()
+        var messages: [OutboundMessage] = []
+        var results: [CommandResult] = []
+        try store.transaction { tx in
+            var queued: Set<Int64> = []
+            for id in runIDs {
+                guard let run = try tx.run(id), let fired = Self.fireDue(machine, run, at: now) else { continue }
+                try appendEvents(fired.events, to: &messages, queued: &queued, tx: tx, at: now)
+                try tx.save(fired.run, previousVersion: run.version, nextDeadline: RunStateMachine.nextDeadline(of: fired.run),
+                            partition: nil)
+                results.append(CommandResult(runID: id, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
+            }
+        }
+        return ProcessedBatch(messages: messages, results: results)
+    }
+
+    /// Everything due at `now`, fired in order (a retry that starts may itself time out later,
+    /// never at the same instant, but the loop is bounded all the same).
+    static func fireDue(_ machine: RunStateMachine, _ run: Run, at now: Timestamp) -> Transition? {
+        var current = run
+        var events: [RunEvent] = []
+        for _ in 0..<16 {
+            guard let t = machine.advance(current, to: now) else { break }
+            current = t.run
+            events += t.events
+        }
+        return events.isEmpty ? nil : Transition(run: current, events: events)
+    }
+
+    private func appendEvents(
+        _ events: [RunEvent], to messages: inout [OutboundMessage], queued: inout Set<Int64>,
+        tx: any RunStoreTransaction, at now: Timestamp
+    ) throws {
+        let rows = events.map { Self.outboxRow($0, at: now) }
+        let ids = try tx.appendOutbox(rows)
+        for (row, id) in zip(rows, ids) {
+            var row = row
+            row.id = id
+            queued.insert(id)
+            messages.append(OutboundMessage(outbox: row))
+        }
     }
 
     // MARK: - Messages

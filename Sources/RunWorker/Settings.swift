@@ -16,6 +16,8 @@ public struct WorkerSettings: Sendable, Equatable {
     public var batchSize = 256
     public var maxBodyBytes = 1_048_576
     public var rebalanceIntervalS = 1.0
+    public var timerIntervalS = 0.1
+    public var deliveryLimit = 5
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
 
@@ -31,6 +33,8 @@ public struct WorkerSettings: Sendable, Equatable {
         guard batchSize >= 1 else { throw SettingsError("batch_size must be at least 1") }
         guard maxBodyBytes >= 1024 else { throw SettingsError("max_body_bytes must be at least 1024") }
         guard rebalanceIntervalS > 0 else { throw SettingsError("rebalance_interval_s must be > 0") }
+        guard timerIntervalS > 0 else { throw SettingsError("timer_interval_s must be > 0") }
+        guard deliveryLimit >= 1 else { throw SettingsError("delivery_limit must be at least 1") }
         guard ["FULL", "NORMAL"].contains(sqliteSynchronous) else {
             throw SettingsError("sqlite_synchronous must be FULL or NORMAL")
         }
@@ -55,6 +59,8 @@ public struct WorkerSettings: Sendable, Equatable {
         if let v = file.batch_size { batchSize = v }
         if let v = file.max_body_bytes { maxBodyBytes = v }
         if let v = file.rebalance_interval_s { rebalanceIntervalS = v }
+        if let v = file.timer_interval_s { timerIntervalS = v }
+        if let v = file.delivery_limit { deliveryLimit = v }
         if let v = file.log_level { logLevel = try Self.level(v) }
         if let d = file.run_defaults {
             runDefaults.timeoutS = d.timeout_s
@@ -88,6 +94,11 @@ public struct WorkerSettings: Sendable, Equatable {
             rebalanceIntervalS = v
         }
         if let v = env["RUNWORKER_LOG_LEVEL"] { logLevel = try Self.level(v) }
+        if let v = try int("RUNWORKER_DELIVERY_LIMIT") { deliveryLimit = v }
+        if let s = env["RUNWORKER_TIMER_INTERVAL_S"] {
+            guard let v = Double(s) else { throw SettingsError("RUNWORKER_TIMER_INTERVAL_S must be a number") }
+            timerIntervalS = v
+        }
     }
 
     public static func level(_ text: String) throws(SettingsError) -> Logger.Level {
@@ -145,6 +156,8 @@ private struct FileSettings: Decodable {
     var batch_size: Int?
     var max_body_bytes: Int?
     var rebalance_interval_s: Double?
+    var timer_interval_s: Double?
+    var delivery_limit: Int?
     var log_level: String?
     var run_defaults: Defaults?
 }

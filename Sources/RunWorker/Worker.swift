@@ -86,6 +86,7 @@ final class WorkerLoop: @unchecked Sendable {
     var owned: [UInt16: Int] = [:]
     var nextRebalance = Date.distantPast
     var nextOutboxSweep = Date.distantPast
+    var nextTimerSweep = Date.distantPast
     var announcedReady = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
@@ -154,6 +155,10 @@ final class WorkerLoop: @unchecked Sendable {
                 // were left by a worker that died between commit and confirm.
                 try flushOutbox(olderThan: 5)
                 nextOutboxSweep = now.addingTimeInterval(5)
+            }
+            if now >= nextTimerSweep {
+                nextTimerSweep = now.addingTimeInterval(settings.timerIntervalS)
+                try sweepTimers(conn)
             }
             try processNextBatch(conn)
         }
@@ -229,7 +234,17 @@ final class WorkerLoop: @unchecked Sendable {
     private struct Received {
         var channel: UInt16
         var tag: UInt64
+        var redelivered: Bool
         var command: InboundCommand
+
+        /// Identifies the message across deliveries, for the poison-message count.
+        var key: String {
+            if let id = command.messageID, !id.isEmpty { return "id:\(command.routingKey):\(id)" }
+            var h: UInt64 = 0xcbf2_9ce4_8422_2325
+            for b in command.routingKey.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            for b in command.body { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
+            return "hash:\(String(h, radix: 16))"
+        }
     }
 
     private func processNextBatch(_ conn: BlockingConnection) throws {
@@ -237,19 +252,19 @@ final class WorkerLoop: @unchecked Sendable {
         let limit = settings.batchSize
         // Wait briefly for the first event, then take what is already buffered.
         var events: [AMQPEvent] = []
-        if let first = try conn.nextEvent(timeout: 0.1) {
+        if let first = try conn.nextEvent(timeout: min(0.1, settings.timerIntervalS)) {
             events.append(first)
             events += try conn.drainEvents(max: limit * 2)
         }
         for event in events {
             switch event {
             case .delivery(let d):
-                guard owned[d.channel] != nil else { continue }  // released: the broker requeued it
+                guard let partition = owned[d.channel] else { continue }  // released: the broker requeued it
                 batch.append(Received(
-                    channel: d.channel, tag: d.deliveryTag,
+                    channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
                     command: InboundCommand(
                         body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
-                        replyTo: d.properties.replyTo, correlationID: d.properties.correlationID)))
+                        replyTo: d.properties.replyTo, correlationID: d.properties.correlationID, partition: partition)))
             case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
                 if let partition = owned.removeValue(forKey: channel) {
                     logger.warning("lost partition", metadata: ["partition": "\(partition)"])
@@ -265,25 +280,144 @@ final class WorkerLoop: @unchecked Sendable {
         }
         guard !batch.isEmpty else { return }
 
-        let processed: ProcessedBatch
-        do {
-            processed = try processor.process(batch.map(\.command))
-        } catch {
-            // The store failed (busy, unavailable): nothing was written. Hand the deliveries
-            // back in order and slow down; they are redelivered to whoever owns the partition.
-            logger.error("store failed, requeueing batch", metadata: ["error": "\(error)", "commands": "\(batch.count)"])
-            for (channel, tag) in highestTags(batch) {
-                try conn.nack(channel: channel, deliveryTag: tag, multiple: true, requeue: true)
-            }
-            sleepUnlessStopped(0.5)
+        // A redelivered message may be what killed a worker: take such batches one message at
+        // a time, counting each delivery, so that only the culprit reaches the limit.
+        if batch.contains(where: \.redelivered) {
+            try processOneByOne(conn, batch)
             return
         }
-
-        try publishConfirmed(conn, processed.messages)
-        for (channel, tag) in highestTags(batch) {
-            try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
+        switch try applyWithRetries(batch.map(\.command)) {
+        case .done(let processed):
+            try publishConfirmed(conn, processed.messages)
+            for (channel, tag) in highestTags(batch) {
+                try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
+            }
+            log(processed.results)
+        case .storeUnavailable(let error):
+            requeue(conn, batch, because: error)
+        case .failed:
+            // Something in the batch cannot be applied: find it.
+            try processOneByOne(conn, batch)
         }
-        log(processed.results)
+    }
+
+    private enum Applied {
+        case done(ProcessedBatch)
+        /// The store is busy or down: nothing was written; try again later.
+        case storeUnavailable(Error)
+        /// Not a store outage: the input (or a stored run) is the problem.
+        case failed(Error)
+    }
+
+    /// Applies commands, retrying a busy or unreachable store a few times with backoff.
+    private func applyWithRetries(_ commands: [InboundCommand]) throws -> Applied {
+        var delay = 0.05
+        for attempt in 1...4 {
+            do {
+                return .done(try processor.process(commands))
+            } catch let error as StoreError where error.code == .unavailable || error.code == .versionConflict {
+                if attempt == 4 || stop.isSet { return .storeUnavailable(error) }
+                logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
+                sleepUnlessStopped(delay)
+                delay *= 4
+            } catch {
+                return .failed(error)
+            }
+        }
+        return .storeUnavailable(StoreError(.unavailable, "unreachable"))
+    }
+
+    /// The careful path: one message at a time, each acked on its own, with the poison guard.
+    private func processOneByOne(_ conn: BlockingConnection, _ batch: [Received]) throws {
+        for (i, r) in batch.enumerated() {
+            let rest = Array(batch[i...])
+            let now = processor.clock()
+            var attempts = 0
+            if r.redelivered {
+                do {
+                    attempts = try processor.store.recordDeliveryAttempt(key: r.key, error: nil, at: now)
+                } catch {
+                    requeue(conn, rest, because: error)
+                    return
+                }
+                if attempts > settings.deliveryLimit {
+                    let last = (try? processor.store.lastDeliveryError(key: r.key)) ?? nil
+                    try deadLetterPoison(conn, r, attempts: attempts - 1, lastError: last ?? "redelivered after its handler stopped")
+                    continue
+                }
+            }
+            switch try applyWithRetries([r.command]) {
+            case .done(let processed):
+                try publishConfirmed(conn, processed.messages)
+                try conn.ack(channel: r.channel, deliveryTag: r.tag)
+                log(processed.results)
+            case .storeUnavailable(let error):
+                requeue(conn, rest, because: error)
+                return
+            case .failed(let error):
+                let count = (try? processor.store.recordDeliveryAttempt(
+                    key: r.key, error: "\(error)", increment: !r.redelivered, at: now)) ?? (attempts + 1)
+                logger.error("command failed", metadata: [
+                    "error": "\(error)", "attempts": "\(count)", "routing_key": .string(r.command.routingKey),
+                    "command_id": .string(r.command.messageID ?? "-"),
+                ])
+                if count >= settings.deliveryLimit {
+                    try deadLetterPoison(conn, r, attempts: count, lastError: "\(error)")
+                    continue
+                }
+                // Back to the queue, with what followed it (order), after a pause that grows
+                // with the failures: never a hot loop on one message.
+                requeue(conn, rest, because: error, pause: min(0.1 * Double(count), 1))
+                return
+            }
+        }
+    }
+
+    /// Gives deliveries back to their queues, in order, and pauses.
+    private func requeue(_ conn: BlockingConnection, _ batch: [Received], because error: Error, pause: Double = 0.5) {
+        logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(batch.count)"])
+        for r in batch.reversed() {
+            try? conn.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
+        }
+        sleepUnlessStopped(pause)
+    }
+
+    private func deadLetterPoison(_ conn: BlockingConnection, _ r: Received, attempts: Int, lastError: String) throws {
+        let message = OutboundMessage(
+            destination: .dead, routingKey: r.command.routingKey, messageID: r.command.messageID,
+            headers: [
+                ("x-reason", .string("delivery_limit_exceeded")), ("x-reason-message", .string(lastError)),
+                ("x-original-routing-key", .string(r.command.routingKey)), ("x-delivery-attempts", .int(Int64(attempts))),
+            ],
+            body: r.command.body)
+        try publishConfirmed(conn, [message])
+        try conn.ack(channel: r.channel, deliveryTag: r.tag)
+        logger.error("poison message dead-lettered", metadata: [
+            "attempts": "\(attempts)", "routing_key": .string(r.command.routingKey), "error": .string(lastError),
+        ])
+    }
+
+    // MARK: - Timers
+
+    /// Fires the elapsed deadlines of runs in the partitions this worker owns. Only the owner
+    /// of a run's partition fires it, inside the same loop as that partition's commands, so a
+    /// timer never races a command; the store's version check makes a second firing a no-op.
+    private func sweepTimers(_ conn: BlockingConnection) throws {
+        guard !owned.isEmpty else { return }
+        let now = processor.clock()
+        let due: [String]
+        do {
+            due = try processor.store.runsDue(at: now, partitions: Array(owned.values), limit: 256)
+            guard !due.isEmpty else { return }
+            let fired = try processor.fireTimers(runIDs: due)
+            try publishConfirmed(conn, fired.messages)
+            log(fired.results)
+        } catch let error as StoreError {
+            logger.warning("timer sweep failed, will retry", metadata: ["error": "\(error)"])
+            return
+        }
+        // A full page means more may be due: look again at once.
+        if due.count == 256 { nextTimerSweep = .distantPast }
     }
 
     private func highestTags(_ batch: [Received]) -> [(UInt16, UInt64)] {
@@ -360,6 +494,9 @@ final class WorkerLoop: @unchecked Sendable {
                 metadata["code"] = .string(error.code.rawValue)
                 metadata["reason"] = .string(error.message)
                 logger.warning("message dead-lettered", metadata: metadata)
+            case .timerFired(let events):
+                metadata["events"] = "\(events)"
+                logger.info("deadline fired", metadata: metadata)
             }
         }
     }

@@ -147,6 +147,37 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
         #expect(try store.runsDue(at: Timestamp(milliseconds: 1_000), limit: 10) == ["r1"])
     }
 
+    /// The timer sweep narrows to partitions; a save without a partition keeps the stored one.
+    @Test(arguments: StoreKind.allCases) func deadlinesByPartition(kind: StoreKind) throws {
+        let store = try kind.make()
+        try store.transaction { tx in
+            try tx.save(sampleRun("r1"), previousVersion: nil, nextDeadline: Timestamp(milliseconds: 100), partition: 0)
+            try tx.save(sampleRun("r2"), previousVersion: nil, nextDeadline: Timestamp(milliseconds: 100), partition: 1)
+        }
+        #expect(try store.runsDue(at: Timestamp(milliseconds: 100), partitions: [1], limit: 10) == ["r2"])
+        #expect(try store.runsDue(at: Timestamp(milliseconds: 100), partitions: [], limit: 10) == [])
+        try store.transaction { try $0.save(sampleRun("r1", version: 3), previousVersion: 2, nextDeadline: Timestamp(milliseconds: 50)) }
+        #expect(try store.runsDue(at: Timestamp(milliseconds: 100), partitions: [0], limit: 10) == ["r1"])
+        // Terminal runs have no timers, whatever deadline is passed.
+        try store.transaction {
+            try $0.save(sampleRun("r2", status: .completed, version: 3), previousVersion: 2,
+                        nextDeadline: Timestamp(milliseconds: 50), partition: 1)
+        }
+        #expect(try store.runsDue(at: Timestamp(milliseconds: 100), partitions: nil, limit: 10) == ["r1"])
+    }
+
+    /// Delivery attempts count up per message and keep the last error given.
+    @Test(arguments: StoreKind.allCases) func deliveryAttempts(kind: StoreKind) throws {
+        let store = try kind.make()
+        let t = Timestamp(milliseconds: 1)
+        #expect(try store.recordDeliveryAttempt(key: "m1", error: nil, at: t) == 1)
+        #expect(try store.recordDeliveryAttempt(key: "m1", error: "boom", at: t) == 2)
+        #expect(try store.recordDeliveryAttempt(key: "m1", error: nil, at: t) == 3)
+        #expect(try store.lastDeliveryError(key: "m1") == "boom")
+        #expect(try store.recordDeliveryAttempt(key: "m2", error: nil, at: t) == 1)
+        #expect(try store.lastDeliveryError(key: "m2") == nil)
+    }
+
     /// Two processes' worth of connections on one SQLite file see each other's commits.
     @Test func sqliteSharedFile() throws {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("shared-\(UUID().uuidString).sqlite").path
