@@ -172,6 +172,12 @@ final class ContractClient {
         }
     }
 
+    /// Collects whatever arrives during `seconds`.
+    func drain(for seconds: Double) throws {
+        let until = Date().addingTimeInterval(seconds)
+        while Date() < until { try pump(0.05) }
+    }
+
     /// State-change events (not rejections), decoded.
     var runEvents: [RunEvent] {
         events.filter { $0.properties.type != "command_rejected" }.compactMap { try? RunEvent.decode($0.body) }
