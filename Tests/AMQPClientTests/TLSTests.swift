@@ -1,0 +1,66 @@
+import Foundation
+import Testing
+
+@testable import AMQPClient
+
+/// Starts the TLS node (scripts/tls-broker, idempotent) and returns its certificate folder.
+func startTLSBroker() throws -> String {
+    let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: "/bin/bash")
+    p.arguments = [root.appendingPathComponent("scripts/tls-broker").path, "start"]
+    let out = Pipe()
+    p.standardOutput = out
+    p.standardError = out
+    try p.run()
+    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+    p.waitUntilExit()
+    guard p.terminationStatus == 0 else { throw TestTimeout(what: "tls-broker start: \(text)") }
+    return "/tmp/runworker-tls/certs"
+}
+
+@Suite(.serialized) struct TLSTests {
+    /// amqps:// with the test CA: publish, confirm, consume and ack over TLS, with and without
+    /// a client certificate.
+    @Test func roundTripOverTLS() async throws {
+        let certs = try startTLSBroker()
+        for clientCert in [false, true] {
+            var url = "amqps://guest:guest@localhost:5671/?cacertfile=\(certs)/ca.pem"
+            if clientCert { url += "&certfile=\(certs)/client.pem&keyfile=\(certs)/client.key" }
+            let conn = try await AMQPConnection.connect(url: url)
+            let ch = try await conn.openChannel()
+            let q = unique("tls")
+            _ = try await ch.queueDeclare(q, exclusive: true, autoDelete: true)
+            try await ch.confirmSelect()
+            _ = try await ch.publish(Array("over tls".utf8), routingKey: q, properties: .persistent)
+            #expect(try await ch.waitForConfirms(timeout: 5).allAcked)
+            let consumer = try await ch.consume(q)
+            let got = try await within(5) { try await consumer.next(upTo: 1) }
+            #expect(got.first.map { String(decoding: $0.body, as: UTF8.self) } == "over tls")
+            if let d = got.first { try await ch.ack(d.deliveryTag) }
+            await conn.close()
+        }
+    }
+
+    /// A server certificate from another CA is refused with a TLS error, quickly.
+    @Test func wrongCAIsRefused() async throws {
+        let certs = try startTLSBroker()
+        let started = Date()
+        do {
+            _ = try await AMQPConnection.connect(url: "amqps://guest:guest@localhost:5671/?cacertfile=\(certs)/other-ca.pem")
+            Issue.record("connected with the wrong CA")
+        } catch let error as AMQPError {
+            #expect(error.code == .tlsError, "\(error)")
+        }
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
+    /// Without verification (verify=false) the same wrong CA connects: the option is honoured.
+    @Test func verificationCanBeTurnedOff() async throws {
+        let certs = try startTLSBroker()
+        let conn = try await AMQPConnection.connect(
+            url: "amqps://guest:guest@localhost:5671/?cacertfile=\(certs)/other-ca.pem&verify=false")
+        #expect(await conn.isOpen)
+        await conn.close()
+    }
+}
