@@ -72,7 +72,7 @@ struct StoreOptions: ParsableArguments {
     var store: String?
 
     func open() throws -> SQLiteRunStore {
-        var s = try WorkerSettings.load(configFile: config, environment: ProcessInfo.processInfo.environment)
+        var s = try loadSettings(config)
         if let store { s.store = store }
         let path = try SQLiteRunStore.path(fromURL: s.store)
         guard FileManager.default.fileExists(atPath: path) else {

@@ -33,7 +33,7 @@ struct ConnectionOptions: ParsableArguments {
     var prefix: String?
 
     func settings() throws -> WorkerSettings {
-        var s = try WorkerSettings.load(configFile: config, environment: ProcessInfo.processInfo.environment)
+        var s = try loadSettings(config)
         if let amqpURL { s.amqpURL = amqpURL }
         if let prefix { s.prefix = prefix }
         return s
@@ -52,6 +52,11 @@ struct CommandOptions: ParsableArguments {
     var waitSeconds: Double = 15
     @Flag(help: "Print the reply as JSON.")
     var json = false
+}
+
+/// The worker's settings as runctl sees them: config file, then RUNWORKER_* variables.
+func loadSettings(_ configFile: String?) throws -> WorkerSettings {
+    try WorkerSettings.load(configFile: configFile, environment: ProcessInfo.processInfo.environment)
 }
 
 /// Parses a command-line JSON argument, naming the option on failure.

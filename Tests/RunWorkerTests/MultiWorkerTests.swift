@@ -45,6 +45,19 @@ func checkLifecycles(_ client: ContractClient, runs: Int) throws {
     }
 }
 
+/// Starts two workers on one store and waits until they split the 4 partitions evenly.
+func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, WorkerProcess) {
+    let a = try WorkerProcess(prefix: prefix, store: store)
+    let b = try WorkerProcess(prefix: prefix, store: store)
+    try a.waitReady()
+    try b.waitReady()
+    let deadline = Date().addingTimeInterval(10)
+    while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
+        Thread.sleep(forTimeInterval: 0.1)
+    }
+    return (a, b)
+}
+
 @Suite(.serialized) struct MultiWorkerTests {
     /// Two workers share the partitions and the SQLite file; 200 runs' commands interleaved
     /// are all applied in order, once.
@@ -53,15 +66,7 @@ func checkLifecycles(_ client: ContractClient, runs: Int) throws {
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let store = tempStore(prefix)
-        let a = try WorkerProcess(prefix: prefix, store: store)
-        let b = try WorkerProcess(prefix: prefix, store: store)
-        try a.waitReady()
-        try b.waitReady()
-        // Wait until the partitions are split between them (4 partitions, 2 workers).
-        let deadline = Date().addingTimeInterval(10)
-        while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        let (a, b) = try startTwoWorkers(prefix: prefix, store: store)
         #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
         #expect(a.ownedPartitions.isDisjoint(with: b.ownedPartitions))
 
@@ -83,14 +88,8 @@ func checkLifecycles(_ client: ContractClient, runs: Int) throws {
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let store = tempStore(prefix)
-        let a = try WorkerProcess(prefix: prefix, store: store)
-        let b = try WorkerProcess(prefix: prefix, store: store)
-        try a.waitReady()
-        try b.waitReady()
-        let deadline = Date().addingTimeInterval(10)
-        while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
-            Thread.sleep(forTimeInterval: 0.1)
-        }
+        let (a, b) = try startTwoWorkers(prefix: prefix, store: store)
+        #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
         try publishLifecycles(client, runs: 0..<300, steps: 0..<2)
         try client.waitForEvents(timeout: 30) { $0.count >= 100 }
         a.kill()

@@ -106,10 +106,7 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         let store = tempStore(prefix)
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let a = try WorkerProcess(prefix: prefix, store: store)
-        let b = try WorkerProcess(prefix: prefix, store: store)
-        try a.waitReady()
-        try b.waitReady()
+        let (a, b) = try startTwoWorkers(prefix: prefix, store: store)
         for i in 0..<40 {
             try client.send(["command": "start", "run_id": .string("t\(i)"), "config": ["timeout_s": 0.5]], id: "c\(i)", reply: false)
         }
