@@ -45,6 +45,9 @@ struct RunBench: ParsableCommand {
     @Option(name: .customLong("latency-rate"), help: "Commands/s of the latency phase when phase 'one' is not run.")
     var latencyRate = 1000.0
 
+    @Option(help: "Producer confirm window: publishing pauses at 2 x window unconfirmed commands until back to window.")
+    var window = 500
+
     @Option(help: "Partitions, for the worker and the echo alike.")
     var partitions = 8
 
@@ -57,7 +60,7 @@ struct RunBench: ParsableCommand {
     @Option(help: "RUNWORKER_SQLITE_SYNCHRONOUS for the workers; unset = the worker's default, FULL.")
     var synchronous: String?
 
-    @Option(name: .customLong("perf-output"), help: "Record `perf record -g` of the worker during phase 'one' into this file.")
+    @Option(name: .customLong("perf-output"), help: "Record `perf record -e cpu-clock -g` of the worker during phase 'one' into this file.")
     var perfOutput: String?
 
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directory (worker logs, SQLite files).")
@@ -75,6 +78,8 @@ final class Bench {
     let runID = "bench-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
     let dir: String
     let brokerPIDs = Proc.pids(named: "beam.smp")
+    /// The machine is shared: the load average before and after says how noisy the figures are.
+    let loadBefore = Bench.loadAverage()
     var rows: [(String, String, String, String)] = []
 
     // Figures for the last line.
@@ -244,7 +249,7 @@ final class Bench {
         let sub = Subscriber(url: o.amqpURL, exchange: t.eventsExchange, load: load, eventsPerRun: eventsPerRun,
                              trackLatency: rate != nil)
         try sub.start()
-        let prod = Producer(url: o.amqpURL, exchange: t.commandsExchange, load: load, rate: rate)
+        let prod = Producer(url: o.amqpURL, exchange: t.commandsExchange, load: load, rate: rate, window: o.window)
         prod.start()
         let s: SubscriberResult
         do {
@@ -255,6 +260,9 @@ final class Bench {
         }
         let p = try prod.join()
         let seconds = Double(Int64(s.lastEventNs) - Int64(p.firstPublishNs)) / 1e9
+        let publishing = Double(p.lastPublishNs - p.firstPublishNs) / 1e9
+        say("  published \(load.commandCount) commands in \(fmt(publishing, 2)) s (\(fmt(Double(load.commandCount) / publishing)) /s), "
+            + "last event after \(fmt(seconds, 2)) s")
         return Outcome(prod: p, sub: s, rate: Double(load.commandCount) / seconds)
     }
 
@@ -299,7 +307,7 @@ final class Bench {
     func startPerf(pid: Int32, output: String) -> Process? {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        p.arguments = ["perf", "record", "-g", "-F", "999", "-p", "\(pid)", "-o", output]
+        p.arguments = ["perf", "record", "-e", "cpu-clock", "-g", "-F", "999", "-p", "\(pid)", "-o", output]
         p.standardOutput = FileHandle.nullDevice
         p.standardError = FileHandle.nullDevice
         do { try p.run() } catch { say("perf: \(error)"); return nil }
@@ -313,12 +321,17 @@ final class Bench {
         say("perf: wrote \(o.perfOutput ?? "")")
     }
 
+    static func loadAverage() -> String {
+        ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
     func printSummary() {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         let mem = Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824
         print("runbench \(runID): \(cores) cores, \(fmt(mem, 1)) GiB; durable classic queues, persistent messages, "
               + "publisher confirms; partitions \(o.partitions), prefetch \(o.prefetch); SQLite WAL, synchronous \(syncLabel)"
               + (o.quick ? "; QUICK mode (small loads)" : ""))
+        print("load average before \(loadBefore), after \(Bench.loadAverage()) (a shared machine makes every figure noisy)")
         let header = ("phase", "load", "result", "cpu (cores) / notes")
         let all = [header] + rows
         let w0 = all.map(\.0.count).max()!, w1 = all.map(\.1.count).max()!, w2 = all.map(\.2.count).max()!
