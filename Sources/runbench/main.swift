@@ -1,2 +1,353 @@
-// Placeholder: the benchmark is written on its own branch.
-print("runbench")
+import ArgumentParser
+import Foundation
+import RunWorker
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `runbench`: the broker's echo ceiling and runworker (one process, two processes, latency at
+/// a fixed rate, memory), on durable queues with persistent messages and publisher confirms.
+/// `scripts/bench` builds it in release mode and runs it; docs/benchmarks.md explains the method.
+struct RunBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "runbench",
+        abstract: "Measure runworker against the broker's echo ceiling on this machine.",
+        discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib.")
+
+    @Option(help: "The release runworker binary.")
+    var runworker: String
+
+    @Option(name: .customLong("amqp-url"))
+    var amqpURL = ProcessInfo.processInfo.environment["RUNWORKER_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+
+    @Flag(help: "Small loads (under a minute), for development.")
+    var quick = false
+
+    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one').")
+    var phases = "ceiling,one,two,latency"
+
+    @Option(help: "Runs (4 commands each) of the throughput phases; default 10000 (quick: 2000).")
+    var runs: Int?
+
+    @Option(name: .customLong("ceiling-runs"), help: "Runs' worth of commands echoed by the ceiling; default 25000 (quick: 5000).")
+    var ceilingRuns: Int?
+
+    @Option(name: .customLong("memory-runs"), help: "Runs finished by the one-worker process before its last RSS reading; default 100000 (quick: 10000). 0 skips it.")
+    var memoryRuns: Int?
+
+    @Option(name: .customLong("latency-seconds"), help: "Duration of the fixed-rate phase; default 15 (quick: 4).")
+    var latencySeconds: Double?
+
+    @Option(name: .customLong("latency-fraction"), help: "Rate of the latency phase as a fraction of one worker's throughput.")
+    var latencyFraction = 0.2
+
+    @Option(name: .customLong("latency-rate"), help: "Commands/s of the latency phase when phase 'one' is not run.")
+    var latencyRate = 1000.0
+
+    @Option(help: "Producer confirm window: publishing pauses at 2 x window unconfirmed commands until back to window.")
+    var window = 500
+
+    @Option(help: "Partitions, for the worker and the echo alike.")
+    var partitions = 8
+
+    @Option(help: "Prefetch per partition consumer, for the worker and the echo alike (the worker's default).")
+    var prefetch = 256
+
+    @Option(name: .customLong("batch-size"), help: "Deliveries per echo batch (the worker's default batch_size).")
+    var batchSize = 256
+
+    @Option(help: "RUNWORKER_SQLITE_SYNCHRONOUS for the workers; unset = the worker's default, FULL.")
+    var synchronous: String?
+
+    @Option(name: .customLong("perf-output"), help: "Record `perf record -e cpu-clock -g` of the worker during phase 'one' into this file.")
+    var perfOutput: String?
+
+    @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directory (worker logs, SQLite files).")
+    var keepTemp = false
+
+    mutating func run() throws {
+        let bench = Bench(options: self)
+        try bench.runAll()
+    }
+}
+
+/// One benchmark run; each phase uses its own prefix and SQLite file and deletes them after.
+final class Bench {
+    let o: RunBench
+    let runID = "bench-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
+    let dir: String
+    let brokerPIDs = Proc.pids(named: "beam.smp")
+    /// The machine is shared: the load average before and after says how noisy the figures are.
+    let loadBefore = Bench.loadAverage()
+    var rows: [(String, String, String, String)] = []
+
+    // Figures for the last line.
+    var ceiling = Double.nan
+    var one = Double.nan
+    var two = Double.nan
+    var p99 = Double.nan
+    var peakMiB = Double.nan
+    var failures: [String] = []
+
+    init(options: RunBench) {
+        o = options
+        dir = NSTemporaryDirectory() + runID
+        try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    }
+
+    var runs: Int { o.runs ?? (o.quick ? 2_000 : 10_000) }
+    var ceilingRuns: Int { o.ceilingRuns ?? (o.quick ? 5_000 : 25_000) }
+    var memoryRuns: Int { o.memoryRuns ?? (o.quick ? 10_000 : 100_000) }
+    var latencySeconds: Double { o.latencySeconds ?? (o.quick ? 4 : 15) }
+    var syncLabel: String { o.synchronous?.uppercased() ?? "FULL (default)" }
+
+    func runAll() throws {
+        defer {
+            if o.keepTemp { say("kept \(dir)") } else { try? FileManager.default.removeItem(atPath: dir) }
+        }
+        let phases = Set(o.phases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) })
+        say("\(runID): runs \(runs), ceiling runs \(ceilingRuns), memory runs \(memoryRuns), latency \(latencySeconds) s, "
+            + "partitions \(o.partitions), prefetch \(o.prefetch), sqlite synchronous \(syncLabel)"
+            + (brokerPIDs.isEmpty ? ", broker process not found (no broker CPU figures)" : ""))
+        if phases.contains("ceiling") { try phaseCeiling() }
+        if phases.contains("one") { try phaseOne() }
+        if phases.contains("two") { try phaseTwo() }
+        if phases.contains("latency") { try phaseLatency() }
+        printSummary()
+    }
+
+    // MARK: phases
+
+    func cpuText(_ c: [String: Double]) -> String {
+        c.sorted { $0.key < $1.key }.map { "\($0.key) \(fmt($0.value, 2))" }.joined(separator: ", ")
+    }
+
+    func phaseCeiling() throws {
+        let t = Topology(prefix: "\(runID)-echo", partitions: o.partitions)
+        defer { deleteTopology(url: o.amqpURL, t) }
+        let echo = EchoConsumer(url: o.amqpURL, topology: t, prefetch: o.prefetch, batchSize: o.batchSize)
+        try echo.start()
+        let load = RunLoad(runs: 0..<ceilingRuns)
+        say("ceiling: echoing \(load.commandCount) commands")
+        let cpu = CPUMeter(["broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 4)
+        let usage = cpu.cores()
+        try echo.stop()
+        ceiling = r.rate
+        rows.append(("1 ceiling: echo, own AMQP layer", "\(load.commandCount) msgs", "\(fmt(r.rate)) msg/s",
+                     cpuText(usage)))
+        check("ceiling", r, load: load, eventsPerRun: 4)
+        say("ceiling: \(fmt(r.rate)) msg/s, \(fmt(Double(r.sub.eventBytes) / Double(max(1, r.sub.events)))) bytes/event, "
+            + "\(echo.messages / max(1, echo.batches)) msgs/batch; cpu \(cpuText(usage))")
+    }
+
+    func phaseOne() throws {
+        let t = Topology(prefix: "\(runID)-one", partitions: o.partitions)
+        defer { deleteTopology(url: o.amqpURL, t) }
+        let w = try startWorkers(t, count: 1)
+        defer { stopWorkers(w, "one") }
+        let load = RunLoad(runs: 0..<runs)
+        say("one worker: \(load.runs.count) runs, \(load.commandCount) commands")
+        var perf: Process?
+        if let out = o.perfOutput { perf = startPerf(pid: w[0].pid, output: out) }
+        let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 5)
+        let usage = cpu.cores()
+        if let perf { stopPerf(perf) }
+        one = r.rate
+        check("one worker", r, load: load, eventsPerRun: 5)
+        rows.append(("2 runworker, 1 process", "\(load.runs.count) runs, \(load.commandCount) cmds",
+                     "\(fmt(r.rate)) cmd/s", cpuText(usage)))
+        say("one worker: \(fmt(r.rate)) cmd/s, \(fmt(Double(r.sub.eventBytes) / Double(max(1, r.sub.events)))) bytes/event; cpu \(cpuText(usage))")
+
+        // Memory: the same process goes on to `memoryRuns` finished runs.
+        Thread.sleep(forTimeInterval: 1)
+        let first = w[0].memoryKiB
+        say("memory: after \(runs) runs VmRSS \(fmt(Double(first.rss) / 1024, 1)) MiB, VmHWM \(fmt(Double(first.hwm) / 1024, 1)) MiB")
+        guard memoryRuns > runs else {
+            peakMiB = Double(first.hwm) / 1024
+            return
+        }
+        let more = RunLoad(runs: runs..<memoryRuns)
+        say("memory: \(more.runs.count) more runs (\(more.commandCount) commands) on the same process")
+        let cpu2 = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let r2 = try drive(t, more, eventsPerRun: 5)
+        let usage2 = cpu2.cores()
+        check("memory", r2, load: more, eventsPerRun: 5)
+        Thread.sleep(forTimeInterval: 1)
+        let last = w[0].memoryKiB
+        peakMiB = Double(last.hwm) / 1024
+        let growth = Double(last.rss - first.rss) / 1024
+        rows.append(("   same process, runs \(runs)..<\(memoryRuns)", "\(more.runs.count) runs, \(more.commandCount) cmds",
+                     "\(fmt(r2.rate)) cmd/s", cpuText(usage2)))
+        rows.append(("5 memory (worker VmRSS)",
+                     "after \(runs) / \(memoryRuns) runs" + (o.quick ? " (quick)" : ""),
+                     "\(fmt(Double(first.rss) / 1024, 1)) / \(fmt(Double(last.rss) / 1024, 1)) MiB",
+                     "growth \(fmt(growth, 1)) MiB, peak (VmHWM) \(fmt(peakMiB, 1)) MiB"))
+        say("memory: after \(memoryRuns) runs VmRSS \(fmt(Double(last.rss) / 1024, 1)) MiB, VmHWM \(fmt(peakMiB, 1)) MiB; "
+            + "those runs at \(fmt(r2.rate)) cmd/s")
+        if let size = try? FileManager.default.attributesOfItem(atPath: "\(dir)/\(t.prefix).sqlite")[.size] as? Int {
+            say("memory: SQLite file \(fmt(Double(size) / 1_048_576, 1)) MiB")
+        }
+    }
+
+    func phaseTwo() throws {
+        let t = Topology(prefix: "\(runID)-two", partitions: o.partitions)
+        defer { deleteTopology(url: o.amqpURL, t) }
+        let w = try startWorkers(t, count: 2)
+        defer { stopWorkers(w, "two") }
+        let load = RunLoad(runs: 0..<runs)
+        say("two workers: \(load.runs.count) runs, \(load.commandCount) commands; partitions \(w.map { $0.ownedPartitions.sorted() })")
+        let cpu = CPUMeter(["workers": w.map(\.pid), "broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 5)
+        let usage = cpu.cores()
+        two = r.rate
+        check("two workers", r, load: load, eventsPerRun: 5)
+        rows.append(("3 runworker, 2 processes", "\(load.runs.count) runs, \(load.commandCount) cmds",
+                     "\(fmt(r.rate)) cmd/s", cpuText(usage)))
+        say("two workers: \(fmt(r.rate)) cmd/s; cpu \(cpuText(usage))")
+    }
+
+    func phaseLatency() throws {
+        let rate = one.isFinite ? o.latencyFraction * one : o.latencyRate
+        let t = Topology(prefix: "\(runID)-lat", partitions: o.partitions)
+        defer { deleteTopology(url: o.amqpURL, t) }
+        let w = try startWorkers(t, count: 1)
+        defer { stopWorkers(w, "latency") }
+        let load = RunLoad(runs: 0..<max(1, Int(rate * latencySeconds / 4)))
+        say("latency: \(load.commandCount) commands at \(fmt(rate)) cmd/s")
+        let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 5, rate: rate)
+        let usage = cpu.cores()
+        check("latency", r, load: load, eventsPerRun: 5)
+        var ms: [Double] = []
+        for k in 0..<load.commandCount where r.sub.firstEventNs[k] > 0 && r.prod.publishNs[k] > 0 {
+            ms.append(Double(Int64(r.sub.firstEventNs[k]) - Int64(r.prod.publishNs[k])) / 1e6)
+        }
+        ms.sort()
+        if ms.count < load.commandCount { failures.append("latency: \(load.commandCount - ms.count) commands without an event") }
+        p99 = percentile(ms, 99)
+        rows.append(("4 latency at \(Int(o.latencyFraction * 100)) % of (2)", "\(fmt(rate)) cmd/s, \(fmt(latencySeconds)) s",
+                     "p50 \(fmt(percentile(ms, 50), 2)) p99 \(fmt(p99, 2)) max \(fmt(ms.last ?? .nan, 2)) ms",
+                     cpuText(usage)))
+        say("latency: p50 \(fmt(percentile(ms, 50), 2)) ms, p90 \(fmt(percentile(ms, 90), 2)) ms, p99 \(fmt(p99, 2)) ms, "
+            + "max \(fmt(ms.last ?? .nan, 2)) ms over \(ms.count) commands; cpu \(cpuText(usage))")
+    }
+
+    // MARK: helpers
+
+    struct Outcome {
+        var prod: ProducerResult
+        var sub: SubscriberResult
+        var rate: Double
+    }
+
+    /// Publishes the load and collects the events; the rate is commands per second from the
+    /// first publish to the last event received.
+    func drive(_ t: Topology, _ load: RunLoad, eventsPerRun: Int, rate: Double? = nil) throws -> Outcome {
+        let sub = Subscriber(url: o.amqpURL, exchange: t.eventsExchange, load: load, eventsPerRun: eventsPerRun,
+                             trackLatency: rate != nil)
+        try sub.start()
+        let prod = Producer(url: o.amqpURL, exchange: t.commandsExchange, load: load, rate: rate, window: o.window)
+        prod.start()
+        let s: SubscriberResult
+        do {
+            s = try sub.wait(idleTimeout: 30)
+        } catch {
+            _ = try? prod.join()
+            throw error
+        }
+        let p = try prod.join()
+        let seconds = Double(Int64(s.lastEventNs) - Int64(p.firstPublishNs)) / 1e9
+        let publishing = Double(p.lastPublishNs - p.firstPublishNs) / 1e9
+        say("  published \(load.commandCount) commands in \(fmt(publishing, 2)) s (\(fmt(Double(load.commandCount) / publishing)) /s), "
+            + "last event after \(fmt(seconds, 2)) s")
+        return Outcome(prod: p, sub: s, rate: Double(load.commandCount) / seconds)
+    }
+
+    func check(_ phase: String, _ r: Outcome, load: RunLoad, eventsPerRun: Int) {
+        var problems: [String] = []
+        if r.sub.rejected > 0 { problems.append("\(r.sub.rejected) command_rejected events") }
+        if r.sub.incompleteRuns > 0 { problems.append("\(r.sub.incompleteRuns) runs without exactly \(eventsPerRun) events") }
+        if r.sub.duplicateEvents > 0 { problems.append("\(r.sub.duplicateEvents) duplicate events") }
+        if r.sub.otherEvents > 0 { problems.append("\(r.sub.otherEvents) unexpected events") }
+        if r.prod.nacked > 0 { problems.append("\(r.prod.nacked) commands nacked by the broker") }
+        for p in problems {
+            failures.append("\(phase): \(p)")
+            say("CHECK FAILED \(phase): \(p)")
+        }
+    }
+
+    func startWorkers(_ t: Topology, count: Int) throws -> [WorkerProcess] {
+        let store = "sqlite://\(dir)/\(t.prefix).sqlite"
+        var ws: [WorkerProcess] = []
+        do {
+            for i in 0..<count {
+                ws.append(try WorkerProcess(binary: o.runworker, url: o.amqpURL, prefix: t.prefix, store: store,
+                                            partitions: o.partitions, prefetch: o.prefetch, synchronous: o.synchronous,
+                                            dir: dir, index: i))
+            }
+            for w in ws { try w.waitReady() }
+            try waitBalanced(ws, partitions: o.partitions)
+        } catch {
+            for w in ws { w.terminate() }
+            throw error
+        }
+        return ws
+    }
+
+    func stopWorkers(_ ws: [WorkerProcess], _ phase: String) {
+        for w in ws { w.terminate() }
+        for (i, w) in ws.enumerated() where !w.problems.isEmpty {
+            say("\(phase): worker \(i) logged \(w.problems.count) warnings/errors, first: \(w.problems[0])")
+        }
+    }
+
+    func startPerf(pid: Int32, output: String) -> Process? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = ["perf", "record", "-e", "cpu-clock", "-g", "-F", "999", "-p", "\(pid)", "-o", output]
+        p.standardOutput = FileHandle.nullDevice
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { say("perf: \(error)"); return nil }
+        Thread.sleep(forTimeInterval: 0.5)
+        return p
+    }
+
+    func stopPerf(_ p: Process) {
+        kill(p.processIdentifier, SIGINT)
+        p.waitUntilExit()
+        say("perf: wrote \(o.perfOutput ?? "")")
+    }
+
+    static func loadAverage() -> String {
+        ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
+    func printSummary() {
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let mem = Double(ProcessInfo.processInfo.physicalMemory) / 1_073_741_824
+        print("runbench \(runID): \(cores) cores, \(fmt(mem, 1)) GiB; durable classic queues, persistent messages, "
+              + "publisher confirms; partitions \(o.partitions), prefetch \(o.prefetch); SQLite WAL, synchronous \(syncLabel)"
+              + (o.quick ? "; QUICK mode (small loads)" : ""))
+        print("load average before \(loadBefore), after \(Bench.loadAverage()) (a shared machine makes every figure noisy)")
+        let header = ("phase", "load", "result", "cpu (cores) / notes")
+        let all = [header] + rows
+        let w0 = all.map(\.0.count).max()!, w1 = all.map(\.1.count).max()!, w2 = all.map(\.2.count).max()!
+        func pad(_ s: String, _ n: Int) -> String { s + String(repeating: " ", count: max(0, n - s.count)) }
+        for (i, r) in all.enumerated() {
+            print("\(pad(r.0, w0))  \(pad(r.1, w1))  \(pad(r.2, w2))  \(r.3)")
+            if i == 0 { print(String(repeating: "-", count: w0 + w1 + w2 + 30)) }
+        }
+        let ratio = one / ceiling
+        print("targets: worker/ceiling \(fmt(ratio, 2)) (>= 0.6), p99 \(fmt(p99, 2)) ms (<= 10), "
+              + "RSS flat between \(runs) and \(memoryRuns) runs (see row 5)")
+        print(failures.isEmpty ? "checks: ok (no command_rejected, 5 events per run, no nacks)"
+              : "checks FAILED: " + failures.joined(separator: "; "))
+        print("ratio \(fmt(ratio, 2)) worker \(fmt(one)) ceiling \(fmt(ceiling)) two_workers \(fmt(two)) "
+              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))")
+    }
+}
+
+RunBench.main()
