@@ -105,6 +105,11 @@ public final class InMemoryRunStore: RunStore {
             }
         }
 
+        func removeOutbox(ids: [Int64]) throws {
+            let remove = Set(ids)
+            state.outbox.removeAll { remove.contains($0.id) }
+        }
+
         func pendingOutbox(runID: String) throws -> [OutboxMessage] {
             state.outbox.filter { $0.runID == runID }
         }

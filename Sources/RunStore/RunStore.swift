@@ -78,6 +78,8 @@ public protocol RunStoreTransaction {
     func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws
     /// Returns the ids given to the rows, in order.
     func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64]
+    /// Deletes outbox rows the broker confirmed.
+    func removeOutbox(ids: [Int64]) throws
     /// The run's rows not yet confirmed by the broker, oldest first.
     func pendingOutbox(runID: String) throws -> [OutboxMessage]
     func recordOutcome(runID: String, commandID: String, _ outcome: CommandOutcome) throws

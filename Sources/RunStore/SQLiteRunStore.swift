@@ -24,9 +24,6 @@ public final class SQLiteRunStore: RunStore {
         config.journalMode = .wal
         config.busyMode = .timeout(busyTimeoutSeconds)
         config.label = "runworker.store"
-        config.prepareDatabase { db in
-            try db.execute(sql: "PRAGMA synchronous = \(synchronous.rawValue)")
-        }
         // Several processes opening a new file at once race on switching it to WAL (SQLite
         // answers "busy" before the busy handler is in place) and on the first migration (the
         // loser finds the tables already made): retry; the next try sees the finished work.
@@ -34,6 +31,11 @@ public final class SQLiteRunStore: RunStore {
         while true {
             do {
                 let queue = try DatabaseQueue(path: path, configuration: config)
+                // After GRDB's WAL set-up, which sets synchronous=NORMAL itself: setting it in
+                // prepareDatabase would be silently overridden.
+                try queue.writeWithoutTransaction { db in
+                    try db.execute(sql: "PRAGMA synchronous = \(synchronous.rawValue)")
+                }
                 try Self.migrator.migrate(queue)
                 self.queue = queue
                 break
@@ -121,6 +123,11 @@ public final class SQLiteRunStore: RunStore {
         return result!
     }
 
+    /// SQLite's `PRAGMA synchronous` in force on the connection (1 NORMAL, 2 FULL).
+    func synchronousLevel() throws -> Int {
+        try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
+    }
+
     public func run(_ runID: String) throws -> Run? {
         try mapErrors { try queue.read { db in try Self.loadRun(db, runID) } }
     }
@@ -168,12 +175,12 @@ public final class SQLiteRunStore: RunStore {
 
     public func removeOutbox(ids: [Int64]) throws {
         guard !ids.isEmpty else { return }
-        try mapErrors {
-            try queue.write { db in
-                let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
-                for id in ids { try statement.execute(arguments: [id]) }
-            }
-        }
+        try mapErrors { try queue.write { db in try Self.deleteOutbox(db, ids) } }
+    }
+
+    static func deleteOutbox(_ db: Database, _ ids: [Int64]) throws {
+        let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+        for id in ids { try statement.execute(arguments: [id]) }
     }
 
     public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String] {
@@ -308,6 +315,8 @@ public final class SQLiteRunStore: RunStore {
             }
             return ids
         }
+
+        func removeOutbox(ids: [Int64]) throws { try SQLiteRunStore.deleteOutbox(db, ids) }
 
         func pendingOutbox(runID: String) throws -> [OutboxMessage] {
             let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")

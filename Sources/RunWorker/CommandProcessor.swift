@@ -119,7 +119,9 @@ public struct CommandProcessor: Sendable {
         self.clock = clock
     }
 
-    public func process(_ batch: [InboundCommand]) throws -> ProcessedBatch {
+    /// `confirmedOutbox`: rows of earlier batches the broker has confirmed, deleted in this
+    /// batch's transaction rather than in one of their own (one commit per batch, not two).
+    public func process(_ batch: [InboundCommand], confirmedOutbox: [Int64] = []) throws -> ProcessedBatch {
         let now = clock()
         var messages: [OutboundMessage] = []
         var results: [CommandResult] = []
@@ -140,9 +142,13 @@ public struct CommandProcessor: Sendable {
                 results.append(CommandResult(runID: nil, commandID: inbound.messageID, command: nil, kind: .deadLettered(error)))
             }
         }
-        guard !attributable.isEmpty else { return ProcessedBatch(messages: messages, results: results) }
+        guard !attributable.isEmpty else {
+            try store.removeOutbox(ids: confirmedOutbox)
+            return ProcessedBatch(messages: messages, results: results)
+        }
 
         try store.transaction { tx in
+            try tx.removeOutbox(ids: confirmedOutbox)
             // Runs touched by this batch: the version they had in the store, where they are now,
             // and the partition their latest command came from.
             var runs: [String: (stored: Int64?, run: Run?)] = [:]

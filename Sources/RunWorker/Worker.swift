@@ -87,6 +87,8 @@ final class WorkerLoop: @unchecked Sendable {
     var nextRebalance = Date.distantPast
     var nextOutboxSweep = Date.distantPast
     var nextTimerSweep = Date.distantPast
+    /// Outbox rows the broker confirmed, deleted with the next batch's transaction (or when idle).
+    var confirmedOutbox: [Int64] = []
     var announcedReady = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
@@ -278,7 +280,10 @@ final class WorkerLoop: @unchecked Sendable {
                 break
             }
         }
-        guard !batch.isEmpty else { return }
+        guard !batch.isEmpty else {
+            removeConfirmedOutbox()
+            return
+        }
 
         // A redelivered message may be what killed a worker: take such batches one message at
         // a time, counting each delivery, so that only the culprit reaches the limit.
@@ -286,8 +291,9 @@ final class WorkerLoop: @unchecked Sendable {
             try processOneByOne(conn, batch)
             return
         }
-        switch try applyWithRetries(batch.map(\.command)) {
+        switch try applyWithRetries(batch.map(\.command), confirmedOutbox: confirmedOutbox) {
         case .done(let processed):
+            confirmedOutbox = []
             try publishConfirmed(conn, processed.messages)
             for (channel, tag) in highestTags(batch) {
                 try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
@@ -310,11 +316,11 @@ final class WorkerLoop: @unchecked Sendable {
     }
 
     /// Applies commands, retrying a busy or unreachable store a few times with backoff.
-    private func applyWithRetries(_ commands: [InboundCommand]) throws -> Applied {
+    private func applyWithRetries(_ commands: [InboundCommand], confirmedOutbox: [Int64] = []) throws -> Applied {
         var delay = 0.05
         for attempt in 1...4 {
             do {
-                return .done(try processor.process(commands))
+                return .done(try processor.process(commands, confirmedOutbox: confirmedOutbox))
             } catch let error as StoreError where error.code == .unavailable || error.code == .versionConflict {
                 if attempt == 4 || stop.isSet { return .storeUnavailable(error) }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
@@ -456,7 +462,18 @@ final class WorkerLoop: @unchecked Sendable {
         guard result.allAcked else {
             throw AMQPError(.protocolError, "broker refused \(result.nacked.count) of \(messages.count) publishes")
         }
-        try processor.store.removeOutbox(ids: messages.compactMap(\.outboxID))
+        confirmedOutbox += messages.compactMap(\.outboxID)
+    }
+
+    /// Deletes confirmed outbox rows when no batch came along to carry them.
+    private func removeConfirmedOutbox() {
+        guard !confirmedOutbox.isEmpty else { return }
+        do {
+            try processor.store.removeOutbox(ids: confirmedOutbox)
+            confirmedOutbox = []
+        } catch {
+            logger.warning("could not delete confirmed outbox rows, will retry", metadata: ["error": "\(error)"])
+        }
     }
 
     /// Publishes outbox rows older than `seconds` (all of them at 0): events committed by a

@@ -190,6 +190,15 @@ func outboxRow(_ run: String, _ seq: Int64, at ms: Int64 = 1_000) -> OutboxMessa
         } throws: { ($0 as? StoreError)?.code == .versionConflict }
     }
 
+    /// The durability asked for is the one in force (GRDB's WAL set-up must not override it).
+    @Test func synchronousIsHonoured() throws {
+        let dir = FileManager.default.temporaryDirectory
+        let full = try SQLiteRunStore(path: dir.appendingPathComponent("full-\(UUID().uuidString).sqlite").path, synchronous: .full)
+        let normal = try SQLiteRunStore(path: dir.appendingPathComponent("normal-\(UUID().uuidString).sqlite").path, synchronous: .normal)
+        #expect(try full.synchronousLevel() == 2)
+        #expect(try normal.synchronousLevel() == 1)
+    }
+
     /// Store URLs: absolute and relative sqlite paths; anything else is refused.
     @Test func storeURLs() throws {
         #expect(try SQLiteRunStore.path(fromURL: "sqlite:///var/lib/rw.sqlite") == "/var/lib/rw.sqlite")
