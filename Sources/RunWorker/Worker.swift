@@ -89,6 +89,11 @@ final class WorkerLoop: @unchecked Sendable {
     var nextTimerSweep = Date.distantPast
     /// Outbox rows the broker confirmed, deleted with the next batch's transaction (or when idle).
     var confirmedOutbox: [Int64] = []
+    /// Deliveries read but not yet applied, in arrival order.
+    private var buffered: [Received] = []
+    /// Published batches awaiting confirms, oldest first.
+    private var inFlight: [InFlight] = []
+    let maxInFlight = 4
     var announcedReady = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
@@ -104,11 +109,14 @@ final class WorkerLoop: @unchecked Sendable {
     func run() throws {
         var backoff = 0.2
         while !stop.isSet {
+            let started = Date()
             do {
                 try session()
                 return
             } catch {
                 close()
+                // A session that ran a while was healthy: start the backoff over.
+                if Date().timeIntervalSince(started) > 30 { backoff = 0.2 }
                 if stop.isSet { return }
                 logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(backoff)"])
                 sleepUnlessStopped(backoff)
@@ -164,8 +172,9 @@ final class WorkerLoop: @unchecked Sendable {
             }
             try processNextBatch(conn)
         }
-        // Graceful stop: the last batch is acked; closing returns prefetched deliveries.
-        logger.info("stopping: closing consumers and connection")
+        // Graceful stop: wait for the last confirms and ack; closing returns what is unapplied.
+        logger.info("stopping: finishing in-flight batches, closing consumers and connection")
+        try? drainInFlight(conn)
         close()
     }
 
@@ -173,6 +182,9 @@ final class WorkerLoop: @unchecked Sendable {
         conn?.close()
         conn = nil
         owned = [:]
+        // Unacked deliveries go back to their queues with the connection.
+        buffered = []
+        inFlight = []
     }
 
     private func declareTopology(_ conn: BlockingConnection) throws {
@@ -200,9 +212,12 @@ final class WorkerLoop: @unchecked Sendable {
         let fair = (topology.partitions + workers - 1) / workers
 
         if owned.count > fair {
+            // Finish what was applied; what is read but unapplied goes back with the channel.
+            try drainInFlight(conn)
             // Highest partitions first, so workers converge on a stable split.
             for (channel, partition) in owned.sorted(by: { $0.value > $1.value }).prefix(owned.count - fair) {
                 owned[channel] = nil
+                buffered.removeAll { $0.channel == channel }
                 try? conn.closeChannel(channel)
                 logger.info("released partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
             }
@@ -249,61 +264,110 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
+    /// A batch whose events are published but not all confirmed yet. Its deliveries are
+    /// acked, and its outbox rows released, only once every publish is confirmed.
+    private struct InFlight {
+        var firstTag: UInt64
+        var lastTag: UInt64
+        var outstanding: Int
+        var acks: [(UInt16, UInt64)]
+        var outboxIDs: [Int64]
+        var results: [CommandResult]
+    }
+
+    /// One step of the loop. Batches are pipelined: while the broker confirms batch N's
+    /// events, batch N+1 is applied and published (order is kept: one publishing channel, and
+    /// acks and outbox deletions wait for the confirms).
     private func processNextBatch(_ conn: BlockingConnection) throws {
-        var batch: [Received] = []
-        let limit = settings.batchSize
-        // Wait briefly for the first event, then take what is already buffered.
-        var events: [AMQPEvent] = []
-        if let first = try conn.nextEvent(timeout: min(0.1, settings.timerIntervalS)) {
-            events.append(first)
-            events += try conn.drainEvents(max: limit * 2)
-        }
-        for event in events {
-            switch event {
-            case .delivery(let d):
-                guard let partition = owned[d.channel] else { continue }  // released: the broker requeued it
-                batch.append(Received(
-                    channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
-                    command: InboundCommand(
-                        body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
-                        replyTo: d.properties.replyTo, correlationID: d.properties.correlationID, partition: partition)))
-            case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
-                if let partition = owned.removeValue(forKey: channel) {
-                    logger.warning("lost partition", metadata: ["partition": "\(partition)"])
-                    batch.removeAll { $0.channel == channel }
-                    nextRebalance = .distantPast
-                }
-                if channel == publisher || channel == control {
-                    throw AMQPError(.channelClosed, "worker channel \(channel) was closed by the broker")
-                }
-            case .confirm, .returned:
-                break
-            }
-        }
-        guard !batch.isEmpty else {
-            removeConfirmedOutbox()
+        // Block only when there is nothing else to do.
+        let wait = buffered.isEmpty ? (inFlight.isEmpty ? min(0.1, settings.timerIntervalS) : 0.02) : 0
+        if wait > 0, let event = try conn.nextEvent(timeout: wait) { try handle(event) }
+        for event in try conn.drainEvents(max: settings.batchSize * 2) { try handle(event) }
+        try completeConfirmed(conn)
+
+        guard !buffered.isEmpty else {
+            if inFlight.isEmpty { removeConfirmedOutbox() }
             return
         }
+        guard inFlight.count < maxInFlight else { return }  // the next step waits for confirms
+        let batch = Array(buffered.prefix(settings.batchSize * 2))
+        buffered.removeFirst(batch.count)
 
         // A redelivered message may be what killed a worker: take such batches one message at
         // a time, counting each delivery, so that only the culprit reaches the limit.
         if batch.contains(where: \.redelivered) {
+            try drainInFlight(conn)
             try processOneByOne(conn, batch)
             return
         }
         switch try applyWithRetries(batch.map(\.command), confirmedOutbox: confirmedOutbox) {
         case .done(let processed):
             confirmedOutbox = []
-            try publishConfirmed(conn, processed.messages)
-            for (channel, tag) in highestTags(batch) {
-                try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
-            }
-            log(processed.results)
+            try publishPipelined(conn, processed.messages, acks: highestTags(batch), results: processed.results)
         case .storeUnavailable(let error):
+            try drainInFlight(conn)
             requeue(conn, batch, because: error)
         case .failed:
             // Something in the batch cannot be applied: find it.
+            try drainInFlight(conn)
             try processOneByOne(conn, batch)
+        }
+    }
+
+    /// Sorts one event from the connection: deliveries wait in `buffered`, confirms count
+    /// down their batch.
+    private func handle(_ event: AMQPEvent) throws {
+        switch event {
+        case .delivery(let d):
+            guard let partition = owned[d.channel] else { return }  // released: the broker requeued it
+            buffered.append(Received(
+                channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
+                command: InboundCommand(
+                    body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
+                    replyTo: d.properties.replyTo, correlationID: d.properties.correlationID, partition: partition)))
+        case .confirm(let c) where c.channel == publisher:
+            guard c.acked else {
+                // The broker could not take an event: start over; the outbox still has it and
+                // the deliveries were not acked.
+                throw AMQPError(.protocolError, "the broker refused (nacked) a published event")
+            }
+            if let i = inFlight.firstIndex(where: { $0.firstTag <= c.deliveryTag && c.deliveryTag <= $0.lastTag }) {
+                inFlight[i].outstanding -= 1
+            }
+        case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
+            if let partition = owned.removeValue(forKey: channel) {
+                logger.warning("lost partition", metadata: ["partition": "\(partition)"])
+                buffered.removeAll { $0.channel == channel }
+                nextRebalance = .distantPast
+            }
+            if channel == publisher || channel == control {
+                throw AMQPError(.channelClosed, "worker channel \(channel) was closed by the broker")
+            }
+        case .confirm, .returned:
+            break
+        }
+    }
+
+    /// Acks the batches at the head of the pipeline whose events are all confirmed.
+    private func completeConfirmed(_ conn: BlockingConnection) throws {
+        while let head = inFlight.first, head.outstanding <= 0 {
+            inFlight.removeFirst()
+            for (channel, tag) in head.acks where conn.isChannelOpen(channel) {
+                try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
+            }
+            confirmedOutbox += head.outboxIDs
+            log(head.results)
+        }
+    }
+
+    /// Waits until every batch in the pipeline is confirmed and acked.
+    private func drainInFlight(_ conn: BlockingConnection) throws {
+        let deadline = Date().addingTimeInterval(30)
+        try completeConfirmed(conn)
+        while !inFlight.isEmpty {
+            guard Date() < deadline else { throw AMQPError(.timeout, "no publisher confirms for 30 s") }
+            if let event = try conn.nextEvent(timeout: 0.1) { try handle(event) }
+            try completeConfirmed(conn)
         }
     }
 
@@ -379,10 +443,13 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Gives deliveries back to their queues, in order, and pauses.
+    /// Gives deliveries back to their queues, with everything read after them (so that the
+    /// queue order is kept), and pauses.
     private func requeue(_ conn: BlockingConnection, _ batch: [Received], because error: Error, pause: Double = 0.5) {
-        logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(batch.count)"])
-        for r in batch.reversed() {
+        let all = batch + buffered
+        buffered = []
+        logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(all.count)"])
+        for r in all.reversed() {
             try? conn.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
         }
         sleepUnlessStopped(pause)
@@ -416,8 +483,7 @@ final class WorkerLoop: @unchecked Sendable {
             due = try processor.store.runsDue(at: now, partitions: Array(owned.values), limit: 256)
             guard !due.isEmpty else { return }
             let fired = try processor.fireTimers(runIDs: due)
-            try publishConfirmed(conn, fired.messages)
-            log(fired.results)
+            try publishPipelined(conn, fired.messages, acks: [], results: fired.results)
         } catch let error as StoreError {
             logger.warning("timer sweep failed, will retry", metadata: ["error": "\(error)"])
             return
@@ -437,6 +503,17 @@ final class WorkerLoop: @unchecked Sendable {
     /// the outbox still holds the events.
     private func publishConfirmed(_ conn: BlockingConnection, _ messages: [OutboundMessage]) throws {
         guard !messages.isEmpty else { return }
+        try drainInFlight(conn)
+        try publishPipelined(conn, messages, acks: [], results: [])
+        try drainInFlight(conn)
+    }
+
+    /// Publishes and returns at once; the batch joins the pipeline (see `completeConfirmed`).
+    private func publishPipelined(
+        _ conn: BlockingConnection, _ messages: [OutboundMessage], acks: [(UInt16, UInt64)], results: [CommandResult]
+    ) throws {
+        var first: UInt64 = 0
+        var last: UInt64 = 0
         let timestamp = Date()
         for m in messages {
             var headers = AMQPTable()
@@ -456,13 +533,15 @@ final class WorkerLoop: @unchecked Sendable {
             case .dead: exchange = topology.deadExchange
             case .reply: exchange = ""
             }
-            _ = try conn.publish(channel: publisher, exchange: exchange, routingKey: m.routingKey, body: m.body, properties: properties)
+            let tag = try conn.publish(
+                channel: publisher, exchange: exchange, routingKey: m.routingKey, body: m.body, properties: properties) ?? 0
+            if first == 0 { first = tag }
+            last = tag
         }
-        let result = try conn.waitForConfirms(channel: publisher, timeout: 30)
-        guard result.allAcked else {
-            throw AMQPError(.protocolError, "broker refused \(result.nacked.count) of \(messages.count) publishes")
-        }
-        confirmedOutbox += messages.compactMap(\.outboxID)
+        inFlight.append(InFlight(
+            firstTag: first == 0 ? 1 : first, lastTag: last, outstanding: messages.count, acks: acks,
+            outboxIDs: messages.compactMap(\.outboxID), results: results))
+        try completeConfirmed(conn)
     }
 
     /// Deletes confirmed outbox rows when no batch came along to carry them.
