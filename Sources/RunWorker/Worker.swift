@@ -94,6 +94,8 @@ final class WorkerLoop: @unchecked Sendable {
     /// Published batches awaiting confirms, oldest first.
     private var inFlight: [InFlight] = []
     let maxInFlight = 4
+    /// Where the loop's time goes, logged at debug level every 10 s.
+    private var stats = LoopStats()
     var announcedReady = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
@@ -300,10 +302,16 @@ final class WorkerLoop: @unchecked Sendable {
             try processOneByOne(conn, batch)
             return
         }
-        switch try applyWithRetries(batch.map(\.command), confirmedOutbox: confirmedOutbox) {
+        let applyStart = DispatchTime.now().uptimeNanoseconds
+        let applied = try applyWithRetries(batch.map(\.command), confirmedOutbox: confirmedOutbox)
+        let publishStart = DispatchTime.now().uptimeNanoseconds
+        switch applied {
         case .done(let processed):
             confirmedOutbox = []
             try publishPipelined(conn, processed.messages, acks: highestTags(batch), results: processed.results)
+            stats.record(commands: batch.count, applyNs: publishStart - applyStart,
+                         publishNs: DispatchTime.now().uptimeNanoseconds - publishStart, inFlight: inFlight.count)
+            if let line = stats.report() { logger.debug("loop stats", metadata: line) }
         case .storeUnavailable(let error):
             try drainInFlight(conn)
             requeue(conn, batch, because: error)
@@ -595,5 +603,35 @@ final class WorkerLoop: @unchecked Sendable {
                 logger.info("deadline fired", metadata: metadata)
             }
         }
+    }
+}
+
+/// Counters of the batch loop, for tuning: how big batches are and where the time goes.
+struct LoopStats {
+    var batches = 0
+    var commands = 0
+    var applyNs: UInt64 = 0
+    var publishNs: UInt64 = 0
+    var inFlightSum = 0
+    var since = Date()
+
+    mutating func record(commands n: Int, applyNs a: UInt64, publishNs p: UInt64, inFlight: Int) {
+        batches += 1
+        commands += n
+        applyNs += a
+        publishNs += p
+        inFlightSum += inFlight
+    }
+
+    /// Every 10 s: the figures since the last report, then a fresh start.
+    mutating func report() -> Logger.Metadata? {
+        let elapsed = Date().timeIntervalSince(since)
+        guard elapsed >= 10, batches > 0 else { return nil }
+        defer { self = LoopStats() }
+        return [
+            "batches": "\(batches)", "commands": "\(commands)", "avg_batch": "\(commands / batches)",
+            "apply_ms": "\(applyNs / 1_000_000)", "publish_ms": "\(publishNs / 1_000_000)",
+            "avg_in_flight": "\(Double(inFlightSum) / Double(batches))", "elapsed_ms": "\(Int(elapsed * 1000))",
+        ]
     }
 }

@@ -15,7 +15,7 @@ final class WorkerProcess {
         let config = "\(dir)/empty.yaml"
         _ = FileManager.default.createFile(atPath: config, contents: Data())
         process.executableURL = URL(fileURLWithPath: binary)
-        process.arguments = ["--config", config, "--log-level", "info"]
+        process.arguments = ["--config", config, "--log-level", ProcessInfo.processInfo.environment["RUNBENCH_WORKER_LOG_LEVEL"] ?? "info"]
         var env = ProcessInfo.processInfo.environment
         env["RUNWORKER_AMQP_URL"] = url
         env["RUNWORKER_PREFIX"] = prefix
