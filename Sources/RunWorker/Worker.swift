@@ -88,6 +88,8 @@ final class WorkerLoop: @unchecked Sendable {
     var nextOutboxSweep = Date.distantPast
     var nextTimerSweep = Date.distantPast
     var announcedReady = false
+    /// Set once a session is connected: the next outage's backoff starts afresh.
+    var sessionWasUp = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
         self.settings = settings
@@ -108,6 +110,10 @@ final class WorkerLoop: @unchecked Sendable {
             } catch {
                 close()
                 if stop.isSet { return }
+                if sessionWasUp {
+                    sessionWasUp = false
+                    backoff = 0.2
+                }
                 logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(backoff)"])
                 sleepUnlessStopped(backoff)
                 backoff = min(backoff * 2, 10)
@@ -139,6 +145,7 @@ final class WorkerLoop: @unchecked Sendable {
         try flushOutbox(olderThan: 0)
         nextRebalance = .distantPast
         logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
+        sessionWasUp = true
 
         while !stop.isSet {
             let now = Date()
