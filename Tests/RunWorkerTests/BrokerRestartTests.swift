@@ -75,7 +75,12 @@ private final class BrokerNode {
 
     func stopApp() throws { try script("stop_app", name) }
     func startApp() throws { try script("start_app", name, timeout: 90) }
-    func stop() { _ = try? script("stop", name) }
+    /// Stops the node; `keep` leaves its data and logs in place (for a failed test).
+    func stop(keep: Bool = false) {
+        if keep { setenv("RUNWORKER_KEEP_NODE_DIR", "1", 1) }
+        defer { if keep { unsetenv("RUNWORKER_KEEP_NODE_DIR") } }
+        _ = try? script("stop", name)
+    }
 
     /// Whether nothing listens on 127.0.0.1:port (a bind succeeds).
     static func isFree(_ port: Int) -> Bool {
@@ -107,6 +112,7 @@ private func connectRetrying(_ url: String, until deadline: Date) throws -> Bloc
 /// A producer with publisher confirms that survives the broker going away: on any error it
 /// reconnects and publishes again, in their original order and with their message ids, the
 /// commands the broker had not confirmed (the worker recognises the repeats by id).
+/// `gate(i)` must hold before message `i` is first published (it is polled while false).
 private final class ReconnectingProducer: @unchecked Sendable {
     struct Message {
         var body: [UInt8]
@@ -129,8 +135,11 @@ private final class ReconnectingProducer: @unchecked Sendable {
     let chunk: Int
     let pause: Double
     let stats = Mutex(Stats())
+    let gate: @Sendable (Int) -> Bool
 
-    init(url: String, exchange: String, messages: [Message], chunk: Int = 20, pause: Double = 0.08) {
+    init(url: String, exchange: String, messages: [Message], chunk: Int = 20, pause: Double = 0.08,
+         gate: @escaping @Sendable (Int) -> Bool = { _ in true }) {
+        self.gate = gate
         self.url = url
         self.exchange = exchange
         self.messages = messages
@@ -163,6 +172,10 @@ private final class ReconnectingProducer: @unchecked Sendable {
                 let c = conn!
                 // What was not confirmed goes first, then the next chunk; until the broker
                 // confirms them, all of them count as unconfirmed, whatever happens.
+                if resend.isEmpty, next < messages.count, !gate(next) {
+                    Thread.sleep(forTimeInterval: 0.05)
+                    continue
+                }
                 let fresh = next..<min(next + chunk, messages.count)
                 let republished = resend.count
                 let batch = resend + Array(fresh)
@@ -205,6 +218,8 @@ private final class ReconnectingSubscriber: @unchecked Sendable {
 
     struct State {
         var received: [Received] = []
+        /// The highest event seq seen per run.
+        var maxSeq: [String: Int64] = [:]
         var reconnects = 0
         var stop = false
         var stopped = false
@@ -257,7 +272,11 @@ private final class ReconnectingSubscriber: @unchecked Sendable {
                     got.append(Received(type: d.properties.type, body: d.body))
                     last = (d.channel, d.deliveryTag)
                 }
-                state.withLock { $0.received += got }
+                let seqs = got.filter { $0.type != "command_rejected" }.compactMap { try? RunEvent.decode($0.body) }
+                state.withLock {
+                    $0.received += got
+                    for e in seqs { $0.maxSeq[e.runID] = max($0.maxSeq[e.runID] ?? 0, e.seq) }
+                }
                 if let last { try c.ack(channel: last.channel, deliveryTag: last.tag, multiple: true) }
             } catch {
                 conn?.close()
@@ -286,10 +305,11 @@ private final class ReconnectingSubscriber: @unchecked Sendable {
 }
 
 /// Waits until `condition` holds, at most `timeout` seconds.
-private func waitUntil(_ what: String, timeout: Double, _ condition: () throws -> Bool) throws {
+private func waitUntil(_ what: String, timeout: Double, explain: () -> String = { "" },
+                       _ condition: () throws -> Bool) throws {
     let deadline = Date().addingTimeInterval(timeout)
     while try !condition() {
-        guard Date() < deadline else { throw TimedOut(description: "\(what) after \(timeout) s") }
+        guard Date() < deadline else { throw TimedOut(description: "\(what) after \(timeout) s\n\(explain())") }
         Thread.sleep(forTimeInterval: 0.05)
     }
 }
@@ -302,7 +322,8 @@ private func waitUntil(_ what: String, timeout: Double, _ condition: () throws -
     func brokerRestartMidStream() throws {
         let runs = 200
         let node = try BrokerNode()
-        defer { node.stop() }
+        var finished = false  // keep the node's logs when the test threw
+        defer { node.stop(keep: !finished) }
         let prefix = uniquePrefix("restart")
         let topology = Topology(prefix: prefix, partitions: 4)
         let store = tempStore(prefix)
@@ -331,8 +352,36 @@ private func waitUntil(_ what: String, timeout: Double, _ condition: () throws -
                 messages.append(.init(body: command.serialized(), routingKey: id, id: "\(id)-s\(step)"))
             }
         }
-        let producer = ReconnectingProducer(url: node.url, exchange: topology.commandsExchange, messages: messages)
+        // A run's next command goes out once its previous one was applied (its event seen), as an
+        // agent would do: the broker rebuilds its consistent-hash ring on restart and maps most run
+        // ids to another partition (README, "After a broker restart"), so two commands of one run
+        // queued across the restart could be consumed out of order. One command per run in flight
+        // at a time, the restart still catches 200 of them queued, unconfirmed or republished.
+        let producer = ReconnectingProducer(url: node.url, exchange: topology.commandsExchange, messages: messages) { i in
+            let step = i / runs
+            guard step > 0 else { return true }
+            let seen = subscriber.state.withLock { $0.maxSeq }
+            // Step k's events end at seq k + 2 (start yields created and started).
+            return seen.count == runs && seen.values.allSatisfy { $0 >= Int64(step + 1) }
+        }
         producer.start(deadline: testDeadline)
+
+        // What was seen so far, for a failure message; the worker's log is kept.
+        func explain() -> String {
+            let p = producer.stats.withLock { $0 }
+            let events = subscriber.runEvents
+            let completed = Set(events.filter { $0.type == .completed }.map(\.runID))
+            let stored = (try? SQLiteRunStore.open(url: store).runs(status: nil, agentID: nil, limit: 1000)) ?? []
+            var byStatus: [String: Int] = [:]
+            for r in stored { byStatus["\(r.status)/v\(r.version)", default: 0] += 1 }
+            let kept = NSTemporaryDirectory() + "\(prefix)-worker.log"
+            try? worker.log.write(toFile: kept, atomically: true, encoding: .utf8)
+            return """
+                producer: \(p); subscriber: \(events.count) events, \(completed.count) runs completed, \
+                rejections \(subscriber.rejections.prefix(3)); store: \(byStatus); worker running: \(worker.process.isRunning); \
+                worker log: \(kept); node data: /tmp/runworker-nodes/\(node.name)
+                """
+        }
 
         // Midway through the stream, the broker goes away for a while.
         try waitUntil("producer not midway", timeout: 30) {
@@ -345,13 +394,13 @@ private func waitUntil(_ what: String, timeout: Double, _ condition: () throws -
         Thread.sleep(forTimeInterval: 2)
         try node.startApp()
         let startedAt = Date()
-        try waitUntil("worker did not reconnect", timeout: 30) {
+        try waitUntil("worker did not reconnect", timeout: 30, explain: explain) {
             worker.log.components(separatedBy: "] connected").count - 1 > connectedBefore
         }
         let reconnectedAt = Date()
 
         // Every run completed, as seen by the subscriber.
-        try waitUntil("runs incomplete", timeout: 45) {
+        try waitUntil("runs incomplete", timeout: 45, explain: explain) {
             if let f = producer.stats.withLock({ $0.failure }) { throw TimedOut(description: f) }
             let completed = Set(subscriber.runEvents.filter { $0.type == .completed }.map(\.runID))
             return completed.count >= runs && producer.stats.withLock { $0.finished }
@@ -399,5 +448,6 @@ private func waitUntil(_ what: String, timeout: Double, _ condition: () throws -
             """)
 
         #expect(worker.terminate() == 0)
+        finished = true
     }
 }
