@@ -97,6 +97,8 @@ final class WorkerLoop: @unchecked Sendable {
     /// Where the loop's time goes, logged at debug level every 10 s.
     private var stats = LoopStats()
     var announcedReady = false
+    /// Set once a session is connected: the next outage's backoff starts afresh.
+    var sessionWasUp = false
 
     init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
         self.settings = settings
@@ -120,6 +122,10 @@ final class WorkerLoop: @unchecked Sendable {
                 // A session that ran a while was healthy: start the backoff over.
                 if Date().timeIntervalSince(started) > 30 { backoff = 0.2 }
                 if stop.isSet { return }
+                if sessionWasUp {
+                    sessionWasUp = false
+                    backoff = 0.2
+                }
                 logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(backoff)"])
                 sleepUnlessStopped(backoff)
                 backoff = min(backoff * 2, 10)
@@ -151,6 +157,7 @@ final class WorkerLoop: @unchecked Sendable {
         try flushOutbox(olderThan: 0)
         nextRebalance = .distantPast
         logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
+        sessionWasUp = true
 
         while !stop.isSet {
             let now = Date()

@@ -1,0 +1,453 @@
+import AMQPClient
+import Foundation
+import RunContract
+import RunStore
+import Synchronization
+import Testing
+
+@testable import RunWorker
+
+// The broker restart test runs its own RabbitMQ node (scripts/broker-node), so that stopping
+// the broker does not disturb the tests that share the default one.
+
+/// The repository's root, from this file's path (Tests/RunWorkerTests/<file>).
+private let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent()
+
+/// scripts/broker-node needs root (or password-less sudo) and an installed RabbitMQ.
+private let canRunBrokerNode: Bool = {
+    let installed = ["/usr/sbin/rabbitmq-server", "/usr/bin/rabbitmq-server", "/usr/lib/rabbitmq/bin/rabbitmq-server"]
+        .contains { FileManager.default.isExecutableFile(atPath: $0) }
+    guard installed else { return false }
+    if getuid() == 0 { return true }
+    return (try? runCommand("/usr/bin/sudo", ["-n", "true"], timeout: 10).status) == 0
+}()
+
+/// Runs a program to completion (bounded by `timeout`), returning its exit status and output.
+@discardableResult
+private func runCommand(_ path: String, _ arguments: [String], timeout: Double) throws -> (status: Int32, output: String) {
+    let out = NSTemporaryDirectory() + "cmd-\(UUID().uuidString.prefix(8)).out"
+    _ = FileManager.default.createFile(atPath: out, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: out) }
+    let p = Process()
+    p.executableURL = URL(fileURLWithPath: path)
+    p.arguments = arguments
+    let handle = FileHandle(forWritingAtPath: out)!
+    defer { try? handle.close() }
+    p.standardOutput = handle
+    p.standardError = handle
+    try p.run()
+    let deadline = Date().addingTimeInterval(timeout)
+    while p.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+    if p.isRunning {
+        p.terminate()
+        let grace = Date().addingTimeInterval(5)
+        while p.isRunning, Date() < grace { Thread.sleep(forTimeInterval: 0.05) }
+        throw TimedOut(description: "\(path) \(arguments.joined(separator: " ")) still running after \(timeout) s")
+    }
+    let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
+    return (p.terminationStatus, text)
+}
+
+/// An isolated RabbitMQ node NAME@localhost on 127.0.0.1:port, driven by scripts/broker-node.
+private final class BrokerNode {
+    let name: String
+    let port: Int
+    var url: String { "amqp://guest:guest@127.0.0.1:\(port)/" }
+
+    init() throws {
+        name = "rwtest-\(UUID().uuidString.prefix(8).lowercased())"
+        // A port of 5690–5699 whose distribution port (+20000) is free too; random order so that
+        // concurrent runs rarely pick the same one (the script refuses a port in use).
+        guard let port = (5690...5699).shuffled().first(where: { Self.isFree($0) && Self.isFree($0 + 20000) }) else {
+            throw TimedOut(description: "no free port in 5690–5699")
+        }
+        self.port = port
+        try script("start", name, String(port), timeout: 120)
+    }
+
+    func script(_ arguments: String..., timeout: Double = 60) throws {
+        let r = try runCommand(repoRoot.appendingPathComponent("scripts/broker-node").path, arguments, timeout: timeout)
+        guard r.status == 0 else {
+            throw TimedOut(description: "scripts/broker-node \(arguments.joined(separator: " ")) failed (\(r.status)):\n\(r.output)")
+        }
+    }
+
+    func stopApp() throws { try script("stop_app", name) }
+    func startApp() throws { try script("start_app", name, timeout: 90) }
+    /// Stops the node; `keep` leaves its data and logs in place (for a failed test).
+    func stop(keep: Bool = false) {
+        if keep { setenv("RUNWORKER_KEEP_NODE_DIR", "1", 1) }
+        defer { if keep { unsetenv("RUNWORKER_KEEP_NODE_DIR") } }
+        _ = try? script("stop", name)
+    }
+
+    /// Whether nothing listens on 127.0.0.1:port (a bind succeeds).
+    static func isFree(_ port: Int) -> Bool {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { return false }
+        defer { Glibc.close(fd) }
+        var addr = sockaddr_in()
+        addr.sin_family = sa_family_t(AF_INET)
+        addr.sin_port = in_port_t(UInt16(port).bigEndian)
+        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return withUnsafePointer(to: &addr) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) == 0
+            }
+        }
+    }
+}
+
+/// Connects, retrying while the broker is away, until `deadline`.
+private func connectRetrying(_ url: String, until deadline: Date) throws -> BlockingConnection {
+    var last: Error?
+    while Date() < deadline {
+        do { return try BlockingConnection(url: url) } catch { last = error }
+        Thread.sleep(forTimeInterval: 0.2)
+    }
+    throw TimedOut(description: "no connection to \(url): \(last.map { "\($0)" } ?? "-")")
+}
+
+/// A producer with publisher confirms that survives the broker going away: on any error it
+/// reconnects and publishes again, in their original order and with their message ids, the
+/// commands the broker had not confirmed (the worker recognises the repeats by id).
+/// `gate(i)` must hold before message `i` is first published (it is polled while false).
+private final class ReconnectingProducer: @unchecked Sendable {
+    struct Message {
+        var body: [UInt8]
+        var routingKey: String
+        var id: String
+    }
+
+    struct Stats {
+        var published = 0
+        var confirmed = 0
+        var republished = 0
+        var reconnects = 0
+        var finished = false
+        var failure: String?
+    }
+
+    let url: String
+    let exchange: String
+    let messages: [Message]
+    let chunk: Int
+    let pause: Double
+    let stats = Mutex(Stats())
+    let gate: @Sendable (Int) -> Bool
+
+    init(url: String, exchange: String, messages: [Message], chunk: Int = 20, pause: Double = 0.08,
+         gate: @escaping @Sendable (Int) -> Bool = { _ in true }) {
+        self.gate = gate
+        self.url = url
+        self.exchange = exchange
+        self.messages = messages
+        self.chunk = chunk
+        self.pause = pause
+    }
+
+    func start(deadline: Date) {
+        Thread { self.run(deadline: deadline) }.start()
+    }
+
+    private func run(deadline: Date) {
+        var conn: BlockingConnection?
+        var channel: UInt16 = 0
+        var next = 0
+        // Published but not confirmed (or nacked): to publish again after a reconnect.
+        var resend: [Int] = []
+        while next < messages.count || !resend.isEmpty {
+            guard Date() < deadline else {
+                stats.withLock { $0.failure = "producer gave up: \(next) of \(messages.count) sent, \(resend.count) unconfirmed" }
+                return
+            }
+            do {
+                if conn == nil {
+                    let c = try connectRetrying(url, until: deadline)
+                    conn = c
+                    channel = try c.openChannel()
+                    try c.confirmSelect(channel: channel)
+                }
+                let c = conn!
+                // What was not confirmed goes first, then the next chunk; until the broker
+                // confirms them, all of them count as unconfirmed, whatever happens.
+                if resend.isEmpty, next < messages.count, !gate(next) {
+                    Thread.sleep(forTimeInterval: 0.05)
+                    continue
+                }
+                let fresh = next..<min(next + chunk, messages.count)
+                let republished = resend.count
+                let batch = resend + Array(fresh)
+                resend = batch
+                next = fresh.upperBound
+                stats.withLock { $0.published = next; $0.republished += republished }
+                var tags: [UInt64: Int] = [:]
+                for i in batch {
+                    let m = messages[i]
+                    let properties = AMQPProperties(contentType: "application/json", deliveryMode: 2, messageID: m.id)
+                    let tag = try c.publish(channel: channel, exchange: exchange, routingKey: m.routingKey,
+                                            body: m.body, properties: properties)
+                    tags[tag!] = i
+                }
+                let result = try c.waitForConfirms(channel: channel, timeout: 10)
+                resend = result.nacked.compactMap { tags[$0] }.sorted()
+                stats.withLock { $0.confirmed += result.acked.count }
+                Thread.sleep(forTimeInterval: pause)
+            } catch {
+                // The connection is gone (or unusable): everything of the last batch is unconfirmed.
+                conn?.close()
+                conn = nil
+                stats.withLock { $0.reconnects += 1 }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+        conn?.close()
+        stats.withLock { $0.finished = true }
+    }
+}
+
+/// A subscriber on a durable queue bound to `run.#` of the events exchange, acking what it
+/// recorded: events published while it is disconnected wait in the queue, and what it had not
+/// acked when the connection dropped is delivered again.
+private final class ReconnectingSubscriber: @unchecked Sendable {
+    struct Received {
+        var type: String?
+        var body: [UInt8]
+    }
+
+    struct State {
+        var received: [Received] = []
+        /// The highest event seq seen per run.
+        var maxSeq: [String: Int64] = [:]
+        var reconnects = 0
+        var stop = false
+        var stopped = false
+    }
+
+    let url: String
+    let exchange: String
+    let queue: String
+    let state = Mutex(State())
+
+    /// Declares the queue and binds it now, so that no event is published before it exists.
+    init(url: String, exchange: String, queue: String) throws {
+        self.url = url
+        self.exchange = exchange
+        self.queue = queue
+        let conn = try BlockingConnection(url: url)
+        defer { conn.close() }
+        let ch = try conn.openChannel()
+        try declare(conn, ch)
+    }
+
+    private func declare(_ conn: BlockingConnection, _ ch: UInt16) throws {
+        try conn.exchangeDeclare(channel: ch, name: exchange, type: .topic, durable: true)
+        _ = try conn.queueDeclare(channel: ch, name: queue, durable: true)
+        try conn.queueBind(channel: ch, queue: queue, exchange: exchange, routingKey: "run.#")
+    }
+
+    func start(deadline: Date) {
+        Thread { self.run(deadline: deadline) }.start()
+    }
+
+    private func run(deadline: Date) {
+        var conn: BlockingConnection?
+        while !state.withLock({ $0.stop }), Date() < deadline {
+            do {
+                if conn == nil {
+                    let c = try connectRetrying(url, until: deadline)
+                    conn = c
+                    let ch = try c.openChannel()
+                    try declare(c, ch)
+                    try c.qos(channel: ch, prefetchCount: 500)
+                    _ = try c.consume(channel: ch, queue: queue, noAck: false)
+                }
+                let c = conn!
+                guard let first = try c.nextEvent(timeout: 0.1) else { continue }
+                var last: (channel: UInt16, tag: UInt64)?
+                var got: [Received] = []
+                for event in [first] + (try c.drainEvents()) {
+                    guard case .delivery(let d) = event else { continue }
+                    got.append(Received(type: d.properties.type, body: d.body))
+                    last = (d.channel, d.deliveryTag)
+                }
+                let seqs = got.filter { $0.type != "command_rejected" }.compactMap { try? RunEvent.decode($0.body) }
+                state.withLock {
+                    $0.received += got
+                    for e in seqs { $0.maxSeq[e.runID] = max($0.maxSeq[e.runID] ?? 0, e.seq) }
+                }
+                if let last { try c.ack(channel: last.channel, deliveryTag: last.tag, multiple: true) }
+            } catch {
+                conn?.close()
+                conn = nil
+                state.withLock { $0.reconnects += 1 }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+        conn?.close()
+        state.withLock { $0.stopped = true }
+    }
+
+    func stop() {
+        state.withLock { $0.stop = true }
+        let deadline = Date().addingTimeInterval(5)
+        while !state.withLock({ $0.stopped }), Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+    }
+
+    var runEvents: [RunEvent] {
+        state.withLock { $0.received }.filter { $0.type != "command_rejected" }.compactMap { try? RunEvent.decode($0.body) }
+    }
+
+    var rejections: [CommandRejected] {
+        state.withLock { $0.received }.filter { $0.type == "command_rejected" }.compactMap { try? CommandRejected.decode($0.body) }
+    }
+}
+
+/// Waits until `condition` holds, at most `timeout` seconds.
+private func waitUntil(_ what: String, timeout: Double, explain: () -> String = { "" },
+                       _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while try !condition() {
+        guard Date() < deadline else { throw TimedOut(description: "\(what) after \(timeout) s\n\(explain())") }
+        Thread.sleep(forTimeInterval: 0.05)
+    }
+}
+
+@Suite(.serialized) struct BrokerRestartTests {
+    /// The broker stopped and started (`stop_app`/`start_app`) while 200 runs' commands flow
+    /// from a producer that republishes what was not confirmed: the worker reconnects, every run
+    /// ends completed at version 5, and each run's events are seq 1…5, gapless, in order.
+    @Test(.enabled(if: canRunBrokerNode, "needs root or sudo and rabbitmq-server for scripts/broker-node"))
+    func brokerRestartMidStream() throws {
+        let runs = 200
+        let node = try BrokerNode()
+        var finished = false  // keep the node's logs when the test threw
+        defer { node.stop(keep: !finished) }
+        let prefix = uniquePrefix("restart")
+        let topology = Topology(prefix: prefix, partitions: 4)
+        let store = tempStore(prefix)
+        let testDeadline = Date().addingTimeInterval(90)
+
+        let subscriber = try ReconnectingSubscriber(url: node.url, exchange: topology.eventsExchange, queue: "\(prefix).test-events")
+        subscriber.start(deadline: testDeadline)
+        defer { subscriber.stop() }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_AMQP_URL": node.url])
+        defer { if worker.process.isRunning { worker.kill() } }
+        try worker.waitReady()
+
+        // The lifecycles, interleaved as in publishLifecycles: every run's step 1, then step 2, ...
+        var messages: [ReconnectingProducer.Message] = []
+        for step in 0..<4 {
+            for i in 0..<runs {
+                let id = "run-\(i)"
+                let command: JSONValue
+                switch step {
+                case 0: command = ["command": "start", "run_id": .string(id)]
+                case 1: command = ["command": "require_action", "run_id": .string(id),
+                                   "action": ["id": "a", "type": "tool_call", "tool": "t", "args": ["i": .int(Int64(i))]]]
+                case 2: command = ["command": "complete_action", "run_id": .string(id), "action_id": "a", "result": .int(Int64(i))]
+                default: command = ["command": "complete", "run_id": .string(id)]
+                }
+                messages.append(.init(body: command.serialized(), routingKey: id, id: "\(id)-s\(step)"))
+            }
+        }
+        // A run's next command goes out once its previous one was applied (its event seen), as an
+        // agent would do: the broker rebuilds its consistent-hash ring on restart and maps most run
+        // ids to another partition (README, "After a broker restart"), so two commands of one run
+        // queued across the restart could be consumed out of order. One command per run in flight
+        // at a time, the restart still catches 200 of them queued, unconfirmed or republished.
+        let producer = ReconnectingProducer(url: node.url, exchange: topology.commandsExchange, messages: messages) { i in
+            let step = i / runs
+            guard step > 0 else { return true }
+            let seen = subscriber.state.withLock { $0.maxSeq }
+            // Step k's events end at seq k + 2 (start yields created and started).
+            return seen.count == runs && seen.values.allSatisfy { $0 >= Int64(step + 1) }
+        }
+        producer.start(deadline: testDeadline)
+
+        // What was seen so far, for a failure message; the worker's log is kept.
+        func explain() -> String {
+            let p = producer.stats.withLock { $0 }
+            let events = subscriber.runEvents
+            let completed = Set(events.filter { $0.type == .completed }.map(\.runID))
+            let stored = (try? SQLiteRunStore.open(url: store).runs(status: nil, agentID: nil, limit: 1000)) ?? []
+            var byStatus: [String: Int] = [:]
+            for r in stored { byStatus["\(r.status)/v\(r.version)", default: 0] += 1 }
+            let kept = NSTemporaryDirectory() + "\(prefix)-worker.log"
+            try? worker.log.write(toFile: kept, atomically: true, encoding: .utf8)
+            return """
+                producer: \(p); subscriber: \(events.count) events, \(completed.count) runs completed, \
+                rejections \(subscriber.rejections.prefix(3)); store: \(byStatus); worker running: \(worker.process.isRunning); \
+                worker log: \(kept); node data: /tmp/runworker-nodes/\(node.name)
+                """
+        }
+
+        // Midway through the stream, the broker goes away for a while.
+        try waitUntil("producer not midway", timeout: 30) {
+            if let f = producer.stats.withLock({ $0.failure }) { throw TimedOut(description: f) }
+            return producer.stats.withLock { $0.published } >= messages.count * 2 / 5
+        }
+        let connectedBefore = worker.log.components(separatedBy: "] connected").count - 1
+        let stopAt = Date()
+        try node.stopApp()
+        Thread.sleep(forTimeInterval: 2)
+        try node.startApp()
+        let startedAt = Date()
+        try waitUntil("worker did not reconnect", timeout: 30, explain: explain) {
+            worker.log.components(separatedBy: "] connected").count - 1 > connectedBefore
+        }
+        let reconnectedAt = Date()
+
+        // Every run completed, as seen by the subscriber.
+        try waitUntil("runs incomplete", timeout: 45, explain: explain) {
+            if let f = producer.stats.withLock({ $0.failure }) { throw TimedOut(description: f) }
+            let completed = Set(subscriber.runEvents.filter { $0.type == .completed }.map(\.runID))
+            return completed.count >= runs && producer.stats.withLock { $0.finished }
+        }
+
+        // The store: every run completed at version 5.
+        let all = try SQLiteRunStore.open(url: store).runs(status: nil, agentID: nil, limit: 1000)
+        #expect(all.count == runs)
+        #expect(all.allSatisfy { $0.status == .completed && $0.version == 5 },
+                "not completed at version 5: \(all.filter { $0.status != .completed || $0.version != 5 }.prefix(3))")
+
+        // The events: per run, seq 1…5 gapless, the lifecycle in order; a repeat is the same event.
+        #expect(subscriber.rejections.isEmpty, "rejections: \(subscriber.rejections.prefix(3))")
+        var byRun: [String: [Int64: RunEvent]] = [:]
+        var repeats = 0
+        for e in subscriber.runEvents {
+            if let seen = byRun[e.runID]?[e.seq] {
+                repeats += 1
+                #expect(seen == e, "a repeated seq must be the same event: \(e.runID) seq \(e.seq)")
+            }
+            byRun[e.runID, default: [:]][e.seq] = e
+        }
+        #expect(byRun.count == runs)
+        for (run, events) in byRun {
+            #expect(events.keys.sorted() == [1, 2, 3, 4, 5], "\(run): seqs \(events.keys.sorted())")
+            #expect((1...5).compactMap { events[$0]?.type } == [.created, .started, .actionRequired, .actionCompleted, .completed],
+                    "\(run)")
+        }
+
+        // The worker lived through it: still running, reconnected.
+        let log = worker.log
+        #expect(worker.process.isRunning)
+        #expect(log.contains("connection lost, reconnecting"))
+        let p = producer.stats.withLock { $0 }
+        let s = subscriber.state.withLock { ($0.reconnects, $0.received.count) }
+        func count(_ s: String) -> Int { log.components(separatedBy: s).count - 1 }
+        print("""
+            broker restart (node \(node.name), port \(node.port)): worker reconnected \
+            \(String(format: "%.1f", reconnectedAt.timeIntervalSince(startedAt))) s after start_app \
+            (\(String(format: "%.1f", reconnectedAt.timeIntervalSince(stopAt))) s after stop_app began), \
+            reconnect attempts logged \(count("connection lost, reconnecting")); \
+            duplicate commands \(count("duplicate command answered")), outbox flushes \(count("publishing events left in the outbox")), \
+            refused \(count("command refused")); producer: \(p.reconnects) reconnects, \(p.republished) republished; \
+            subscriber: \(s.0) reconnects, \(s.1) events received, \(repeats) repeated
+            """)
+
+        #expect(worker.terminate() == 0)
+        finished = true
+    }
+}
