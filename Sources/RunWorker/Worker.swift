@@ -113,14 +113,11 @@ final class WorkerLoop: @unchecked Sendable {
     func run() throws {
         var backoff = 0.2
         while !stop.isSet {
-            let started = Date()
             do {
                 try session()
                 return
             } catch {
                 close()
-                // A session that ran a while was healthy: start the backoff over.
-                if Date().timeIntervalSince(started) > 30 { backoff = 0.2 }
                 if stop.isSet { return }
                 if sessionWasUp {
                     sessionWasUp = false
