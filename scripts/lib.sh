@@ -5,8 +5,9 @@
 : "${RUNWORKER_AMQP_URL:=amqp://guest:guest@127.0.0.1:5672/}"
 export RUNWORKER_AMQP_URL
 
-# The plugins the worker relies on (consistent-hash partitioning of run ids).
-RUNWORKER_BROKER_PLUGINS="rabbitmq_consistent_hash_exchange"
+# The plugins the worker relies on: rabbitmq_sharding brings the x-modulus-hash exchange
+# that partitions run ids (stable across broker restarts).
+RUNWORKER_BROKER_PLUGINS="rabbitmq_sharding"
 
 log() { printf '[%s] %s\n' "$(basename "$0")" "$*" >&2; }
 

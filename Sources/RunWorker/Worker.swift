@@ -196,7 +196,7 @@ final class WorkerLoop: @unchecked Sendable {
     private func declareTopology(_ conn: BlockingConnection) throws {
         let t = topology
         try conn.exchangeDeclare(
-            channel: control, name: t.commandsExchange, type: "x-consistent-hash", durable: true)
+            channel: control, name: t.commandsExchange, type: AMQPExchangeType(Topology.commandsExchangeType), durable: true)
         try conn.exchangeDeclare(channel: control, name: t.eventsExchange, type: .topic, durable: true)
         try conn.exchangeDeclare(channel: control, name: t.deadExchange, type: .fanout, durable: true)
         _ = try conn.queueDeclare(channel: control, name: t.deadQueue, durable: true)
@@ -204,8 +204,7 @@ final class WorkerLoop: @unchecked Sendable {
         _ = try conn.queueDeclare(channel: control, name: t.presenceQueue, durable: true)
         for q in t.partitionQueues {
             _ = try conn.queueDeclare(channel: control, name: q, durable: true)
-            // Consistent-hash bindings take their weight in the routing key.
-            try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "1")
+            try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "")
         }
     }
 

@@ -4,7 +4,7 @@ import RunWorker
 import Synchronization
 
 /// The ceiling: a stateless echo consumer built on the project's own AMQP layer with the
-/// worker's structure, so that it is a fair yardstick. Same topology (consistent-hash
+/// worker's structure, so that it is a fair yardstick. Same topology (modulus-hash
 /// exchange, durable classic partition queues), one exclusive consumer channel per partition
 /// at the worker's prefetch, one publisher channel with confirms; per batch: take what is
 /// buffered (at most `batchSize` deliveries), publish one persistent ~300-byte event per
@@ -47,11 +47,11 @@ final class EchoConsumer: @unchecked Sendable {
         defer { conn.close() }
         let control = try conn.openChannel()
         let t = topology
-        try conn.exchangeDeclare(channel: control, name: t.commandsExchange, type: "x-consistent-hash", durable: true)
+        try conn.exchangeDeclare(channel: control, name: t.commandsExchange, type: AMQPExchangeType(Topology.commandsExchangeType), durable: true)
         try conn.exchangeDeclare(channel: control, name: t.eventsExchange, type: .topic, durable: true)
         for q in t.partitionQueues {
             try conn.queueDeclare(channel: control, name: q, durable: true)
-            try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "1")
+            try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "")
         }
         let publisher = try conn.openChannel()
         try conn.confirmSelect(channel: publisher)
