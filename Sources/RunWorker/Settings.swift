@@ -18,6 +18,7 @@ public struct WorkerSettings: Sendable, Equatable {
     public var rebalanceIntervalS = 1.0
     public var timerIntervalS = 0.1
     public var deliveryLimit = 5
+    public var pipelineDepth = 16
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
 
@@ -34,6 +35,7 @@ public struct WorkerSettings: Sendable, Equatable {
         guard maxBodyBytes >= 1024 else { throw SettingsError("max_body_bytes must be at least 1024") }
         guard rebalanceIntervalS > 0 else { throw SettingsError("rebalance_interval_s must be > 0") }
         guard timerIntervalS > 0 else { throw SettingsError("timer_interval_s must be > 0") }
+        guard (1...64).contains(pipelineDepth) else { throw SettingsError("pipeline_depth must be between 1 and 64") }
         guard deliveryLimit >= 1 else { throw SettingsError("delivery_limit must be at least 1") }
         guard ["FULL", "NORMAL"].contains(sqliteSynchronous) else {
             throw SettingsError("sqlite_synchronous must be FULL or NORMAL")
@@ -61,6 +63,7 @@ public struct WorkerSettings: Sendable, Equatable {
         if let v = file.rebalance_interval_s { rebalanceIntervalS = v }
         if let v = file.timer_interval_s { timerIntervalS = v }
         if let v = file.delivery_limit { deliveryLimit = v }
+        if let v = file.pipeline_depth { pipelineDepth = v }
         if let v = file.log_level { logLevel = try Self.level(v) }
         if let d = file.run_defaults {
             runDefaults.timeoutS = d.timeout_s
@@ -95,6 +98,7 @@ public struct WorkerSettings: Sendable, Equatable {
         }
         if let v = env["RUNWORKER_LOG_LEVEL"] { logLevel = try Self.level(v) }
         if let v = try int("RUNWORKER_DELIVERY_LIMIT") { deliveryLimit = v }
+        if let v = try int("RUNWORKER_PIPELINE_DEPTH") { pipelineDepth = v }
         if let s = env["RUNWORKER_TIMER_INTERVAL_S"] {
             guard let v = Double(s) else { throw SettingsError("RUNWORKER_TIMER_INTERVAL_S must be a number") }
             timerIntervalS = v
@@ -158,6 +162,7 @@ private struct FileSettings: Decodable {
     var rebalance_interval_s: Double?
     var timer_interval_s: Double?
     var delivery_limit: Int?
+    var pipeline_depth: Int?
     var log_level: String?
     var run_defaults: Defaults?
 }

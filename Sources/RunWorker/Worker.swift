@@ -93,7 +93,7 @@ final class WorkerLoop: @unchecked Sendable {
     private var buffered: [Received] = []
     /// Published batches awaiting confirms, oldest first.
     private var inFlight: [InFlight] = []
-    let maxInFlight = 4
+    var maxInFlight: Int { settings.pipelineDepth }
     /// Where the loop's time goes, logged at debug level every 10 s.
     private var stats = LoopStats()
     var announcedReady = false
