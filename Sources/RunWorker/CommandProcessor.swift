@@ -121,7 +121,11 @@ public struct CommandProcessor: Sendable {
 
     /// `confirmedOutbox`: rows of earlier batches the broker has confirmed, deleted in this
     /// batch's transaction rather than in one of their own (one commit per batch, not two).
-    public func process(_ batch: [InboundCommand], confirmedOutbox: [Int64] = []) throws -> ProcessedBatch {
+    /// `published`: outbox rows this worker has already published (awaiting their confirms),
+    /// which a duplicate command must not publish again.
+    public func process(
+        _ batch: [InboundCommand], confirmedOutbox: [Int64] = [], published: Set<Int64> = []
+    ) throws -> ProcessedBatch {
         let now = clock()
         var messages: [OutboundMessage] = []
         var results: [CommandResult] = []
@@ -154,7 +158,7 @@ public struct CommandProcessor: Sendable {
             var runs: [String: (stored: Int64?, run: Run?)] = [:]
             var partitions: [String: Int] = [:]
             // Outbox rows this batch already publishes, so a duplicate does not queue them twice.
-            var queuedOutbox: Set<Int64> = []
+            var queuedOutbox = published
             func current(_ id: String) throws -> Run? {
                 if let entry = runs[id] { return entry.run }
                 let run = try tx.run(id)

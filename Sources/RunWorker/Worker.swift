@@ -284,8 +284,10 @@ final class WorkerLoop: @unchecked Sendable {
     /// events, batch N+1 is applied and published (order is kept: one publishing channel, and
     /// acks and outbox deletions wait for the confirms).
     private func processNextBatch(_ conn: BlockingConnection) throws {
-        // Block only when there is nothing else to do.
-        let wait = buffered.isEmpty ? (inFlight.isEmpty ? min(0.1, settings.timerIntervalS) : 0.02) : 0
+        // Block (until the next frame) whenever there is nothing to apply: no deliveries, or a
+        // full pipeline. Polling instead would spin a core the broker needs.
+        let canApply = !buffered.isEmpty && inFlight.count < maxInFlight
+        let wait = canApply ? 0 : (inFlight.isEmpty ? min(0.1, settings.timerIntervalS) : 0.05)
         if wait > 0, let event = try conn.nextEvent(timeout: wait) { try handle(event) }
         for event in try conn.drainEvents(max: settings.batchSize * 2) { try handle(event) }
         try completeConfirmed(conn)
@@ -395,7 +397,8 @@ final class WorkerLoop: @unchecked Sendable {
         var delay = 0.05
         for attempt in 1...4 {
             do {
-                return .done(try processor.process(commands, confirmedOutbox: confirmedOutbox))
+                let published = Set(inFlight.flatMap(\.outboxIDs))
+                return .done(try processor.process(commands, confirmedOutbox: confirmedOutbox, published: published))
             } catch let error as StoreError where error.code == .unavailable || error.code == .versionConflict {
                 if attempt == 4 || stop.isSet { return .storeUnavailable(error) }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
