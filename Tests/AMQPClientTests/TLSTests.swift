@@ -4,18 +4,28 @@ import Testing
 @testable import AMQPClient
 
 /// Starts the TLS node (scripts/tls-broker, idempotent) and returns its certificate folder.
+/// Output goes to a file and the wait is bounded: a pipe would be held open by the node.
 func startTLSBroker() throws -> String {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    let log = NSTemporaryDirectory() + "tls-broker-\(UUID().uuidString.prefix(8)).out"
+    _ = FileManager.default.createFile(atPath: log, contents: nil)
+    defer { try? FileManager.default.removeItem(atPath: log) }
+    let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+    defer { try? handle.close() }
     let p = Process()
     p.executableURL = URL(fileURLWithPath: "/bin/bash")
     p.arguments = [root.appendingPathComponent("scripts/tls-broker").path, "start"]
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
+    p.standardOutput = handle
+    p.standardError = handle
     try p.run()
-    let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw TestTimeout(what: "tls-broker start: \(text)") }
+    let deadline = Date().addingTimeInterval(120)
+    while p.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+    let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+    if p.isRunning {
+        p.terminate()
+        throw TestTimeout(what: "scripts/tls-broker start: \(text)")
+    }
+    guard p.terminationStatus == 0 else { throw TestTimeout(what: "scripts/tls-broker start failed: \(text)") }
     return "/tmp/runworker-tls/certs"
 }
 
