@@ -405,22 +405,7 @@ private func waitUntil(_ what: String, timeout: Double, explain: () -> String = 
                 "not completed at version 5: \(all.filter { $0.status != .completed || $0.version != 5 }.prefix(3))")
 
         // The events: per run, seq 1…5 gapless, the lifecycle in order; a repeat is the same event.
-        #expect(subscriber.rejections.isEmpty, "rejections: \(subscriber.rejections.prefix(3))")
-        var byRun: [String: [Int64: RunEvent]] = [:]
-        var repeats = 0
-        for e in subscriber.runEvents {
-            if let seen = byRun[e.runID]?[e.seq] {
-                repeats += 1
-                #expect(seen == e, "a repeated seq must be the same event: \(e.runID) seq \(e.seq)")
-            }
-            byRun[e.runID, default: [:]][e.seq] = e
-        }
-        #expect(byRun.count == runs)
-        for (run, events) in byRun {
-            #expect(events.keys.sorted() == [1, 2, 3, 4, 5], "\(run): seqs \(events.keys.sorted())")
-            #expect((1...5).compactMap { events[$0]?.type } == [.created, .started, .actionRequired, .actionCompleted, .completed],
-                    "\(run)")
-        }
+        let repeats = checkLifecycles(events: subscriber.runEvents, rejections: subscriber.rejections, runs: runs)
 
         // The worker lived through it: still running, reconnected.
         let log = worker.log

@@ -27,13 +27,16 @@ func publishLifecycles(_ client: ContractClient, runs: Range<Int>, steps: Range<
 }
 
 /// Checks every run's events: the lifecycle in order, seq gapless from 1, duplicates (same
-/// seq) identical; no command was refused.
-func checkLifecycles(_ client: ContractClient, runs: Int) throws {
-    #expect(client.rejections.isEmpty, "rejections: \(client.rejections.prefix(3))")
+/// seq) identical; no command was refused. Returns how many events came more than once.
+@discardableResult
+func checkLifecycles(events: [RunEvent], rejections: [CommandRejected], runs: Int) -> Int {
+    #expect(rejections.isEmpty, "rejections: \(rejections.prefix(3))")
     var byRun: [String: [Int64: RunEvent]] = [:]
-    for e in client.runEvents {
+    var repeats = 0
+    for e in events {
         if let seen = byRun[e.runID]?[e.seq] {
-            #expect(seen == e, "a repeated seq must be the same event")
+            repeats += 1
+            #expect(seen == e, "a repeated seq must be the same event: \(e.runID) seq \(e.seq)")
         }
         byRun[e.runID, default: [:]][e.seq] = e
     }
@@ -43,6 +46,11 @@ func checkLifecycles(_ client: ContractClient, runs: Int) throws {
         #expect((1...5).compactMap { events[$0]?.type } == [.created, .started, .actionRequired, .actionCompleted, .completed],
                 "\(run)")
     }
+    return repeats
+}
+
+func checkLifecycles(_ client: ContractClient, runs: Int) throws {
+    checkLifecycles(events: client.runEvents, rejections: client.rejections, runs: runs)
 }
 
 /// Starts two workers on one store and waits until they split the 4 partitions evenly.
