@@ -340,16 +340,8 @@ private func waitUntil(_ what: String, timeout: Double, explain: () -> String = 
         var messages: [ReconnectingProducer.Message] = []
         for step in 0..<4 {
             for i in 0..<runs {
-                let id = "run-\(i)"
-                let command: JSONValue
-                switch step {
-                case 0: command = ["command": "start", "run_id": .string(id)]
-                case 1: command = ["command": "require_action", "run_id": .string(id),
-                                   "action": ["id": "a", "type": "tool_call", "tool": "t", "args": ["i": .int(Int64(i))]]]
-                case 2: command = ["command": "complete_action", "run_id": .string(id), "action_id": "a", "result": .int(Int64(i))]
-                default: command = ["command": "complete", "run_id": .string(id)]
-                }
-                messages.append(.init(body: command.serialized(), routingKey: id, id: "\(id)-s\(step)"))
+                let (command, id) = lifecycleCommand(run: i, step: step)
+                messages.append(.init(body: command.serialized(), routingKey: "run-\(i)", id: id))
             }
         }
         // The whole interleaved stream, as fast as the broker takes it: commands of one run are

@@ -6,21 +6,28 @@ import Testing
 
 @testable import RunWorker
 
+/// Step `step` (0 start, 1 require_action, 2 complete_action, 3 complete) of run `run-<i>`'s
+/// life, and its command id.
+func lifecycleCommand(run i: Int, step: Int) -> (command: JSONValue, id: String) {
+    let id = "run-\(i)"
+    let command: JSONValue
+    switch step {
+    case 0: command = ["command": "start", "run_id": .string(id)]
+    case 1: command = ["command": "require_action", "run_id": .string(id),
+                       "action": ["id": "a", "type": "tool_call", "tool": "t", "args": ["i": .int(Int64(i))]]]
+    case 2: command = ["command": "complete_action", "run_id": .string(id), "action_id": "a", "result": .int(Int64(i))]
+    default: command = ["command": "complete", "run_id": .string(id)]
+    }
+    return (command, "\(id)-s\(step)")
+}
+
 /// Publishes the four commands of `runs` runs interleaved (every run's step 1, then every
 /// run's step 2, ...), in order on one channel, without waiting for replies.
-func publishLifecycles(_ client: ContractClient, runs: Range<Int>, steps: Range<Int> = 0..<4, tag: String = "") throws {
+func publishLifecycles(_ client: ContractClient, runs: Range<Int>, steps: Range<Int> = 0..<4) throws {
     for step in steps {
         for i in runs {
-            let id = "run-\(i)"
-            let command: JSONValue
-            switch step {
-            case 0: command = ["command": "start", "run_id": .string(id)]
-            case 1: command = ["command": "require_action", "run_id": .string(id),
-                               "action": ["id": "a", "type": "tool_call", "tool": "t", "args": ["i": .int(Int64(i))]]]
-            case 2: command = ["command": "complete_action", "run_id": .string(id), "action_id": "a", "result": .int(Int64(i))]
-            default: command = ["command": "complete", "run_id": .string(id)]
-            }
-            try client.send(command, id: "\(id)-s\(step)", reply: false)
+            let (command, id) = lifecycleCommand(run: i, step: step)
+            try client.send(command, id: id, reply: false)
         }
         try client.confirmAll()
     }
