@@ -4,7 +4,8 @@ import PackageDescription
 // Layers, bottom to top:
 //   CRabbitMQ (system librabbitmq) + CRabbitMQShim (what Swift cannot call)
 //   AMQPClient        Swift AMQP 0-9-1 client over librabbitmq, no C types leak out
-//   RunContract       the wire contract: JSON values, commands, events, snapshots, codec
+//   RunJSON           JSON values, a strict byte-level parser and serializer
+//   RunContract       the wire contract: commands, events, snapshots, codec (re-exports RunJSON)
 //   RunStateMachine   the pure run state machine (no I/O, time passed in)
 //   RunStore          durable runs, outbox and de-duplication records (SQLite; in-memory for tests)
 //   RunWorker         the worker: topology, partition ownership, batched command loop
@@ -14,6 +15,7 @@ let package = Package(
     platforms: [.macOS(.v14)],
     products: [
         .library(name: "AMQPClient", targets: ["AMQPClient"]),
+        .library(name: "RunJSON", targets: ["RunJSON"]),
         .library(name: "RunContract", targets: ["RunContract"]),
         .library(name: "RunStateMachine", targets: ["RunStateMachine"]),
     ],
@@ -33,7 +35,8 @@ let package = Package(
         ),
         .target(name: "CRabbitMQShim", dependencies: ["CRabbitMQ"]),
         .target(name: "AMQPClient", dependencies: ["CRabbitMQ", "CRabbitMQShim"]),
-        .target(name: "RunContract"),
+        .target(name: "RunJSON"),
+        .target(name: "RunContract", dependencies: ["RunJSON"]),
         .target(name: "RunStateMachine", dependencies: ["RunContract"]),
         .target(
             name: "RunStore",
@@ -74,11 +77,20 @@ let package = Package(
             ]
         ),
 
+        // Unit tests: no broker, no database.
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
+        .testTarget(name: "RunJSONTests", dependencies: ["RunJSON"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
+        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore"]),
+        // Integration tests: a real RabbitMQ (and the worker's own processes). Skipped with a
+        // message when no broker answers outside CI; required when CI is set.
         // Depends on the executables so that `swift test` builds the binaries it launches.
-        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "AMQPClient", "RunStore", "runworker", "runctl"]),
+        .testTarget(
+            name: "IntegrationTests",
+            dependencies: ["AMQPClient", "RunContract", "RunStore", "RunWorker", "runworker", "runctl"],
+            exclude: ["interop"]
+        ),
         .testTarget(
             name: "RunStateMachineTests",
             dependencies: [

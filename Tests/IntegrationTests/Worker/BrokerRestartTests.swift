@@ -10,9 +10,9 @@ import Testing
 // The broker restart test runs its own RabbitMQ node (scripts/broker-node), so that stopping
 // the broker does not disturb the tests that share the default one.
 
-/// The repository's root, from this file's path (Tests/RunWorkerTests/<file>).
+/// The repository's root, from this file's path (Tests/IntegrationTests/Worker/<file>).
 private let repoRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
-    .deletingLastPathComponent().deletingLastPathComponent()
+    .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
 /// scripts/broker-node needs root (or password-less sudo) and an installed RabbitMQ.
 private let canRunBrokerNode: Bool = {

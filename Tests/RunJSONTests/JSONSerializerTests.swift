@@ -1,6 +1,6 @@
 import Testing
 
-@testable import RunContract
+@testable import RunJSON
 
 @Suite struct JSONSerializerTests {
     static let cases: [(JSONValue, String)] = [

@@ -7,6 +7,7 @@ import Testing
 /// Output goes to a file and the wait is bounded: a pipe would be held open by the node.
 func startTLSBroker() throws -> String {
     let root = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
     let log = NSTemporaryDirectory() + "tls-broker-\(UUID().uuidString.prefix(8)).out"
     _ = FileManager.default.createFile(atPath: log, contents: nil)
     defer { try? FileManager.default.removeItem(atPath: log) }

@@ -1,6 +1,6 @@
 import Testing
 
-@testable import RunContract
+@testable import RunJSON
 
 private func parse(_ text: String) throws(JSONParseError) -> JSONValue { try JSONValue.parse(text) }
 
