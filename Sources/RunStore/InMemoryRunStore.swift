@@ -1,14 +1,20 @@
 import RunContract
 import Synchronization
 
-/// A store in memory, for unit tests and for trying the worker without a disk. It keeps
-/// `Run` values as they are (no encoding) and serialises transactions behind one lock; a
-/// transaction that throws leaves nothing behind.
+/// A store in memory, for unit tests and for trying the worker without a disk (`memory:`).
+/// It keeps `Run` values as they are (no encoding) behind one lock, with the same optimistic
+/// checks as the durable stores: a commit that conflicts writes nothing.
 public final class InMemoryRunStore: RunStore {
+    struct StoredRun {
+        var run: Run
+        var nextDeadline: Timestamp?
+        var partition: Int?
+    }
+
     struct State {
-        var runs: [String: (run: Run, nextDeadline: Timestamp?, partition: Int?)] = [:]
+        var runs: [String: StoredRun] = [:]
         var attempts: [String: (count: Int, error: String?)] = [:]
-        var outcomes: [String: CommandOutcome] = [:]
+        var outcomes: [CommandKey: CommandOutcome] = [:]
         var outbox: [OutboxMessage] = []
         var nextOutboxID: Int64 = 1
     }
@@ -17,49 +23,81 @@ public final class InMemoryRunStore: RunStore {
 
     public init() {}
 
-    public func transaction<T>(_ body: (any RunStoreTransaction) throws -> T) throws -> T {
-        try state.withLock { state in
-            let tx = Transaction(state: state)
-            let result = try body(tx)
-            state = tx.state
-            return result
-        }
-    }
-
-    public func run(_ runID: String) throws -> Run? {
-        state.withLock { $0.runs[runID]?.run }
-    }
-
-    public func runs(status: RunStatus?, agentID: String?, limit: Int) throws -> [Run] {
+    public func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
         state.withLock { state in
-            state.runs.values.map(\.run)
-                .filter { (status == nil || $0.status == status) && (agentID == nil || $0.agentID == agentID) }
-                .sorted { ($0.updatedAt, $1.runID) > ($1.updatedAt, $0.runID) }
-                .prefix(limit).map { $0 }
+            var snapshot = StoreSnapshot()
+            for id in runIDs { snapshot.runs[id] = state.runs[id]?.run }
+            for key in commands { snapshot.outcomes[key] = state.outcomes[key] }
+            return snapshot
         }
     }
 
-    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) throws -> [OutboxMessage] {
+    public func commit(_ batch: StoreCommit) async throws -> [Int64] {
+        try state.withLock { (state: inout State) throws(StoreError) -> [Int64] in
+            // Check everything first, so that a conflict leaves the state untouched.
+            for write in batch.runs {
+                let current = state.runs[write.run.runID]?.run.version
+                guard current == write.previousVersion else {
+                    throw StoreError(
+                        .versionConflict,
+                        "run \(write.run.runID) is at version \(current.map(String.init) ?? "none"), "
+                            + "expected \(write.previousVersion.map(String.init) ?? "none")")
+                }
+            }
+            var recorded = Set<CommandKey>()
+            for (key, _) in batch.outcomes {
+                guard state.outcomes[key] == nil, recorded.insert(key).inserted else {
+                    throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded meanwhile")
+                }
+            }
+            for write in batch.runs {
+                let partition = write.partition ?? state.runs[write.run.runID]?.partition
+                state.runs[write.run.runID] = StoredRun(
+                    run: write.run, nextDeadline: write.run.status.isTerminal ? nil : write.nextDeadline,
+                    partition: partition)
+            }
+            for (key, outcome) in batch.outcomes { state.outcomes[key] = outcome }
+            Self.remove(batch.removeOutbox, from: &state)
+            return batch.outbox.map { message in
+                var m = message
+                m.id = state.nextOutboxID
+                state.nextOutboxID += 1
+                state.outbox.append(m)
+                return m.id
+            }
+        }
+    }
+
+    public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
+        state.withLock { state in state.outbox.filter { runIDs.contains($0.runID) } }
+    }
+
+    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
         state.withLock { state in Array(state.outbox.filter { $0.writtenAt <= writtenBefore }.prefix(limit)) }
     }
 
-    public func removeOutbox(ids: [Int64]) throws {
-        let remove = Set(ids)
-        state.withLock { $0.outbox.removeAll { remove.contains($0.id) } }
+    public func removeOutbox(ids: [Int64]) async throws {
+        state.withLock { Self.remove(ids, from: &$0) }
     }
 
-    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String] {
+    private static func remove(_ ids: [Int64], from state: inout State) {
+        guard !ids.isEmpty else { return }
+        let remove = Set(ids)
+        state.outbox.removeAll { remove.contains($0.id) }
+    }
+
+    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
         state.withLock { state in
             state.runs.compactMap { id, entry -> (String, Timestamp)? in
                 guard let d = entry.nextDeadline, d <= time else { return nil }
                 if let partitions, !partitions.contains(entry.partition ?? -1) { return nil }
                 return (id, d)
             }
-            .sorted { $0.1 < $1.1 }.prefix(limit).map(\.0)
+            .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(limit).map(\.0)
         }
     }
 
-    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int {
+    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) async throws -> Int {
         state.withLock { state in
             let previous = state.attempts[key]
             let next = (previous.map { $0.count + (increment ? 1 : 0) } ?? 1, error ?? previous?.error)
@@ -68,55 +106,20 @@ public final class InMemoryRunStore: RunStore {
         }
     }
 
-    public func lastDeliveryError(key: String) throws -> String? {
+    public func lastDeliveryError(key: String) async throws -> String? {
         state.withLock { $0.attempts[key]?.error }
     }
 
-    /// Works on a copy of the state; the store adopts it only when the body returns.
-    private final class Transaction: RunStoreTransaction {
-        var state: State
-        init(state: State) { self.state = state }
+    public func run(_ runID: String) async throws -> Run? {
+        state.withLock { $0.runs[runID]?.run }
+    }
 
-        func run(_ runID: String) throws -> Run? { state.runs[runID]?.run }
-
-        func outcome(runID: String, commandID: String) throws -> CommandOutcome? {
-            state.outcomes["\(runID)\u{0}\(commandID)"]
-        }
-
-        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws {
-            let current = state.runs[run.runID]?.run.version
-            guard current == previousVersion else {
-                throw StoreError(
-                    .versionConflict,
-                    "run \(run.runID) is at version \(current.map(String.init) ?? "none"), "
-                        + "expected \(previousVersion.map(String.init) ?? "none")")
-            }
-            let keptPartition = partition ?? state.runs[run.runID]?.partition
-            state.runs[run.runID] = (run, run.status.isTerminal ? nil : nextDeadline, keptPartition)
-        }
-
-        func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64] {
-            messages.map { message in
-                var m = message
-                m.id = state.nextOutboxID
-                state.nextOutboxID += 1
-                state.outbox.append(m)
-                return m.id
-            }
-        }
-
-        func removeOutbox(ids: [Int64]) throws {
-            let remove = Set(ids)
-            state.outbox.removeAll { remove.contains($0.id) }
-        }
-
-        func pendingOutbox(runID: String) throws -> [OutboxMessage] {
-            state.outbox.filter { $0.runID == runID }
-        }
-
-        func recordOutcome(runID: String, commandID: String, _ outcome: CommandOutcome) throws {
-            let key = "\(runID)\u{0}\(commandID)"
-            if state.outcomes[key] == nil { state.outcomes[key] = outcome }
+    public func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run] {
+        state.withLock { state in
+            state.runs.values.map(\.run)
+                .filter { (status == nil || $0.status == status) && (agentID == nil || $0.agentID == agentID) }
+                .sorted { ($0.updatedAt, $1.runID) > ($1.updatedAt, $0.runID) }
+                .prefix(limit).map { $0 }
         }
     }
 }

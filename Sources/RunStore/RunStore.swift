@@ -44,16 +44,32 @@ public struct CommandOutcome: Sendable, Hashable {
     }
 }
 
+/// A command id within its run: the key of the de-duplication record.
+public struct CommandKey: Sendable, Hashable {
+    public var runID: String
+    public var commandID: String
+    public init(runID: String, commandID: String) {
+        self.runID = runID
+        self.commandID = commandID
+    }
+}
+
 public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
-    public struct Code: RawRepresentable, Sendable, Hashable {
+    public struct Code: RawRepresentable, Sendable, Hashable, CustomStringConvertible {
         public var rawValue: String
         public init(rawValue: String) { self.rawValue = rawValue }
-        /// Another writer changed the run since it was read: reload and apply again.
+        public var description: String { rawValue }
+        /// Another writer changed a run (or recorded a command id) since it was read: reload
+        /// and decide again. Nothing was written.
         public static let versionConflict = Code(rawValue: "version_conflict")
-        /// The store is busy or unreachable; the operation may succeed if retried.
+        /// The store is busy, unreachable or out of space; the operation may succeed if
+        /// retried later. Nothing was written.
         public static let unavailable = Code(rawValue: "unavailable")
         /// A stored row could not be decoded.
         public static let corrupt = Code(rawValue: "corrupt")
+        /// The store refused the write for a reason retrying will not change (a constraint,
+        /// a malformed statement): a defect, not an outage.
+        public static let rejected = Code(rawValue: "rejected")
         public static let invalidURL = Code(rawValue: "invalid_url")
     }
 
@@ -64,63 +80,105 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         self.message = message
     }
     public var description: String { "store \(code.rawValue): \(message)" }
+
+    /// Whether trying again later may succeed (the worker requeues rather than counting the
+    /// delivery as a failure).
+    public var isTransient: Bool { code == .unavailable || code == .versionConflict }
 }
 
-/// The writes of one transaction. Everything done through it commits together or not at all.
-public protocol RunStoreTransaction {
-    func run(_ runID: String) throws -> Run?
-    func outcome(runID: String, commandID: String) throws -> CommandOutcome?
-    /// Inserts (`previousVersion == nil`) or replaces the run, guarded by its version: when the
-    /// stored run is not at `previousVersion`, throws `StoreError.versionConflict`.
-    /// `nextDeadline` (from the state machine) indexes the run for the timer sweep;
-    /// `partition` records which command partition the run's commands arrive on, so that only
-    /// that partition's owner fires its timers (nil keeps what was stored).
-    func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws
-    /// Returns the ids given to the rows, in order.
-    func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64]
-    /// Deletes outbox rows the broker confirmed.
-    func removeOutbox(ids: [Int64]) throws
-    /// The run's rows not yet confirmed by the broker, oldest first.
-    func pendingOutbox(runID: String) throws -> [OutboxMessage]
-    func recordOutcome(runID: String, commandID: String, _ outcome: CommandOutcome) throws
+/// What a batch needs from the store before it is decided: its runs and the outcomes of its
+/// command ids. Read without locks; `commit` detects anything that changed meanwhile.
+public struct StoreSnapshot: Sendable {
+    /// The runs asked for that exist.
+    public var runs: [String: Run]
+    /// The outcomes recorded for the command keys asked for.
+    public var outcomes: [CommandKey: CommandOutcome]
+
+    public init(runs: [String: Run] = [:], outcomes: [CommandKey: CommandOutcome] = [:]) {
+        self.runs = runs
+        self.outcomes = outcomes
+    }
 }
 
-/// Durable runs, the outbox and de-duplication records. Small on purpose: SQLite and an
-/// in-memory store implement it; PostgreSQL can later.
+/// One run written by a batch.
+public struct RunWrite: Sendable {
+    public var run: Run
+    /// The version the batch read; nil when the batch creates the run. The write fails with
+    /// `versionConflict` when the stored run is not at this version (or exists, for nil).
+    public var previousVersion: Int64?
+    /// From the state machine; indexes the run for the timer sweep (ignored for terminal runs).
+    public var nextDeadline: Timestamp?
+    /// The command partition the run's commands arrive on, so that only that partition's
+    /// owner fires its timers; nil keeps what was stored.
+    public var partition: Int?
+
+    public init(run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) {
+        self.run = run
+        self.previousVersion = previousVersion
+        self.nextDeadline = nextDeadline
+        self.partition = partition
+    }
+}
+
+/// Everything one batch writes, committed together or not at all.
+public struct StoreCommit: Sendable {
+    public var runs: [RunWrite]
+    /// Appended in order; `commit` returns their ids.
+    public var outbox: [OutboxMessage]
+    /// De-duplication records. A key already recorded is a conflict (`versionConflict`):
+    /// another writer applied that command meanwhile.
+    public var outcomes: [(key: CommandKey, outcome: CommandOutcome)]
+    /// Outbox rows of earlier batches that the broker confirmed, deleted in this
+    /// transaction rather than one of their own.
+    public var removeOutbox: [Int64]
+
+    public init(
+        runs: [RunWrite] = [], outbox: [OutboxMessage] = [], outcomes: [(key: CommandKey, outcome: CommandOutcome)] = [],
+        removeOutbox: [Int64] = []
+    ) {
+        self.runs = runs
+        self.outbox = outbox
+        self.outcomes = outcomes
+        self.removeOutbox = removeOutbox
+    }
+
+    public var isEmpty: Bool { runs.isEmpty && outbox.isEmpty && outcomes.isEmpty && removeOutbox.isEmpty }
+}
+
+/// Durable runs, the outbox, de-duplication records and delivery counts.
+///
+/// The concurrency contract is optimistic: `load` reads without locking anything, the caller
+/// decides in memory, and `commit` writes the whole batch in one transaction in which every
+/// run write is checked against the version that was read (and every command id against
+/// being recorded meanwhile). A conflict writes nothing and throws `versionConflict`; the
+/// caller loads again and decides again. No store promises a global write lock.
+///
+/// Every method is async: a network store suspends, the embedded one runs on its own
+/// serial queue; neither blocks the caller's thread.
 public protocol RunStore: Sendable {
-    /// Runs `body` in one write transaction, serialised against every other writer (in this
-    /// process and in others sharing the store). Throws from `body` roll back.
-    func transaction<T>(_ body: (any RunStoreTransaction) throws -> T) throws -> T
-    func run(_ runID: String) throws -> Run?
-    /// Most recently updated first.
-    func runs(status: RunStatus?, agentID: String?, limit: Int) throws -> [Run]
+    /// The runs and command outcomes a batch needs, in one read.
+    func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot
+    /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order.
+    func commit(_ batch: StoreCommit) async throws -> [Int64]
+    /// The unconfirmed outbox rows of these runs, oldest first (a repeated command publishes
+    /// them again in case the worker that wrote them died before the broker confirmed them).
+    func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage]
     /// Unconfirmed outbox rows, oldest first, written at or before `writtenBefore` (so that a
     /// sweep leaves alone what a live worker is about to publish itself).
-    func pendingOutbox(writtenBefore: Timestamp, limit: Int) throws -> [OutboxMessage]
-    func removeOutbox(ids: [Int64]) throws
+    func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage]
+    /// Deletes outbox rows the broker confirmed (when no batch came along to carry them).
+    func removeOutbox(ids: [Int64]) async throws
     /// Ids of non-terminal runs with a deadline at or before `time`, earliest first, among
     /// the runs of `partitions` (all runs when nil).
-    func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String]
+    func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String]
     /// Counts one more failed or interrupted delivery of a message (or, with `increment`
     /// false, only notes its error) and returns the count so far: the poison-message guard.
-    /// Its own transaction.
-    func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int
+    func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) async throws -> Int
     /// The last error recorded for a message, if any.
-    func lastDeliveryError(key: String) throws -> String?
-}
+    func lastDeliveryError(key: String) async throws -> String?
 
-extension RunStoreTransaction {
-    public func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?) throws {
-        try save(run, previousVersion: previousVersion, nextDeadline: nextDeadline, partition: nil)
-    }
-}
-
-extension RunStore {
-    public func recordDeliveryAttempt(key: String, error: String?, at time: Timestamp) throws -> Int {
-        try recordDeliveryAttempt(key: key, error: error, increment: true, at: time)
-    }
-
-    public func runsDue(at time: Timestamp, limit: Int) throws -> [String] {
-        try runsDue(at: time, partitions: nil, limit: limit)
-    }
+    // Reads for people and tools (runctl, later the HTTP API).
+    func run(_ runID: String) async throws -> Run?
+    /// Most recently updated first.
+    func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run]
 }

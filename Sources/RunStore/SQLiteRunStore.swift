@@ -3,9 +3,10 @@ import GRDB
 import RunContract
 
 /// The embedded store: one SQLite file in WAL mode, shared by every worker process on a
-/// host. Writers serialise on SQLite's write lock (`BEGIN IMMEDIATE`), which is also what
-/// keeps two processes from applying commands to one run at once; the version guard in
-/// `save` is a second line of defence.
+/// host. Reads take no lock; a batch's commit takes SQLite's write lock (`BEGIN IMMEDIATE`)
+/// and checks every run's version and every command id inside it, so a writer that read
+/// stale data conflicts instead of overwriting. All work runs on GRDB's serial queue, never
+/// on the caller's thread.
 public final class SQLiteRunStore: RunStore {
     public enum Synchronous: String, Sendable {
         /// Durable against power loss (an fsync per commit).
@@ -42,22 +43,14 @@ public final class SQLiteRunStore: RunStore {
             } catch is DatabaseError where attempt < 50 {
                 attempt += 1
                 usleep(UInt32.random(in: 20_000...80_000))
+            } catch let error as DatabaseError {
+                var e = Self.storeError(error)
+                e.message = "cannot open SQLite store at \(path): \(e.message)"
+                throw e
             } catch {
                 throw StoreError(.unavailable, "cannot open SQLite store at \(path): \(error)")
             }
         }
-    }
-
-    /// Parses `sqlite:///absolute/path` and `sqlite://relative/path`.
-    public static func path(fromURL url: String) throws -> String {
-        guard url.hasPrefix("sqlite://") else {
-            throw StoreError(.invalidURL, "not a sqlite:// URL: \(url)")
-        }
-        let rest = String(url.dropFirst("sqlite://".count))
-        guard !rest.isEmpty, rest != "/" else {
-            throw StoreError(.invalidURL, "sqlite URL has no path: \(url)")
-        }
-        return rest
     }
 
     private static var migrator: DatabaseMigrator {
@@ -110,17 +103,56 @@ public final class SQLiteRunStore: RunStore {
         return m
     }
 
-    public func transaction<T>(_ body: (any RunStoreTransaction) throws -> T) throws -> T {
-        var result: T?
-        try mapErrors {
-            try queue.writeWithoutTransaction { db in
-                try db.inTransaction(.immediate) {
-                    result = try body(Transaction(db: db))
-                    return .commit
+    // MARK: - The batch path
+
+    public func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
+        try await mapErrors {
+            try await queue.read { db in
+                var snapshot = StoreSnapshot()
+                for id in runIDs {
+                    if let run = try Self.loadRun(db, id) { snapshot.runs[id] = run }
                 }
+                let statement = try db.cachedStatement(
+                    sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
+                for key in commands {
+                    guard let row = try Row.fetchOne(statement, arguments: [key.runID, key.commandID]) else { continue }
+                    let code: String? = row["error_code"]
+                    let message: String? = row["error_message"]
+                    snapshot.outcomes[key] = CommandOutcome(
+                        command: row["command"], error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+                }
+                return snapshot
             }
         }
-        return result!
+    }
+
+    public func commit(_ batch: StoreCommit) async throws -> [Int64] {
+        guard !batch.isEmpty else { return [] }
+        return try await mapErrors {
+            try await queue.writeWithoutTransaction { db in
+                var ids: [Int64] = []
+                // IMMEDIATE: take the write lock at BEGIN, so two processes sharing the file
+                // queue on the busy timeout instead of failing at their first write.
+                try db.inTransaction(.immediate) {
+                    try Self.deleteOutbox(db, batch.removeOutbox)
+                    for write in batch.runs { try Self.save(db, write) }
+                    for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome) }
+                    ids = try Self.appendOutbox(db, batch.outbox)
+                    return .commit
+                }
+                return ids
+            }
+        }
+    }
+
+    public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
+        try await mapErrors {
+            try await queue.read { db in
+                let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
+                return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map(Self.outboxMessage) }
+                    .sorted { $0.id < $1.id }
+            }
+        }
     }
 
     /// SQLite's `PRAGMA synchronous` in force on the connection (1 NORMAL, 2 FULL).
@@ -128,11 +160,11 @@ public final class SQLiteRunStore: RunStore {
         try queue.read { db in try Int.fetchOne(db, sql: "PRAGMA synchronous") ?? -1 }
     }
 
-    public func run(_ runID: String) throws -> Run? {
-        try mapErrors { try queue.read { db in try Self.loadRun(db, runID) } }
+    public func run(_ runID: String) async throws -> Run? {
+        try await mapErrors { try await queue.read { db in try Self.loadRun(db, runID) } }
     }
 
-    public func runs(status: RunStatus?, agentID: String?, limit: Int) throws -> [Run] {
+    public func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run] {
         var sql = "SELECT body FROM runs"
         var clauses: [String] = []
         var args: [(any DatabaseValueConvertible)?] = []
@@ -148,16 +180,17 @@ public final class SQLiteRunStore: RunStore {
         sql += " ORDER BY updated_at_ms DESC, run_id LIMIT ?"
         args.append(limit)
         let arguments = StatementArguments(args)
-        return try mapErrors {
-            try queue.read { db in
-                try Row.fetchAll(db, sql: sql, arguments: arguments).map { try Self.decodeRun($0["body"]) }
+        let query = sql
+        return try await mapErrors {
+            try await queue.read { db in
+                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun($0["body"]) }
             }
         }
     }
 
-    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) throws -> [OutboxMessage] {
-        try mapErrors {
-            try queue.read { db in
+    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
+        try await mapErrors {
+            try await queue.read { db in
                 try Row.fetchAll(
                     db, sql: "SELECT * FROM outbox WHERE written_at_ms <= ? ORDER BY id LIMIT ?",
                     arguments: [writtenBefore.milliseconds, limit]
@@ -173,31 +206,33 @@ public final class SQLiteRunStore: RunStore {
             writtenAt: Timestamp(milliseconds: row["written_at_ms"]))
     }
 
-    public func removeOutbox(ids: [Int64]) throws {
+    public func removeOutbox(ids: [Int64]) async throws {
         guard !ids.isEmpty else { return }
-        try mapErrors { try queue.write { db in try Self.deleteOutbox(db, ids) } }
+        try await mapErrors { try await queue.write { db in try Self.deleteOutbox(db, ids) } }
     }
 
     static func deleteOutbox(_ db: Database, _ ids: [Int64]) throws {
+        guard !ids.isEmpty else { return }
         let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
         for id in ids { try statement.execute(arguments: [id]) }
     }
 
-    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) throws -> [String] {
+    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
         var sql = "SELECT run_id FROM runs WHERE next_deadline_ms <= ?"
         if let partitions {
             guard !partitions.isEmpty else { return [] }
             sql += " AND partition IN (\(partitions.map(String.init).joined(separator: ",")))"
         }
-        sql += " ORDER BY next_deadline_ms LIMIT ?"
-        return try mapErrors {
-            try queue.read { db in try String.fetchAll(db, sql: sql, arguments: [time.milliseconds, limit]) }
+        sql += " ORDER BY next_deadline_ms, run_id LIMIT ?"
+        let query = sql
+        return try await mapErrors {
+            try await queue.read { db in try String.fetchAll(db, sql: query, arguments: [time.milliseconds, limit]) }
         }
     }
 
-    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) throws -> Int {
-        try mapErrors {
-            try queue.write { db in
+    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) async throws -> Int {
+        try await mapErrors {
+            try await queue.write { db in
                 try db.execute(
                     sql: """
                         INSERT INTO delivery_attempts (message_key, attempts, last_error, updated_at_ms) VALUES (?, 1, ?, ?)
@@ -209,9 +244,9 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    public func lastDeliveryError(key: String) throws -> String? {
-        try mapErrors {
-            try queue.read { db in
+    public func lastDeliveryError(key: String) async throws -> String? {
+        try await mapErrors {
+            try await queue.read { db in
                 try String.fetchOne(db, sql: "SELECT last_error FROM delivery_attempts WHERE message_key = ?", arguments: [key])
             }
         }
@@ -233,105 +268,95 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    private func mapErrors<T>(_ body: () throws -> T) throws -> T {
-        do {
-            return try body()
-        } catch let error as StoreError {
-            throw error
-        } catch let error as DatabaseError
-            where error.resultCode == .SQLITE_BUSY || error.resultCode == .SQLITE_LOCKED
-        {
-            throw StoreError(.unavailable, "SQLite is busy: \(error.message ?? "\(error.resultCode)")")
-        } catch let error as DatabaseError {
-            throw StoreError(.unavailable, "SQLite error: \(error.message ?? "\(error.resultCode)")")
+    /// Maps GRDB's errors onto the store's codes: only what may pass by itself (busy, locked,
+    /// out of space, I/O) is `unavailable` and retried; a damaged file is `corrupt`; anything
+    /// else (a constraint, a malformed statement) is `rejected`, a defect to report rather than
+    /// an outage to wait out.
+    static func storeError(_ error: DatabaseError) -> StoreError {
+        let text = error.message ?? "\(error.resultCode)"
+        switch error.resultCode {
+        case .SQLITE_BUSY, .SQLITE_LOCKED:
+            return StoreError(.unavailable, "SQLite is busy: \(text)")
+        case .SQLITE_FULL, .SQLITE_IOERR, .SQLITE_CANTOPEN, .SQLITE_NOMEM, .SQLITE_PROTOCOL, .SQLITE_READONLY:
+            return StoreError(.unavailable, "SQLite cannot write now: \(text)")
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB:
+            return StoreError(.corrupt, "SQLite file is damaged: \(text)")
+        default:
+            return StoreError(.rejected, "SQLite refused the statement: \(text)")
         }
     }
 
-    private struct Transaction: RunStoreTransaction {
-        let db: Database
-
-        func run(_ runID: String) throws -> Run? { try SQLiteRunStore.loadRun(db, runID) }
-
-        func outcome(runID: String, commandID: String) throws -> CommandOutcome? {
-            let statement = try db.cachedStatement(
-                sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
-            guard let row = try Row.fetchOne(statement, arguments: [runID, commandID]) else { return nil }
-            let code: String? = row["error_code"]
-            let message: String? = row["error_message"]
-            return CommandOutcome(
-                command: row["command"],
-                error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+    private func mapErrors<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as DatabaseError {
+            throw Self.storeError(error)
         }
+    }
 
-        func save(_ run: Run, previousVersion: Int64?, nextDeadline: Timestamp?, partition: Int?) throws {
-            // A terminal run has no timer left.
-            let nextDeadline = run.status.isTerminal ? nil : nextDeadline
-            let body = Data(run.encodeForStorage())
-            if let previousVersion {
-                let statement = try db.cachedStatement(
-                    sql: """
-                        UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
-                            next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
-                        WHERE run_id = ? AND version = ?
-                        """)
-                try statement.execute(arguments: [
-                    run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                    nextDeadline?.milliseconds, partition, body, run.runID, previousVersion,
-                ])
-                if db.changesCount != 1 {
-                    throw StoreError(
-                        .versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
-                }
-            } else {
-                let statement = try db.cachedStatement(
-                    sql: """
-                        INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
-                        """)
-                try statement.execute(arguments: [
-                    run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                    nextDeadline?.milliseconds, partition, body,
-                ])
-                if db.changesCount != 1 {
-                    throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
-                }
-            }
-        }
-
-        func appendOutbox(_ messages: [OutboxMessage]) throws -> [Int64] {
+    static func save(_ db: Database, _ write: RunWrite) throws {
+        let run = write.run
+        // A terminal run has no timer left.
+        let nextDeadline = run.status.isTerminal ? nil : write.nextDeadline
+        let body = Data(run.encodeForStorage())
+        if let previousVersion = write.previousVersion {
             let statement = try db.cachedStatement(
                 sql: """
-                    INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
-                    """)
-            var ids: [Int64] = []
-            ids.reserveCapacity(messages.count)
-            for m in messages {
-                try statement.execute(arguments: [
-                    m.runID, m.seq, m.type, m.status, m.routingKey, m.messageID, m.writtenAt.milliseconds,
-                    Data(m.body),
-                ])
-                ids.append(db.lastInsertedRowID)
-            }
-            return ids
-        }
-
-        func removeOutbox(ids: [Int64]) throws { try SQLiteRunStore.deleteOutbox(db, ids) }
-
-        func pendingOutbox(runID: String) throws -> [OutboxMessage] {
-            let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
-            return try Row.fetchAll(statement, arguments: [runID]).map(SQLiteRunStore.outboxMessage)
-        }
-
-        func recordOutcome(runID: String, commandID: String, _ outcome: CommandOutcome) throws {
-            let statement = try db.cachedStatement(
-                sql: """
-                    INSERT INTO commands (run_id, command_id, command, error_code, error_message)
-                    VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                    UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
+                        next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
+                    WHERE run_id = ? AND version = ?
                     """)
             try statement.execute(arguments: [
-                runID, commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message,
+                run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
+                nextDeadline?.milliseconds, write.partition, body, run.runID, previousVersion,
             ])
+            if db.changesCount != 1 {
+                throw StoreError(.versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
+            }
+        } else {
+            let statement = try db.cachedStatement(
+                sql: """
+                    INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                    """)
+            try statement.execute(arguments: [
+                run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
+                nextDeadline?.milliseconds, write.partition, body,
+            ])
+            if db.changesCount != 1 {
+                throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
+            }
         }
+    }
+
+    static func recordOutcome(_ db: Database, _ key: CommandKey, _ outcome: CommandOutcome) throws {
+        let statement = try db.cachedStatement(
+            sql: """
+                INSERT INTO commands (run_id, command_id, command, error_code, error_message)
+                VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                """)
+        try statement.execute(arguments: [
+            key.runID, key.commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message,
+        ])
+        if db.changesCount != 1 {
+            throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded by another writer")
+        }
+    }
+
+    static func appendOutbox(_ db: Database, _ messages: [OutboxMessage]) throws -> [Int64] {
+        let statement = try db.cachedStatement(
+            sql: """
+                INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                """)
+        var ids: [Int64] = []
+        ids.reserveCapacity(messages.count)
+        for m in messages {
+            try statement.execute(arguments: [
+                m.runID, m.seq, m.type, m.status, m.routingKey, m.messageID, m.writtenAt.milliseconds, Data(m.body),
+            ])
+            ids.append(db.lastInsertedRowID)
+        }
+        return ids
     }
 }

@@ -93,172 +93,115 @@ public struct CommandResult: Sendable, Hashable {
     public var kind: Kind
 }
 
-/// The result of one batch: what to publish (in order) and what became of each command.
+
+/// One thing the loop applies: a delivered command, or a run whose deadline the timer sweep
+/// found due. Both go through the same path (load, decide, commit, publish).
+public enum WorkItem: Sendable {
+    case command(InboundCommand)
+    case timer(runID: String)
+}
+
+/// A batch after stage 1 of decoding (no store needed): what each item is, and what the
+/// store must load to decide it.
+public struct PreparedBatch: Sendable {
+    enum Entry: Sendable {
+        /// Too large, not a JSON object, or no usable `run_id`: dead-lettered.
+        case unattributable(InboundCommand, RunError)
+        case command(InboundCommand, CommandEnvelope)
+        case timer(runID: String)
+    }
+
+    var entries: [Entry]
+    public var runIDs: Set<String> = []
+    public var commandKeys: Set<CommandKey> = []
+
+    /// Runs with a command id the store has seen: their unconfirmed events are published
+    /// again with the answer, so `decide` needs their outbox rows.
+    public func runsWithRepeatedCommands(in snapshot: StoreSnapshot) -> Set<String> {
+        Set(commandKeys.filter { snapshot.outcomes[$0] != nil }.map(\.runID))
+    }
+}
+
+/// What a batch writes and publishes once decided. Publishing waits for the commit: the
+/// outbox rows' ids come from the store (`assignOutboxIDs`).
+public struct BatchDecision: Sendable {
+    public var commit: StoreCommit
+    /// In publish order.
+    public var messages: [OutboundMessage]
+    public var results: [CommandResult]
+    /// Which message carries which row of `commit.outbox`.
+    var outboxSlots: [(message: Int, row: Int)] = []
+
+    public mutating func assignOutboxIDs(_ ids: [Int64]) {
+        for (message, row) in outboxSlots { messages[message].outboxID = ids[row] }
+    }
+}
+
+/// The result of one applied batch: what to publish (in order) and what became of each item.
 public struct ProcessedBatch: Sendable {
     public var messages: [OutboundMessage]
     public var results: [CommandResult]
 }
 
-/// Applies a batch of inbound commands in one store transaction: decode and validate, look up
-/// the de-duplication record, apply the pure state machine, and write runs, outbox rows and
-/// outcomes together. It publishes nothing itself; the caller publishes `messages` with
-/// confirms and only then acknowledges the deliveries.
+/// Decodes and decides batches: the contract's checks in order, de-duplication, the pure
+/// state machine, deadlines that elapsed before a command. No I/O and no clock: the store's
+/// snapshot and the time come in, the writes and messages go out (`BatchApplier` does the I/O).
 public struct CommandProcessor: Sendable {
-    public var store: any RunStore
     public var machine: RunStateMachine
     public var maxBodyBytes: Int
-    public var clock: @Sendable () -> Timestamp
 
-    public init(
-        store: any RunStore, machine: RunStateMachine, maxBodyBytes: Int = CommandEnvelope.defaultMaxBodyBytes,
-        clock: @escaping @Sendable () -> Timestamp
-    ) {
-        self.store = store
+    public init(machine: RunStateMachine, maxBodyBytes: Int = CommandEnvelope.defaultMaxBodyBytes) {
         self.machine = machine
         self.maxBodyBytes = maxBodyBytes
-        self.clock = clock
     }
 
-    /// `confirmedOutbox`: rows of earlier batches the broker has confirmed, deleted in this
-    /// batch's transaction rather than in one of their own (one commit per batch, not two).
-    /// `published`: outbox rows this worker has already published (awaiting their confirms),
-    /// which a duplicate command must not publish again.
-    public func process(
-        _ batch: [InboundCommand], confirmedOutbox: [Int64] = [], published: Set<Int64> = []
-    ) throws -> ProcessedBatch {
-        let now = clock()
-        var messages: [OutboundMessage] = []
-        var results: [CommandResult] = []
-
-        // Stage 1 outside the transaction: size, JSON, run_id. What fails here has no run.
-        var attributable: [(InboundCommand, CommandEnvelope)] = []
-        for inbound in batch {
-            do {
-                let envelope = try CommandEnvelope.parse(
-                    body: inbound.body, routingKey: inbound.routingKey, messageID: inbound.messageID,
-                    maxBodyBytes: maxBodyBytes)
-                attributable.append((inbound, envelope))
-            } catch {
-                messages.append(Self.deadLetter(inbound, error))
-                if let reply = Self.reply(to: inbound, commandID: inbound.messageID, run: nil, error: error) {
-                    messages.append(reply)
-                }
-                results.append(CommandResult(runID: nil, commandID: inbound.messageID, command: nil, kind: .deadLettered(error)))
-            }
-        }
-        guard !attributable.isEmpty else {
-            try store.removeOutbox(ids: confirmedOutbox)
-            return ProcessedBatch(messages: messages, results: results)
-        }
-
-        try store.transaction { tx in
-            try tx.removeOutbox(ids: confirmedOutbox)
-            // Runs touched by this batch: the version they had in the store, where they are now,
-            // and the partition their latest command came from.
-            var runs: [String: (stored: Int64?, run: Run?)] = [:]
-            var partitions: [String: Int] = [:]
-            // Outbox rows this batch already publishes, so a duplicate does not queue them twice.
-            var queuedOutbox = published
-            func current(_ id: String) throws -> Run? {
-                if let entry = runs[id] { return entry.run }
-                let run = try tx.run(id)
-                runs[id] = (run?.version, run)
-                return run
-            }
-
-            for (inbound, envelope) in attributable {
-                let runID = envelope.runID
-                let commandID = envelope.commandID
-
-                if let commandID, let first = try tx.outcome(runID: runID, commandID: commandID) {
-                    // Seen before: its effect is already stored. Make sure its events reach the
-                    // broker (a worker may have died before publishing them), then answer as before.
-                    let run = try current(runID)
-                    for row in try tx.pendingOutbox(runID: runID) where queuedOutbox.insert(row.id).inserted {
-                        messages.append(OutboundMessage(outbox: row))
-                    }
-                    if let error = first.error {
-                        messages.append(Self.rejection(runID: runID, commandID: commandID, command: first.command,
-                                                       error: error, afterSeq: run?.version ?? 0, at: now))
-                    }
-                    if let reply = Self.reply(to: inbound, commandID: commandID, run: run, error: first.error) {
-                        messages.append(reply)
-                    }
-                    results.append(CommandResult(runID: runID, commandID: commandID, command: first.command, kind: .duplicate(first)))
-                    continue
-                }
-
-                if let partition = inbound.partition { partitions[runID] = partition }
-                let outcome: Result<Transition, RunError>
-                // Deadlines that elapsed before this command fire first, exactly as the timer
-                // sweep would have fired them had it run a moment earlier.
-                if let before = try current(runID), let fired = Self.fireDue(machine, before, at: now) {
-                    runs[runID]?.run = fired.run
-                    try appendEvents(fired.events, to: &messages, queued: &queuedOutbox, tx: tx, at: now)
-                    results.append(CommandResult(runID: runID, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
-                }
-                let run = try current(runID)
-                do throws(RunError) {
-                    let command = try envelope.decodeCommand()
-                    outcome = machine.apply(command, to: run, at: now)
+    /// Stage 1: size, JSON and `run_id` of each command; what the batch must load.
+    public func prepare(_ items: [WorkItem]) -> PreparedBatch {
+        var batch = PreparedBatch(entries: [])
+        batch.entries.reserveCapacity(items.count)
+        for item in items {
+            switch item {
+            case .timer(let runID):
+                batch.entries.append(.timer(runID: runID))
+                batch.runIDs.insert(runID)
+            case .command(let inbound):
+                do {
+                    let envelope = try CommandEnvelope.parse(
+                        body: inbound.body, routingKey: inbound.routingKey, messageID: inbound.messageID,
+                        maxBodyBytes: maxBodyBytes)
+                    batch.entries.append(.command(inbound, envelope))
+                    batch.runIDs.insert(envelope.runID)
+                    if let id = envelope.commandID { batch.commandKeys.insert(CommandKey(runID: envelope.runID, commandID: id)) }
                 } catch {
-                    outcome = .failure(error)
+                    batch.entries.append(.unattributable(inbound, error))
                 }
-
-                switch outcome {
-                case .success(let transition):
-                    runs[runID] = (runs[runID]?.stored ?? nil, transition.run)
-                    try appendEvents(transition.events, to: &messages, queued: &queuedOutbox, tx: tx, at: now)
-                    if let commandID {
-                        try tx.recordOutcome(runID: runID, commandID: commandID,
-                                             CommandOutcome(command: envelope.commandName, error: nil))
-                    }
-                    if let reply = Self.reply(to: inbound, commandID: commandID, run: transition.run, error: nil) {
-                        messages.append(reply)
-                    }
-                    results.append(CommandResult(runID: runID, commandID: commandID, command: envelope.commandName,
-                                                 kind: .applied(events: transition.events.count)))
-                case .failure(let error):
-                    if let commandID {
-                        try tx.recordOutcome(runID: runID, commandID: commandID,
-                                             CommandOutcome(command: envelope.commandName, error: error))
-                    }
-                    messages.append(Self.rejection(runID: runID, commandID: commandID, command: envelope.commandName,
-                                                   error: error, afterSeq: run?.version ?? 0, at: now))
-                    if let reply = Self.reply(to: inbound, commandID: commandID, run: run, error: error) {
-                        messages.append(reply)
-                    }
-                    results.append(CommandResult(runID: runID, commandID: commandID, command: envelope.commandName, kind: .refused(error)))
-                }
-            }
-
-            for (id, entry) in runs {
-                guard let run = entry.run, run.version != entry.stored || partitions[id] != nil else { continue }
-                try tx.save(run, previousVersion: entry.stored, nextDeadline: RunStateMachine.nextDeadline(of: run),
-                            partition: partitions[id])
             }
         }
-        return ProcessedBatch(messages: messages, results: results)
+        return batch
     }
 
-    /// Fires the elapsed deadlines of these runs (the timer sweep), in one transaction. A run
-    /// whose deadline is no longer relevant (completed meanwhile, fired by another worker) is
-    /// left alone.
-    public func fireTimers(runIDs: [String]) throws -> ProcessedBatch {
-        let now = clock()
-        var messages: [OutboundMessage] = []
-        var results: [CommandResult] = []
-        try store.transaction { tx in
-            var queued: Set<Int64> = []
-            for id in runIDs {
-                guard let run = try tx.run(id), let fired = Self.fireDue(machine, run, at: now) else { continue }
-                try appendEvents(fired.events, to: &messages, queued: &queued, tx: tx, at: now)
-                try tx.save(fired.run, previousVersion: run.version, nextDeadline: RunStateMachine.nextDeadline(of: fired.run),
-                            partition: nil)
-                results.append(CommandResult(runID: id, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
+    /// Decides a prepared batch against what the store held when it was loaded.
+    /// - Parameters:
+    ///   - pendingOutbox: the unconfirmed outbox rows of `runsWithRepeatedCommands`.
+    ///   - published: outbox rows this worker published and awaits confirms for, which a
+    ///     repeated command must not publish again.
+    ///   - removeOutbox: confirmed rows of earlier batches, deleted in this batch's commit.
+    public func decide(
+        _ batch: PreparedBatch, snapshot: StoreSnapshot, pendingOutbox: [OutboxMessage] = [],
+        published: Set<Int64> = [], removeOutbox: [Int64] = [], now: Timestamp
+    ) -> BatchDecision {
+        var d = Decider(machine: machine, snapshot: snapshot, published: published, now: now)
+        d.pendingOutbox = Dictionary(grouping: pendingOutbox, by: \.runID)
+        d.decision.commit.removeOutbox = removeOutbox
+        for entry in batch.entries {
+            switch entry {
+            case .unattributable(let inbound, let error): d.deadLetter(inbound, error)
+            case .command(let inbound, let envelope): d.apply(inbound, envelope)
+            case .timer(let runID): d.fireTimer(runID)
             }
         }
-        return ProcessedBatch(messages: messages, results: results)
+        d.finish()
+        return d.decision
     }
 
     /// Everything due at `now`, fired in order (a retry that starts may itself time out later,
@@ -273,29 +216,151 @@ public struct CommandProcessor: Sendable {
         }
         return events.isEmpty ? nil : Transition(run: current, events: events)
     }
+}
 
-    private func appendEvents(
-        _ events: [RunEvent], to messages: inout [OutboundMessage], queued: inout Set<Int64>,
-        tx: any RunStoreTransaction, at now: Timestamp
-    ) throws {
-        let rows = events.map { Self.outboxRow($0, at: now) }
-        let ids = try tx.appendOutbox(rows)
-        for (row, id) in zip(rows, ids) {
-            var row = row
-            row.id = id
-            queued.insert(id)
-            messages.append(OutboundMessage(outbox: row))
+/// The working state of one `decide` call.
+private struct Decider {
+    let machine: RunStateMachine
+    let snapshot: StoreSnapshot
+    let now: Timestamp
+    var decision = BatchDecision(commit: StoreCommit(), messages: [], results: [])
+    var pendingOutbox: [String: [OutboxMessage]] = [:]
+    /// Outbox rows already on their way (published earlier, or republished in this batch).
+    var queuedOutbox: Set<Int64>
+    /// Runs touched by this batch, in first-touch order: the version they had in the store,
+    /// where they are now, and the partition their latest command came from.
+    var touched: [String] = []
+    var runs: [String: (stored: Int64?, run: Run?, partition: Int?)] = [:]
+    /// Outcomes recorded by this batch, so a repeat within the batch is a duplicate too.
+    var outcomes: [CommandKey: CommandOutcome] = [:]
+
+    init(machine: RunStateMachine, snapshot: StoreSnapshot, published: Set<Int64>, now: Timestamp) {
+        self.machine = machine
+        self.snapshot = snapshot
+        self.queuedOutbox = published
+        self.now = now
+    }
+
+    mutating func current(_ id: String) -> Run? {
+        if let entry = runs[id] { return entry.run }
+        let run = snapshot.runs[id]
+        runs[id] = (run?.version, run, nil)
+        touched.append(id)
+        return run
+    }
+
+    mutating func deadLetter(_ inbound: InboundCommand, _ error: RunError) {
+        decision.messages.append(OutboundMessage.deadLetter(inbound, error))
+        if let reply = OutboundMessage.reply(to: inbound, commandID: inbound.messageID, run: nil, error: error) {
+            decision.messages.append(reply)
+        }
+        decision.results.append(CommandResult(runID: nil, commandID: inbound.messageID, command: nil, kind: .deadLettered(error)))
+    }
+
+    mutating func apply(_ inbound: InboundCommand, _ envelope: CommandEnvelope) {
+        let runID = envelope.runID
+        let key = envelope.commandID.map { CommandKey(runID: runID, commandID: $0) }
+
+        if let key, let first = outcomes[key] ?? snapshot.outcomes[key] {
+            answerRepeat(inbound, key, first)
+            return
+        }
+        if let partition = inbound.partition {
+            _ = current(runID)
+            runs[runID]!.partition = partition
+        }
+        // Deadlines that elapsed before this command fire first, exactly as the timer sweep
+        // would have fired them had it run a moment earlier.
+        if let before = current(runID), let fired = CommandProcessor.fireDue(machine, before, at: now) {
+            runs[runID]!.run = fired.run
+            appendEvents(fired.events)
+            decision.results.append(CommandResult(runID: runID, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
+        }
+        let run = current(runID)
+        let outcome: Result<Transition, RunError>
+        do throws(RunError) {
+            outcome = machine.apply(try envelope.decodeCommand(), to: run, at: now)
+        } catch {
+            outcome = .failure(error)
+        }
+        switch outcome {
+        case .success(let transition):
+            runs[runID]!.run = transition.run
+            appendEvents(transition.events)
+            record(key, CommandOutcome(command: envelope.commandName, error: nil))
+            if let reply = OutboundMessage.reply(to: inbound, commandID: envelope.commandID, run: transition.run, error: nil) {
+                decision.messages.append(reply)
+            }
+            decision.results.append(CommandResult(runID: runID, commandID: envelope.commandID, command: envelope.commandName,
+                                                  kind: .applied(events: transition.events.count)))
+        case .failure(let error):
+            record(key, CommandOutcome(command: envelope.commandName, error: error))
+            decision.messages.append(OutboundMessage.rejection(
+                runID: runID, commandID: envelope.commandID, command: envelope.commandName, error: error,
+                afterSeq: run?.version ?? 0, at: now))
+            if let reply = OutboundMessage.reply(to: inbound, commandID: envelope.commandID, run: run, error: error) {
+                decision.messages.append(reply)
+            }
+            decision.results.append(CommandResult(runID: runID, commandID: envelope.commandID, command: envelope.commandName,
+                                                  kind: .refused(error)))
         }
     }
 
-    // MARK: - Messages
-
-    static func outboxRow(_ event: RunEvent, at now: Timestamp) -> OutboxMessage {
-        OutboxMessage(
-            runID: event.runID, seq: event.seq, type: event.type.rawValue, status: event.status.rawValue,
-            routingKey: event.routingKey, messageID: event.eventID, body: event.encode(), writtenAt: now)
+    /// A command id seen before: its effect is already stored. Make sure its events reach the
+    /// broker (a worker may have died before publishing them), then answer as the first time.
+    mutating func answerRepeat(_ inbound: InboundCommand, _ key: CommandKey, _ first: CommandOutcome) {
+        let run = current(key.runID)
+        for row in pendingOutbox[key.runID] ?? [] where queuedOutbox.insert(row.id).inserted {
+            decision.messages.append(OutboundMessage(outbox: row))
+        }
+        if let error = first.error {
+            decision.messages.append(OutboundMessage.rejection(
+                runID: key.runID, commandID: key.commandID, command: first.command, error: error,
+                afterSeq: run?.version ?? 0, at: now))
+        }
+        if let reply = OutboundMessage.reply(to: inbound, commandID: key.commandID, run: run, error: first.error) {
+            decision.messages.append(reply)
+        }
+        decision.results.append(CommandResult(runID: key.runID, commandID: key.commandID, command: first.command,
+                                              kind: .duplicate(first)))
     }
 
+    mutating func fireTimer(_ runID: String) {
+        guard let run = current(runID), let fired = CommandProcessor.fireDue(machine, run, at: now) else { return }
+        runs[runID]!.run = fired.run
+        appendEvents(fired.events)
+        decision.results.append(CommandResult(runID: runID, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
+    }
+
+    mutating func record(_ key: CommandKey?, _ outcome: CommandOutcome) {
+        guard let key else { return }
+        outcomes[key] = outcome
+        decision.commit.outcomes.append((key, outcome))
+    }
+
+    mutating func appendEvents(_ events: [RunEvent]) {
+        for event in events {
+            let row = OutboxMessage(
+                runID: event.runID, seq: event.seq, type: event.type.rawValue, status: event.status.rawValue,
+                routingKey: event.routingKey, messageID: event.eventID, body: event.encode(), writtenAt: now)
+            decision.outboxSlots.append((decision.messages.count, decision.commit.outbox.count))
+            decision.commit.outbox.append(row)
+            decision.messages.append(OutboundMessage(outbox: row))
+        }
+    }
+
+    /// One write per run that changed (or whose partition is now known), version-checked.
+    mutating func finish() {
+        for id in touched {
+            guard let entry = runs[id], let run = entry.run, run.version != entry.stored || entry.partition != nil else { continue }
+            decision.commit.runs.append(RunWrite(
+                run: run, previousVersion: entry.stored, nextDeadline: RunStateMachine.nextDeadline(of: run),
+                partition: entry.partition))
+        }
+    }
+}
+
+extension OutboundMessage {
     static func rejection(runID: String, commandID: String?, command: String?, error: RunError, afterSeq: Int64, at now: Timestamp)
         -> OutboundMessage
     {

@@ -19,6 +19,7 @@ public struct WorkerSettings: Sendable, Equatable {
     public var timerIntervalS = 0.1
     public var deliveryLimit = 5
     public var pipelineDepth = 16
+    public var statusFile: String? = nil
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
 
@@ -87,6 +88,7 @@ public struct WorkerSettings: Sendable, Equatable {
         if let v = env["RUNWORKER_AMQP_URL"] { amqpURL = v }
         if let v = env["RUNWORKER_PREFIX"] { prefix = v }
         if let v = env["RUNWORKER_STORE"] { store = v }
+        if let v = env["RUNWORKER_STATUS_FILE"] { statusFile = v }
         if let v = env["RUNWORKER_SQLITE_SYNCHRONOUS"] { sqliteSynchronous = v.uppercased() }
         if let v = try int("RUNWORKER_PARTITIONS") { partitions = v }
         if let v = try int("RUNWORKER_PREFETCH") { prefetch = v }

@@ -8,13 +8,15 @@ import ServiceLifecycle
 import Synchronization
 
 /// The worker as a service: `run()` returns after a graceful shutdown (SIGTERM/SIGINT through
-/// a `ServiceGroup`), once the batch in flight is stored, published, confirmed and acked.
+/// a `ServiceGroup`) or cancellation, once the batch in flight is stored, published,
+/// confirmed and acked.
 public final class Worker: Service {
     public let settings: WorkerSettings
     let logger: Logger
     let store: any RunStore
     let clock: @Sendable () -> Timestamp
     private let stopFlag = StopFlag()
+    private let waker: Waker
 
     public init(
         settings: WorkerSettings, logger: Logger, store: (any RunStore)? = nil,
@@ -23,8 +25,9 @@ public final class Worker: Service {
         self.settings = settings
         self.logger = logger
         self.clock = clock
-        self.store = try store ?? SQLiteRunStore.open(
-            url: settings.store, synchronous: settings.sqliteSynchronous == "NORMAL" ? .normal : .full)
+        self.waker = try Waker()
+        self.store = try store ?? openRunStore(
+            url: settings.store, sqliteSynchronous: settings.sqliteSynchronous == "NORMAL" ? .normal : .full)
     }
 
     public static let systemClock: @Sendable () -> Timestamp = {
@@ -32,32 +35,38 @@ public final class Worker: Service {
     }
 
     /// Asks the loop to stop after the batch in flight.
-    public func stop() { stopFlag.set() }
+    public func stop() {
+        stopFlag.set()
+        waker.signal()
+    }
 
     public func run() async throws {
-        let loop = WorkerLoop(
-            settings: settings, logger: logger, stop: stopFlag,
-            processor: CommandProcessor(
-                store: store, machine: RunStateMachine(defaults: settings.runDefaults),
-                maxBodyBytes: settings.maxBodyBytes, clock: clock))
-        let stopFlag = self.stopFlag
-        try await withGracefulShutdownHandler {
-            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                // librabbitmq and the loop block: they get a thread of their own, which alone
-                // touches the connection.
-                let thread = Thread {
-                    do {
-                        try loop.run()
-                        continuation.resume()
-                    } catch {
-                        continuation.resume(throwing: error)
+        let applier = BatchApplier(
+            store: store,
+            processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
+            clock: clock)
+        let loop = WorkerLoop(settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier)
+        try await withTaskCancellationHandler {
+            try await withGracefulShutdownHandler {
+                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+                    // librabbitmq blocks: the loop gets a thread of its own, which alone touches
+                    // the connection. Store work runs elsewhere (see `WorkerLoop.awaitStore`).
+                    let thread = Thread {
+                        do {
+                            try loop.run()
+                            continuation.resume()
+                        } catch {
+                            continuation.resume(throwing: error)
+                        }
                     }
+                    thread.name = "runworker-loop"
+                    thread.start()
                 }
-                thread.name = "runworker-loop"
-                thread.start()
+            } onGracefulShutdown: {
+                self.stop()
             }
-        } onGracefulShutdown: {
-            stopFlag.set()
+        } onCancel: {
+            self.stop()
         }
     }
 }
@@ -68,81 +77,123 @@ final class StopFlag: Sendable {
     var isSet: Bool { value.load(ordering: .acquiring) }
 }
 
-/// The command loop. Everything in it runs on one thread, which owns the AMQP connection.
+/// A delivery read from a partition queue and not yet applied.
+struct Received: Sendable {
+    var channel: UInt16
+    var tag: UInt64
+    var redelivered: Bool
+    var command: InboundCommand
+
+    /// Identifies the message across deliveries, for the poison guard.
+    var key: String { PoisonGuard.messageKey(routingKey: command.routingKey, messageID: command.messageID, body: command.body) }
+
+    /// The highest delivery tag per channel: one `basic.ack` with `multiple` acks a batch.
+    static func highestTags(_ batch: [Received]) -> [Ack] {
+        var top: [UInt16: UInt64] = [:]
+        for r in batch { top[r.channel] = max(top[r.channel] ?? 0, r.tag) }
+        return top.sorted { $0.key < $1.key }.map { Ack(channel: $0.key, tag: $0.value, multiple: true) }
+    }
+}
+
+struct Ack: Sendable, Equatable {
+    var channel: UInt16
+    var tag: UInt64
+    var multiple: Bool
+}
+
+/// What to do once a published batch is fully confirmed.
+struct PublishedBatch: Sendable {
+    var acks: [Ack] = []
+    var outboxIDs: [Int64] = []
+    var results: [CommandResult] = []
+}
+
+/// The driver: the only code here that performs I/O. It runs on one thread, which owns the
+/// AMQP connection; the decisions are made by small pure parts (`PartitionBalancer`,
+/// `ConfirmPipeline`, `PoisonGuard`, `LoopSchedule`, `CommandProcessor`) and the store is
+/// called asynchronously through `awaitStore`, which keeps the connection serviced
+/// (heartbeats, confirms, deliveries) while a transaction runs.
+///
 /// `@unchecked Sendable`: it is handed to that thread once and used there only.
 final class WorkerLoop: @unchecked Sendable {
     let settings: WorkerSettings
     let topology: Topology
     var logger: Logger
     let stop: StopFlag
-    let processor: CommandProcessor
+    let waker: Waker
+    let applier: BatchApplier
+    var store: any RunStore { applier.store }
     let workerID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    let poison: PoisonGuard
 
     // Per connection.
     var conn: BlockingConnection?
     var control: UInt16 = 0
     var publisher: UInt16 = 0
-    /// Partition consumers: channel → partition index.
-    var owned: [UInt16: Int] = [:]
-    var nextRebalance = Date.distantPast
-    var nextOutboxSweep = Date.distantPast
-    var nextTimerSweep = Date.distantPast
-    /// Outbox rows the broker confirmed, deleted with the next batch's transaction (or when idle).
+    /// Partition consumers: channel → partition.
+    var channels: [UInt16: Int] = [:]
+    var balancer: PartitionBalancer
+    var pipeline: ConfirmPipeline<PublishedBatch>
+    var schedule: LoopSchedule
+    /// Outbox rows the broker confirmed, deleted with the next batch's commit (or when idle).
     var confirmedOutbox: [Int64] = []
     /// Deliveries read but not yet applied, in arrival order.
-    private var buffered: [Received] = []
-    /// Published batches awaiting confirms, oldest first.
-    private var inFlight: [InFlight] = []
-    var maxInFlight: Int { settings.pipelineDepth }
-    /// Where the loop's time goes, logged at debug level every 10 s.
-    private var stats = LoopStats()
-    var announcedReady = false
-    /// Set once a session is connected: the next outage's backoff starts afresh.
-    var sessionWasUp = false
+    var buffered: [Received] = []
+    var status: WorkerStatus
+    var statusDirty = true
+    var stats = LoopStats()
 
-    init(settings: WorkerSettings, logger: Logger, stop: StopFlag, processor: CommandProcessor) {
+    init(settings: WorkerSettings, logger: Logger, stop: StopFlag, waker: Waker, applier: BatchApplier) {
         self.settings = settings
         self.topology = settings.topology
         self.logger = logger
         self.stop = stop
-        self.processor = processor
+        self.waker = waker
+        self.applier = applier
+        self.poison = PoisonGuard(deliveryLimit: settings.deliveryLimit)
+        self.balancer = PartitionBalancer(
+            partitions: settings.partitions, offset: Int(UInt64(workerID, radix: 36)! % UInt64(settings.partitions)))
+        self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
+        self.schedule = Self.newSchedule(settings)
+        self.status = WorkerStatus(workerID: workerID)
         self.logger[metadataKey: "worker"] = .string(workerID)
     }
 
+    static func newSchedule(_ settings: WorkerSettings) -> LoopSchedule {
+        // Rows a live worker is about to publish are younger than the sweep's 5 s; older ones
+        // were left by a worker that died between commit and confirm.
+        LoopSchedule(rebalance: settings.rebalanceIntervalS, outboxSweep: 5, timerSweep: settings.timerIntervalS, status: 0.2)
+    }
+
+    /// Monotonic seconds, for the schedule.
+    static func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
+
     /// Runs sessions until asked to stop; a lost connection is re-established with backoff.
     func run() throws {
-        var backoff = 0.2
+        var backoff = ReconnectBackoff()
+        defer { writeStatus(force: true) }
         while !stop.isSet {
+            var wasUp = false
             do {
-                try session()
+                try session(wasUp: &wasUp)
                 return
             } catch {
                 close()
                 if stop.isSet { return }
-                if sessionWasUp {
-                    sessionWasUp = false
-                    backoff = 0.2
-                }
-                logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(backoff)"])
-                sleepUnlessStopped(backoff)
-                backoff = min(backoff * 2, 10)
+                let delay = backoff.next(sessionWasUp: wasUp)
+                logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])
+                pause(delay)
             }
         }
     }
 
-    func sleepUnlessStopped(_ seconds: Double) {
-        let until = Date().addingTimeInterval(seconds)
-        while !stop.isSet, Date() < until { Thread.sleep(forTimeInterval: 0.05) }
-    }
-
     // MARK: - Session
 
-    private func session() throws {
+    private func session(wasUp: inout Bool) throws {
         var config = try AMQPConfiguration(url: settings.amqpURL)
         if config.connectionName == nil { config.connectionName = "runworker-\(workerID)" }
         let conn = try BlockingConnection(configuration: config)
         self.conn = conn
-        owned = [:]
         control = try conn.openChannel()
         try declareTopology(conn)
         publisher = try conn.openChannel()
@@ -150,47 +201,36 @@ final class WorkerLoop: @unchecked Sendable {
         // Presence: every live worker consumes this queue, so its consumer count is the head count.
         let presence = try conn.openChannel()
         _ = try conn.consume(channel: presence, queue: topology.presenceQueue, noAck: true)
-
-        try flushOutbox(olderThan: 0)
-        nextRebalance = .distantPast
+        wasUp = true
+        status.connected = true
+        status.counters.connections += 1
+        statusDirty = true
+        schedule = Self.newSchedule(settings)
         logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
-        sessionWasUp = true
 
+        try sweepOutbox(olderThan: 0)
         while !stop.isSet {
-            let now = Date()
-            if now >= nextRebalance {
-                try rebalance(conn)
-                nextRebalance = now.addingTimeInterval(settings.rebalanceIntervalS)
-                if !announcedReady {
-                    announcedReady = true
-                    logger.info("runworker ready", metadata: ["partitions": "\(owned.values.sorted())"])
-                }
-            }
-            if now >= nextOutboxSweep {
-                // Rows a live worker is about to publish are younger than this; older ones
-                // were left by a worker that died between commit and confirm.
-                try flushOutbox(olderThan: 5)
-                nextOutboxSweep = now.addingTimeInterval(5)
-            }
-            if now >= nextTimerSweep {
-                nextTimerSweep = now.addingTimeInterval(settings.timerIntervalS)
-                try sweepTimers(conn)
-            }
-            try processNextBatch(conn)
+            try step(conn)
         }
         // Graceful stop: wait for the last confirms and ack; closing returns what is unapplied.
         logger.info("stopping: finishing in-flight batches, closing consumers and connection")
-        try? drainInFlight(conn)
+        try? drainPipeline()
         close()
     }
 
     func close() {
         conn?.close()
         conn = nil
-        owned = [:]
-        // Unacked deliveries go back to their queues with the connection.
+        channels = [:]
+        balancer.reset()
+        // Unacked deliveries go back to their queues with the connection; unconfirmed events
+        // stay in the outbox for the next sweep.
         buffered = []
-        inFlight = []
+        pipeline.reset()
+        status.connected = false
+        status.ready = false
+        status.partitions = []
+        statusDirty = true
     }
 
     private func declareTopology(_ conn: BlockingConnection) throws {
@@ -208,123 +248,77 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    // MARK: - Partition ownership
+    // MARK: - The step
 
-    /// Claims unowned partitions up to this worker's fair share and gives up extras.
-    private func rebalance(_ conn: BlockingConnection) throws {
-        if !conn.isChannelOpen(control) { control = try conn.openChannel() }
-        let workers = max(1, Int(try conn.queueDeclare(channel: control, name: topology.presenceQueue, passive: true).consumerCount))
-        let fair = (topology.partitions + workers - 1) / workers
-
-        if owned.count > fair {
-            // Finish what was applied; what is read but unapplied goes back with the channel.
-            try drainInFlight(conn)
-            // Highest partitions first, so workers converge on a stable split.
-            for (channel, partition) in owned.sorted(by: { $0.value > $1.value }).prefix(owned.count - fair) {
-                owned[channel] = nil
-                buffered.removeAll { $0.channel == channel }
-                try? conn.closeChannel(channel)
-                logger.info("released partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
-            }
-            return
+    /// One turn of the loop: wait for something to do, run the chores that are due, apply
+    /// the next batch. Batches are pipelined: while the broker confirms batch N's events,
+    /// batch N+1 is applied and published (order is kept: one publishing channel, and acks
+    /// and outbox deletions wait for the confirms).
+    private func step(_ conn: BlockingConnection) throws {
+        let canApply = !buffered.isEmpty && !pipeline.isFull
+        if !canApply {
+            // Block until a frame arrives, a chore is due or the waker rings: polling instead
+            // would spin a core the broker needs.
+            try pump(timeout: schedule.wait(at: Self.monotonic(), limit: 0.1))
         }
-        guard owned.count < fair else { return }
-        let mine = Set(owned.values)
-        // Start at a per-worker offset so that workers starting together try different partitions.
-        let offset = Int(UInt64(workerID, radix: 36)! % UInt64(topology.partitions))
-        for step in 0..<topology.partitions where owned.count < fair {
-            let partition = (offset + step) % topology.partitions
-            guard !mine.contains(partition) else { continue }
-            let queue = topology.partitionQueue(partition)
-            let info = try conn.queueDeclare(channel: control, name: queue, passive: true)
-            guard info.consumerCount == 0 else { continue }
-            let channel = try conn.openChannel()
-            do {
-                try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                _ = try conn.consume(channel: channel, queue: queue, exclusive: true)
-                owned[channel] = partition
-                logger.info("claimed partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
-            } catch let error as AMQPError where !error.isConnectionLevel {
-                // Another worker claimed it first (403 in exclusive use): the broker closed the channel.
-                try? conn.closeChannel(channel)
+        try pumpAvailable()
+
+        for chore in schedule.due(at: Self.monotonic()) {
+            switch chore {
+            case .rebalance: try rebalance(conn)
+            case .outboxSweep: try sweepOutbox(olderThan: 5)
+            case .timerSweep: try sweepTimers()
+            case .status: writeStatus()
             }
         }
-    }
-
-    // MARK: - Commands
-
-    private struct Received {
-        var channel: UInt16
-        var tag: UInt64
-        var redelivered: Bool
-        var command: InboundCommand
-
-        /// Identifies the message across deliveries, for the poison-message count.
-        var key: String {
-            if let id = command.messageID, !id.isEmpty { return "id:\(command.routingKey):\(id)" }
-            var h: UInt64 = 0xcbf2_9ce4_8422_2325
-            for b in command.routingKey.utf8 { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            for b in command.body { h = (h ^ UInt64(b)) &* 0x100_0000_01b3 }
-            return "hash:\(String(h, radix: 16))"
-        }
-    }
-
-    /// A batch whose events are published but not all confirmed yet. Its deliveries are
-    /// acked, and its outbox rows released, only once every publish is confirmed.
-    private struct InFlight {
-        var firstTag: UInt64
-        var lastTag: UInt64
-        var outstanding: Int
-        var acks: [(UInt16, UInt64)]
-        var outboxIDs: [Int64]
-        var results: [CommandResult]
-    }
-
-    /// One step of the loop. Batches are pipelined: while the broker confirms batch N's
-    /// events, batch N+1 is applied and published (order is kept: one publishing channel, and
-    /// acks and outbox deletions wait for the confirms).
-    private func processNextBatch(_ conn: BlockingConnection) throws {
-        // Block (until the next frame) whenever there is nothing to apply: no deliveries, or a
-        // full pipeline. Polling instead would spin a core the broker needs.
-        let canApply = !buffered.isEmpty && inFlight.count < maxInFlight
-        let wait = canApply ? 0 : (inFlight.isEmpty ? min(0.1, settings.timerIntervalS) : 0.05)
-        if wait > 0, let event = try conn.nextEvent(timeout: wait) { try handle(event) }
-        for event in try conn.drainEvents(max: settings.batchSize * 2) { try handle(event) }
-        try completeConfirmed(conn)
 
         guard !buffered.isEmpty else {
-            if inFlight.isEmpty { removeConfirmedOutbox() }
+            if pipeline.isEmpty { try removeConfirmedOutbox() }
             return
         }
-        guard inFlight.count < maxInFlight else { return }  // the next step waits for confirms
+        guard !pipeline.isFull else { return }  // the next step waits for confirms
         let batch = Array(buffered.prefix(settings.batchSize * 2))
         buffered.removeFirst(batch.count)
 
         // A redelivered message may be what killed a worker: take such batches one message at
         // a time, counting each delivery, so that only the culprit reaches the limit.
         if batch.contains(where: \.redelivered) {
-            try drainInFlight(conn)
-            try processOneByOne(conn, batch)
+            try drainPipeline()
+            try applyOneByOne(batch)
             return
         }
-        let applyStart = DispatchTime.now().uptimeNanoseconds
-        let applied = try applyWithRetries(batch.map(\.command), confirmedOutbox: confirmedOutbox)
-        let publishStart = DispatchTime.now().uptimeNanoseconds
-        switch applied {
-        case .done(let processed):
-            confirmedOutbox = []
-            try publishPipelined(conn, processed.messages, acks: highestTags(batch), results: processed.results)
-            stats.record(commands: batch.count, applyNs: publishStart - applyStart,
-                         publishNs: DispatchTime.now().uptimeNanoseconds - publishStart, inFlight: inFlight.count)
+        let started = DispatchTime.now().uptimeNanoseconds
+        switch try apply(batch.map { .command($0.command) }) {
+        case .applied(let processed):
+            let applied = DispatchTime.now().uptimeNanoseconds
+            try publish(processed.messages, then: PublishedBatch(acks: Received.highestTags(batch), results: processed.results))
+            stats.record(commands: batch.count, applyNs: applied - started,
+                         publishNs: DispatchTime.now().uptimeNanoseconds - applied, inFlight: pipeline.count)
             if let line = stats.report() { logger.debug("loop stats", metadata: line) }
-        case .storeUnavailable(let error):
-            try drainInFlight(conn)
-            requeue(conn, batch, because: error)
+        case .unavailable(let error):
+            try drainPipeline()
+            try requeue(batch, because: error, pause: 0.5)
         case .failed:
             // Something in the batch cannot be applied: find it.
-            try drainInFlight(conn)
-            try processOneByOne(conn, batch)
+            try drainPipeline()
+            try applyOneByOne(batch)
         }
+    }
+
+    // MARK: - Connection events
+
+    /// Waits up to `timeout` for one event (or the waker), handling it.
+    private func pump(timeout: Double) throws {
+        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        if let event = try conn.nextEvent(timeout: timeout, waker: waker) { try handle(event) }
+        try completeConfirmed()
+    }
+
+    /// Handles what has already arrived, without waiting.
+    private func pumpAvailable() throws {
+        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        for event in try conn.drainEvents(max: settings.batchSize * 2) { try handle(event) }
+        try completeConfirmed()
     }
 
     /// Sorts one event from the connection: deliveries wait in `buffered`, confirms count
@@ -332,26 +326,27 @@ final class WorkerLoop: @unchecked Sendable {
     private func handle(_ event: AMQPEvent) throws {
         switch event {
         case .delivery(let d):
-            guard let partition = owned[d.channel] else { return }  // released: the broker requeued it
+            guard let partition = channels[d.channel] else { return }  // released: the broker requeues it
             buffered.append(Received(
                 channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
                 command: InboundCommand(
                     body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
                     replyTo: d.properties.replyTo, correlationID: d.properties.correlationID, partition: partition)))
         case .confirm(let c) where c.channel == publisher:
-            guard c.acked else {
+            do {
+                try pipeline.confirmed(tag: c.deliveryTag, acked: c.acked)
+            } catch {
                 // The broker could not take an event: start over; the outbox still has it and
                 // the deliveries were not acked.
                 throw AMQPError(.protocolError, "the broker refused (nacked) a published event")
             }
-            if let i = inFlight.firstIndex(where: { $0.firstTag <= c.deliveryTag && c.deliveryTag <= $0.lastTag }) {
-                inFlight[i].outstanding -= 1
-            }
         case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
-            if let partition = owned.removeValue(forKey: channel) {
+            if let partition = channels.removeValue(forKey: channel) {
                 logger.warning("lost partition", metadata: ["partition": "\(partition)"])
+                balancer.lost(partition)
                 buffered.removeAll { $0.channel == channel }
-                nextRebalance = .distantPast
+                schedule.soon(.rebalance)
+                partitionsChanged()
             }
             if channel == publisher || channel == control {
                 throw AMQPError(.channelClosed, "worker channel \(channel) was closed by the broker")
@@ -362,171 +357,332 @@ final class WorkerLoop: @unchecked Sendable {
     }
 
     /// Acks the batches at the head of the pipeline whose events are all confirmed.
-    private func completeConfirmed(_ conn: BlockingConnection) throws {
-        while let head = inFlight.first, head.outstanding <= 0 {
-            inFlight.removeFirst()
-            for (channel, tag) in head.acks where conn.isChannelOpen(channel) {
-                try conn.ack(channel: channel, deliveryTag: tag, multiple: true)
+    private func completeConfirmed() throws {
+        guard let conn else { return }
+        for done in pipeline.takeCompleted() {
+            for ack in done.acks where conn.isChannelOpen(ack.channel) {
+                try conn.ack(channel: ack.channel, deliveryTag: ack.tag, multiple: ack.multiple)
             }
-            confirmedOutbox += head.outboxIDs
-            log(head.results)
+            confirmedOutbox += done.outboxIDs
+            status.count(done.results)
+            statusDirty = true
+            log(done.results)
         }
     }
 
     /// Waits until every batch in the pipeline is confirmed and acked.
-    private func drainInFlight(_ conn: BlockingConnection) throws {
-        let deadline = Date().addingTimeInterval(30)
-        try completeConfirmed(conn)
-        while !inFlight.isEmpty {
-            guard Date() < deadline else { throw AMQPError(.timeout, "no publisher confirms for 30 s") }
-            if let event = try conn.nextEvent(timeout: 0.1) { try handle(event) }
-            try completeConfirmed(conn)
+    private func drainPipeline() throws {
+        let deadline = Self.monotonic() + 30
+        try completeConfirmed()
+        while !pipeline.isEmpty {
+            guard Self.monotonic() < deadline else { throw AMQPError(.timeout, "no publisher confirms for 30 s") }
+            try pump(timeout: 0.1)
         }
     }
 
-    private enum Applied {
-        case done(ProcessedBatch)
-        /// The store is busy or down: nothing was written; try again later.
-        case storeUnavailable(Error)
-        /// Not a store outage: the input (or a stored run) is the problem.
+    /// Waits `seconds` (or until asked to stop) while keeping the connection serviced; without
+    /// a connection, just waits.
+    private func pause(_ seconds: Double) {
+        let until = Self.monotonic() + seconds
+        while !stop.isSet, Self.monotonic() < until {
+            let left = until - Self.monotonic()
+            if conn != nil {
+                do { try pump(timeout: min(left, 0.1)) } catch { return }
+            } else {
+                Thread.sleep(forTimeInterval: min(max(left, 0), 0.05))
+            }
+        }
+    }
+
+    // MARK: - The store, asynchronously
+
+    /// Runs a store operation off this thread and waits for it while serving the connection:
+    /// heartbeats go out, confirms are counted (and their batches acked), deliveries are
+    /// buffered. A long transaction (a busy SQLite file, a slow database) therefore never
+    /// stalls the connection.
+    func awaitStore<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) throws -> T {
+        let box = ResultBox<T>()
+        let waker = self.waker
+        Task {
+            do { box.set(.success(try await operation())) } catch { box.set(.failure(error)) }
+            waker.signal()
+        }
+        while true {
+            if let result = box.take() { return try result.get() }
+            if conn == nil {
+                box.wait()
+                continue
+            }
+            do {
+                try pump(timeout: 1)
+            } catch {
+                // The connection died: let the store operation finish before the session is
+                // torn down, so no two operations of this worker overlap.
+                box.wait()
+                throw error
+            }
+        }
+    }
+
+    enum Applied {
+        case applied(ProcessedBatch)
+        /// The store is busy, down or contended: nothing was written; try again later.
+        case unavailable(Error)
+        /// Not an outage: the input (or a stored run) is the problem.
         case failed(Error)
     }
 
-    /// Applies commands, retrying a busy or unreachable store a few times with backoff.
-    private func applyWithRetries(_ commands: [InboundCommand], confirmedOutbox: [Int64] = []) throws -> Applied {
+    /// The one apply path, for commands and timers: load, decide, commit through the
+    /// applier, retrying an unavailable store a few times with backoff (serving the
+    /// connection meanwhile).
+    private func apply(_ items: [WorkItem]) throws -> Applied {
         var delay = 0.05
         for attempt in 1...4 {
+            let published = Set(pipeline.pending.flatMap(\.outboxIDs))
+            let remove = confirmedOutbox
+            let applier = self.applier
             do {
-                let published = Set(inFlight.flatMap(\.outboxIDs))
-                return .done(try processor.process(commands, confirmedOutbox: confirmedOutbox, published: published))
-            } catch let error as StoreError where error.code == .unavailable || error.code == .versionConflict {
-                if attempt == 4 || stop.isSet { return .storeUnavailable(error) }
+                let processed = try awaitStore { try await applier.apply(items, published: published, removeOutbox: remove) }
+                confirmedOutbox.removeFirst(remove.count)
+                return .applied(processed)
+            } catch let error as StoreError where error.isTransient {
+                if attempt == 4 || stop.isSet { return .unavailable(error) }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
-                sleepUnlessStopped(delay)
+                pause(delay)
                 delay *= 4
+            } catch let error as AMQPError {
+                throw error
             } catch {
                 return .failed(error)
             }
         }
-        return .storeUnavailable(StoreError(.unavailable, "unreachable"))
+        return .unavailable(StoreError(.unavailable, "unreachable"))
     }
 
-    /// The careful path: one message at a time, each acked on its own, with the poison guard.
-    private func processOneByOne(_ conn: BlockingConnection, _ batch: [Received]) throws {
+    // MARK: - The careful path
+
+    /// One message at a time, each acked on its own, with the poison guard.
+    private func applyOneByOne(_ batch: [Received]) throws {
         for (i, r) in batch.enumerated() {
             let rest = Array(batch[i...])
-            let now = processor.clock()
-            var attempts = 0
+            let key = r.key
+            let store = self.store
+            let now = applier.clock()
             if r.redelivered {
+                let attempts: Int
                 do {
-                    attempts = try processor.store.recordDeliveryAttempt(key: r.key, error: nil, at: now)
+                    attempts = try awaitStore { try await store.recordDeliveryAttempt(key: key, error: nil, increment: true, at: now) }
+                } catch let error as AMQPError {
+                    throw error
                 } catch {
-                    requeue(conn, rest, because: error)
+                    try requeue(rest, because: error, pause: 0.5)
                     return
                 }
-                if attempts > settings.deliveryLimit {
-                    let last = (try? processor.store.lastDeliveryError(key: r.key)) ?? nil
-                    try deadLetterPoison(conn, r, attempts: attempts - 1, lastError: last ?? "redelivered after its handler stopped")
+                if case .deadLetter(let n) = poison.redelivered(attempts: attempts) {
+                    let last = (try? awaitStore { try await store.lastDeliveryError(key: key) }) ?? nil
+                    try deadLetterPoison(r, attempts: n, lastError: last ?? "redelivered after its handler stopped")
                     continue
                 }
             }
-            switch try applyWithRetries([r.command]) {
-            case .done(let processed):
-                try publishConfirmed(conn, processed.messages)
-                try conn.ack(channel: r.channel, deliveryTag: r.tag)
-                log(processed.results)
-            case .storeUnavailable(let error):
-                requeue(conn, rest, because: error)
+            switch try apply([.command(r.command)]) {
+            case .applied(let processed):
+                try publish(processed.messages,
+                            then: PublishedBatch(acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)], results: processed.results))
+                try drainPipeline()
+            case .unavailable(let error):
+                try requeue(rest, because: error, pause: 0.5)
                 return
             case .failed(let error):
-                let count = (try? processor.store.recordDeliveryAttempt(
-                    key: r.key, error: "\(error)", increment: !r.redelivered, at: now)) ?? (attempts + 1)
+                let redelivered = r.redelivered
+                let failures = (try? awaitStore {
+                    try await store.recordDeliveryAttempt(key: key, error: "\(error)", increment: !redelivered, at: now)
+                }) ?? 1
+                status.counters.commandFailures += 1
                 logger.error("command failed", metadata: [
-                    "error": "\(error)", "attempts": "\(count)", "routing_key": .string(r.command.routingKey),
+                    "error": "\(error)", "attempts": "\(failures)", "routing_key": .string(r.command.routingKey),
                     "command_id": .string(r.command.messageID ?? "-"),
                 ])
-                if count >= settings.deliveryLimit {
-                    try deadLetterPoison(conn, r, attempts: count, lastError: "\(error)")
+                switch poison.failed(failures: failures) {
+                case .deadLetter(let n):
+                    try deadLetterPoison(r, attempts: n, lastError: "\(error)")
+                    continue
+                case .requeue(let seconds):
+                    // Back to the queue, with what followed it (order).
+                    try requeue(rest, because: error, pause: seconds)
+                    return
+                case .apply:
                     continue
                 }
-                // Back to the queue, with what followed it (order), after a pause that grows
-                // with the failures: never a hot loop on one message.
-                requeue(conn, rest, because: error, pause: min(0.1 * Double(count), 1))
-                return
             }
         }
     }
 
     /// Gives deliveries back to their queues, with everything read after them (so that the
     /// queue order is kept), and pauses.
-    private func requeue(_ conn: BlockingConnection, _ batch: [Received], because error: Error, pause: Double = 0.5) {
+    private func requeue(_ batch: [Received], because error: Error, pause seconds: Double) throws {
         let all = batch + buffered
         buffered = []
         logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(all.count)"])
-        for r in all.reversed() {
-            try? conn.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
+        status.counters.requeued += all.count
+        statusDirty = true
+        if let conn {
+            for r in all.reversed() where conn.isChannelOpen(r.channel) {
+                try conn.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
+            }
         }
-        sleepUnlessStopped(pause)
+        pause(seconds)
     }
 
-    private func deadLetterPoison(_ conn: BlockingConnection, _ r: Received, attempts: Int, lastError: String) throws {
+    private func deadLetterPoison(_ r: Received, attempts: Int, lastError: String) throws {
+        let headers = RunError(RunError.Code(rawValue: "delivery_limit_exceeded"), lastError)
+            .deadLetterHeaders(originalRoutingKey: r.command.routingKey) + [("x-delivery-attempts", .int(Int64(attempts)))]
         let message = OutboundMessage(
-            destination: .dead, routingKey: r.command.routingKey, messageID: r.command.messageID,
-            headers: [
-                ("x-reason", .string("delivery_limit_exceeded")), ("x-reason-message", .string(lastError)),
-                ("x-original-routing-key", .string(r.command.routingKey)), ("x-delivery-attempts", .int(Int64(attempts))),
-            ],
+            destination: .dead, routingKey: r.command.routingKey, messageID: r.command.messageID, headers: headers,
             body: r.command.body)
-        try publishConfirmed(conn, [message])
-        try conn.ack(channel: r.channel, deliveryTag: r.tag)
+        try publish([message], then: PublishedBatch(acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)]))
+        try drainPipeline()
+        status.counters.poisonDeadLettered += 1
         logger.error("poison message dead-lettered", metadata: [
             "attempts": "\(attempts)", "routing_key": .string(r.command.routingKey), "error": .string(lastError),
         ])
     }
 
-    // MARK: - Timers
+    // MARK: - Partition ownership
+
+    /// Claims free partitions up to this worker's fair share and gives up extras.
+    private func rebalance(_ conn: BlockingConnection) throws {
+        if !conn.isChannelOpen(control) { control = try conn.openChannel() }
+        let workers = Int(try conn.queueDeclare(channel: control, name: topology.presenceQueue, passive: true).consumerCount)
+        switch balancer.plan(liveWorkers: workers) {
+        case .keep:
+            break
+        case .release(let partitions):
+            // Finish what was applied; what is read but unapplied goes back with the channel.
+            try drainPipeline()
+            for partition in partitions {
+                guard let channel = channels.first(where: { $0.value == partition })?.key else { continue }
+                channels[channel] = nil
+                balancer.released(partition)
+                buffered.removeAll { $0.channel == channel }
+                try? conn.closeChannel(channel)
+                logger.info("released partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
+            }
+            partitionsChanged()
+        case .claim(let candidates, let want):
+            var claimed = 0
+            for partition in candidates where claimed < want {
+                let queue = topology.partitionQueue(partition)
+                guard try conn.queueDeclare(channel: control, name: queue, passive: true).consumerCount == 0 else { continue }
+                let channel = try conn.openChannel()
+                do {
+                    try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
+                    _ = try conn.consume(channel: channel, queue: queue, exclusive: true)
+                    channels[channel] = partition
+                    balancer.claimed(partition)
+                    claimed += 1
+                    logger.info("claimed partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
+                } catch let error as AMQPError where !error.isConnectionLevel {
+                    // Another worker claimed it first (403 in exclusive use): the broker closed the channel.
+                    try? conn.closeChannel(channel)
+                }
+            }
+            if claimed > 0 { partitionsChanged() }
+        }
+        if !status.ready {
+            status.ready = true
+            statusDirty = true
+            logger.info("runworker ready", metadata: ["partitions": "\(balancer.owned.sorted())"])
+        }
+    }
+
+    private func partitionsChanged() {
+        status.partitions = balancer.owned.sorted()
+        statusDirty = true
+        writeStatus()
+    }
+
+    // MARK: - Timers and the outbox
 
     /// Fires the elapsed deadlines of runs in the partitions this worker owns. Only the owner
     /// of a run's partition fires it, inside the same loop as that partition's commands, so a
     /// timer never races a command; the store's version check makes a second firing a no-op.
-    private func sweepTimers(_ conn: BlockingConnection) throws {
-        guard !owned.isEmpty else { return }
-        let now = processor.clock()
+    private func sweepTimers() throws {
+        guard !balancer.owned.isEmpty, !pipeline.isFull else { return }
+        let store = self.store
+        let now = applier.clock()
+        let partitions = balancer.owned.sorted()
+        let limit = 256
         let due: [String]
         do {
-            due = try processor.store.runsDue(at: now, partitions: Array(owned.values), limit: 256)
-            guard !due.isEmpty else { return }
-            let fired = try processor.fireTimers(runIDs: due)
-            try publishPipelined(conn, fired.messages, acks: [], results: fired.results)
-        } catch let error as StoreError {
+            due = try awaitStore { try await store.runsDue(at: now, partitions: partitions, limit: limit) }
+        } catch let error as AMQPError {
+            throw error
+        } catch {
+            logger.warning("timer sweep failed, will retry", metadata: ["error": "\(error)"])
+            return
+        }
+        guard !due.isEmpty else { return }
+        switch try apply(due.map { .timer(runID: $0) }) {
+        case .applied(let processed):
+            try publish(processed.messages, then: PublishedBatch(results: processed.results))
+        case .unavailable(let error), .failed(let error):
             logger.warning("timer sweep failed, will retry", metadata: ["error": "\(error)"])
             return
         }
         // A full page means more may be due: look again at once.
-        if due.count == 256 { nextTimerSweep = .distantPast }
+        if due.count == limit { schedule.soon(.timerSweep) }
     }
 
-    private func highestTags(_ batch: [Received]) -> [(UInt16, UInt64)] {
-        var top: [UInt16: UInt64] = [:]
-        for r in batch { top[r.channel] = max(top[r.channel] ?? 0, r.tag) }
-        return top.sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
+    /// Publishes outbox rows older than `seconds` (all of them at 0): events committed by a
+    /// worker that died before the broker confirmed them.
+    private func sweepOutbox(olderThan seconds: Double) throws {
+        let store = self.store
+        let cutoff = applier.clock().adding(seconds: -seconds)
+        while true {
+            let skip = Set(pipeline.pending.flatMap(\.outboxIDs)).union(confirmedOutbox)
+            let rows: [OutboxMessage]
+            do {
+                rows = try awaitStore { try await store.pendingOutbox(writtenBefore: cutoff, limit: 500) }
+            } catch let error as AMQPError {
+                throw error
+            } catch {
+                logger.warning("outbox sweep failed, will retry", metadata: ["error": "\(error)"])
+                return
+            }
+            let fresh = rows.filter { !skip.contains($0.id) }
+            guard !fresh.isEmpty else { return }
+            logger.info("publishing events left in the outbox", metadata: ["count": "\(fresh.count)"])
+            status.counters.outboxRepublished += fresh.count
+            try publish(fresh.map(OutboundMessage.init(outbox:)), then: PublishedBatch(outboxIDs: []))
+            try drainPipeline()
+            if rows.count < 500 { return }
+        }
     }
 
-    /// Publishes in order, waits for every confirm, then deletes the confirmed outbox rows.
-    /// A nack or a timeout throws: the session restarts, the deliveries are redelivered, and
-    /// the outbox still holds the events.
-    private func publishConfirmed(_ conn: BlockingConnection, _ messages: [OutboundMessage]) throws {
-        guard !messages.isEmpty else { return }
-        try drainInFlight(conn)
-        try publishPipelined(conn, messages, acks: [], results: [])
-        try drainInFlight(conn)
+    /// Deletes confirmed outbox rows when no batch came along to carry them.
+    private func removeConfirmedOutbox() throws {
+        guard !confirmedOutbox.isEmpty else { return }
+        let ids = confirmedOutbox
+        let store = self.store
+        do {
+            try awaitStore { try await store.removeOutbox(ids: ids) }
+            confirmedOutbox.removeFirst(ids.count)
+        } catch let error as AMQPError {
+            throw error
+        } catch {
+            logger.warning("could not delete confirmed outbox rows, will retry", metadata: ["error": "\(error)"])
+        }
     }
 
-    /// Publishes and returns at once; the batch joins the pipeline (see `completeConfirmed`).
-    private func publishPipelined(
-        _ conn: BlockingConnection, _ messages: [OutboundMessage], acks: [(UInt16, UInt64)], results: [CommandResult]
-    ) throws {
-        var first: UInt64 = 0
+    // MARK: - Publishing
+
+    /// The one publish path: publishes in order on the confirming channel and adds the batch
+    /// to the pipeline; `then` is done once every message is confirmed (see `completeConfirmed`).
+    private func publish(_ messages: [OutboundMessage], then completion: PublishedBatch) throws {
+        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        var completion = completion
+        completion.outboxIDs += messages.compactMap(\.outboxID)
+        var first: UInt64?
         var last: UInt64 = 0
         let timestamp = Date()
         for m in messages {
@@ -549,37 +705,22 @@ final class WorkerLoop: @unchecked Sendable {
             }
             let tag = try conn.publish(
                 channel: publisher, exchange: exchange, routingKey: m.routingKey, body: m.body, properties: properties) ?? 0
-            if first == 0 { first = tag }
+            if first == nil { first = tag }
             last = tag
         }
-        inFlight.append(InFlight(
-            firstTag: first == 0 ? 1 : first, lastTag: last, outstanding: messages.count, acks: acks,
-            outboxIDs: messages.compactMap(\.outboxID), results: results))
-        try completeConfirmed(conn)
+        pipeline.published(tags: first.map { $0...last }, completion: completion)
+        try completeConfirmed()
     }
 
-    /// Deletes confirmed outbox rows when no batch came along to carry them.
-    private func removeConfirmedOutbox() {
-        guard !confirmedOutbox.isEmpty else { return }
+    // MARK: - Reporting
+
+    private func writeStatus(force: Bool = false) {
+        guard let path = settings.statusFile, statusDirty || force else { return }
         do {
-            try processor.store.removeOutbox(ids: confirmedOutbox)
-            confirmedOutbox = []
+            try status.write(to: path)
+            statusDirty = false
         } catch {
-            logger.warning("could not delete confirmed outbox rows, will retry", metadata: ["error": "\(error)"])
-        }
-    }
-
-    /// Publishes outbox rows older than `seconds` (all of them at 0): events committed by a
-    /// worker that died before the broker confirmed them.
-    private func flushOutbox(olderThan seconds: Double) throws {
-        guard let conn else { return }
-        let cutoff = processor.clock().adding(seconds: -seconds)
-        while true {
-            let rows = try processor.store.pendingOutbox(writtenBefore: cutoff, limit: 500)
-            guard !rows.isEmpty else { return }
-            logger.info("publishing events left in the outbox", metadata: ["count": "\(rows.count)"])
-            try publishConfirmed(conn, rows.map(OutboundMessage.init(outbox:)))
-            if rows.count < 500 { return }
+            logger.warning("could not write the status file", metadata: ["path": .string(path), "error": "\(error)"])
         }
     }
 
@@ -612,6 +753,31 @@ final class WorkerLoop: @unchecked Sendable {
     }
 }
 
+/// The result of an operation running on another thread, handed to the loop's thread.
+final class ResultBox<T: Sendable>: Sendable {
+    private let state = Mutex<Result<T, Error>?>(nil)
+    private let done = DispatchSemaphore(value: 0)
+
+    func set(_ result: Result<T, Error>) {
+        state.withLock { $0 = result }
+        done.signal()
+    }
+
+    /// The result once it is there (and only once).
+    func take() -> Result<T, Error>? {
+        state.withLock { r in
+            defer { if r != nil { r = nil } }
+            return r
+        }
+    }
+
+    /// Blocks until the result is there (without taking it).
+    func wait() {
+        done.wait()
+        done.signal()
+    }
+}
+
 /// Counters of the batch loop, for tuning: how big batches are and where the time goes.
 struct LoopStats {
     var batches = 0
@@ -619,7 +785,7 @@ struct LoopStats {
     var applyNs: UInt64 = 0
     var publishNs: UInt64 = 0
     var inFlightSum = 0
-    var since = Date()
+    var since = DispatchTime.now().uptimeNanoseconds
 
     mutating func record(commands n: Int, applyNs a: UInt64, publishNs p: UInt64, inFlight: Int) {
         batches += 1
@@ -631,7 +797,7 @@ struct LoopStats {
 
     /// Every 10 s: the figures since the last report, then a fresh start.
     mutating func report() -> Logger.Metadata? {
-        let elapsed = Date().timeIntervalSince(since)
+        let elapsed = Double(DispatchTime.now().uptimeNanoseconds - since) / 1e9
         guard elapsed >= 10, batches > 0 else { return nil }
         defer { self = LoopStats() }
         return [

@@ -71,25 +71,24 @@ struct StoreOptions: ParsableArguments {
     @Option(help: "Store URL (default: the worker's, from config and RUNWORKER_STORE).")
     var store: String?
 
-    func open() throws -> SQLiteRunStore {
+    func open() throws -> any RunStore {
         var s = try loadSettings(config)
         if let store { s.store = store }
-        let path = try SQLiteRunStore.path(fromURL: s.store)
-        guard FileManager.default.fileExists(atPath: path) else {
+        if case .sqlite(let path) = try StoreLocation(url: s.store), !FileManager.default.fileExists(atPath: path) {
             throw RunCtlFailure("no store at \(path) (run runctl where the worker runs, or pass --store)")
         }
-        return try SQLiteRunStore.open(url: s.store)
+        return try openRunStore(url: s.store)
     }
 }
 
-struct Get: ParsableCommand {
+struct Get: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Show one run from the store.")
     @Argument var runID: String
     @Flag(help: "Print the snapshot as JSON.") var json = false
     @OptionGroup var store: StoreOptions
 
-    func run() throws {
-        guard let run = try store.open().run(runID) else {
+    func run() async throws {
+        guard let run = try await store.open().run(runID) else {
             printError("run_not_found: no run \"\(runID)\"")
             throw ExitCode(1)
         }
@@ -97,7 +96,7 @@ struct Get: ParsableCommand {
     }
 }
 
-struct List: ParsableCommand {
+struct List: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "List runs, most recently updated first.")
     @Option(help: "Only runs in this status.") var status: String?
     @Option(help: "Only runs of this agent_id.") var agent: String?
@@ -105,7 +104,7 @@ struct List: ParsableCommand {
     @Flag(help: "One snapshot JSON per line.") var json = false
     @OptionGroup var store: StoreOptions
 
-    func run() throws {
+    func run() async throws {
         var s: RunStatus?
         if let status {
             guard let v = RunStatus(rawValue: status) else {
@@ -113,7 +112,7 @@ struct List: ParsableCommand {
             }
             s = v
         }
-        for run in try store.open().runs(status: s, agentID: agent, limit: limit) {
+        for run in try await store.open().runs(status: s, agentID: agent, limit: limit) {
             if json {
                 print(String(decoding: run.encodeSnapshot(), as: UTF8.self))
             } else {

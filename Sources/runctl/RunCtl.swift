@@ -6,7 +6,7 @@ import RunStore
 import RunWorker
 
 @main
-struct RunCtl: ParsableCommand {
+struct RunCtl: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "runctl",
         abstract: "Drive and inspect runs of a runworker deployment.",

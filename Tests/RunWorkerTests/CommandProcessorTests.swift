@@ -12,8 +12,10 @@ func inbound(_ object: JSONValue, runID: String = "r1", id: String? = nil, reply
     InboundCommand(body: body(object), routingKey: runID, messageID: id, replyTo: replyTo, correlationID: id)
 }
 
-func processor(_ store: any RunStore = InMemoryRunStore(), maxBody: Int = CommandEnvelope.defaultMaxBodyBytes) -> CommandProcessor {
-    CommandProcessor(store: store, machine: RunStateMachine(), maxBodyBytes: maxBody, clock: { Timestamp(milliseconds: 1_000) })
+func processor(_ store: any RunStore = InMemoryRunStore(), maxBody: Int = CommandEnvelope.defaultMaxBodyBytes) -> BatchApplier {
+    BatchApplier(
+        store: store, processor: CommandProcessor(machine: RunStateMachine(), maxBodyBytes: maxBody),
+        clock: { Timestamp(milliseconds: 1_000) })
 }
 
 /// The events a batch publishes, decoded.
@@ -28,9 +30,9 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
 @Suite struct CommandProcessorTests {
     /// A run driven through its whole life in one batch yields gapless events, one outbox row
     /// each, and a stored completed run.
-    @Test func fullLifecycleInOneBatch() throws {
+    @Test func fullLifecycleInOneBatch() async throws {
         let store = InMemoryRunStore()
-        let batch = try processor(store).process([
+        let batch = try await processor(store).process([
             inbound(["command": "start", "run_id": "r1", "agent_id": "ag"], id: "c1"),
             inbound(["command": "require_action", "run_id": "r1",
                      "action": ["id": "a1", "type": "tool_call", "tool": "calc", "args": ["x": 1]]], id: "c2"),
@@ -47,17 +49,17 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
                                            "run.r1.action_completed", "run.r1.completed"])
         #expect(rows[2].headers.map(\.key) == ["run_id", "seq", "type", "status"])
         #expect(try replies(batch).map(\.ok) == [true, true, true, true])
-        #expect(try store.run("r1")?.status == .completed)
-        #expect(try store.run("r1")?.version == 5)
-        #expect(try store.pendingOutbox(writtenBefore: Timestamp(milliseconds: 2_000), limit: 100).count == 5)
+        #expect(try await store.run("r1")?.status == .completed)
+        #expect(try await store.run("r1")?.version == 5)
+        #expect(try await store.pendingOutbox(writtenBefore: Timestamp(milliseconds: 2_000), limit: 100).count == 5)
     }
 
     /// A repeated command id is not applied again: the second delivery gets the first outcome,
     /// refusals included, in the same batch or a later one.
-    @Test func duplicatesAreAnsweredNotApplied() throws {
+    @Test func duplicatesAreAnsweredNotApplied() async throws {
         let store = InMemoryRunStore()
         let p = processor(store)
-        let first = try p.process([
+        let first = try await p.process([
             inbound(["command": "start", "run_id": "r1"], id: "c1"),
             inbound(["command": "start", "run_id": "r1"], id: "c1"),
             inbound(["command": "complete_action", "run_id": "r1", "action_id": "nope"], id: "c2"),
@@ -67,21 +69,21 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
             .applied(events: 2), .duplicate(CommandOutcome(command: "start", error: nil)),
             .refused(RunError(.invalidTransition, first.results[2].refusal?.message ?? "")),
         ])
-        let again = try p.process([inbound(["command": "complete_action", "run_id": "r1", "action_id": "nope"], id: "c2")])
+        let again = try await p.process([inbound(["command": "complete_action", "run_id": "r1", "action_id": "nope"], id: "c2")])
         guard case .duplicate(let outcome) = again.results[0].kind else { Issue.record("not a duplicate"); return }
         #expect(outcome.error?.code == .invalidTransition)
         #expect(try replies(again).first?.error?.code == .invalidTransition)
         #expect(again.messages.contains { $0.type == "command_rejected" })
-        #expect(try store.run("r1")?.version == 2)
+        #expect(try await store.run("r1")?.version == 2)
     }
 
     /// A duplicate of a command whose events are still in the outbox (its worker died before
     /// publishing) publishes them again before it is answered.
-    @Test func duplicateRepublishesUnconfirmedEvents() throws {
+    @Test func duplicateRepublishesUnconfirmedEvents() async throws {
         let store = InMemoryRunStore()
         let p = processor(store)
-        _ = try p.process([inbound(["command": "start", "run_id": "r1"], id: "c1")])
-        let again = try p.process([inbound(["command": "start", "run_id": "r1"], id: "c1")])
+        _ = try await p.process([inbound(["command": "start", "run_id": "r1"], id: "c1")])
+        let again = try await p.process([inbound(["command": "start", "run_id": "r1"], id: "c1")])
         #expect(again.messages.filter { $0.outboxID != nil }.map(\.messageID) == ["r1:1", "r1:2"])
     }
 
@@ -96,12 +98,12 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
         (["command": "complete_action", "run_id": "r1", "action_id": "x"], .invalidTransition),
     ]
     @Test(arguments: refusalCases)
-    func refusals(command: JSONValue, code: RunError.Code) throws {
+    func refusals(command: JSONValue, code: RunError.Code) async throws {
         let store = InMemoryRunStore()
         let p = processor(store)
-        _ = try p.process([inbound(["command": "create", "run_id": "r1"], id: "c0")])
+        _ = try await p.process([inbound(["command": "create", "run_id": "r1"], id: "c0")])
         let runID = command["run_id"]?.stringValue ?? "r1"
-        let batch = try p.process([inbound(command, runID: runID, id: "c1")])
+        let batch = try await p.process([inbound(command, runID: runID, id: "c1")])
         #expect(batch.results.first?.refusal?.code == code)
         let rejected = try #require(batch.messages.first { $0.type == "command_rejected" })
         #expect(rejected.routingKey == "run.\(runID).command_rejected")
@@ -110,7 +112,7 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
         #expect(decoded.error.code == code)
         #expect(decoded.afterSeq == (runID == "r1" ? 1 : 0))
         #expect(try replies(batch).first?.ok == false)
-        #expect(try store.run("r1")?.version == 1)
+        #expect(try await store.run("r1")?.version == 1)
     }
 
     /// Bodies that cannot be attributed to a run go to the dead-letter exchange with the
@@ -124,8 +126,8 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
         (body(["command": "start", "run_id": "r1", "input": .string(String(repeating: "x", count: 3000))]), "r1", .payloadTooLarge),
     ]
     @Test(arguments: deadLetterCases)
-    func deadLetters(raw: [UInt8], routingKey: String, code: RunError.Code) throws {
-        let batch = try processor(maxBody: 2048).process([InboundCommand(body: raw, routingKey: routingKey, messageID: "m1", replyTo: "q")])
+    func deadLetters(raw: [UInt8], routingKey: String, code: RunError.Code) async throws {
+        let batch = try await processor(maxBody: 2048).process([InboundCommand(body: raw, routingKey: routingKey, messageID: "m1", replyTo: "q")])
         let dead = try #require(batch.messages.first { $0.destination == .dead })
         #expect(dead.body == raw)
         #expect(dead.headers.first { $0.key == "x-reason" }?.value == .string(code.rawValue))
@@ -135,15 +137,15 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
     }
 
     /// A bad message in the middle of a batch does not stop the good ones around it.
-    @Test func badInputDoesNotBlockOthers() throws {
+    @Test func badInputDoesNotBlockOthers() async throws {
         let store = InMemoryRunStore()
-        let batch = try processor(store).process([
+        let batch = try await processor(store).process([
             inbound(["command": "start", "run_id": "r1"], id: "c1"),
             InboundCommand(body: Array("{oops".utf8), routingKey: "r1"),
             inbound(["command": "bogus", "run_id": "r1"], id: "c2"),
             inbound(["command": "complete", "run_id": "r1"], id: "c3"),
         ])
-        #expect(try store.run("r1")?.status == .completed)
+        #expect(try await store.run("r1")?.status == .completed)
         #expect(batch.messages.filter { $0.destination == .dead }.count == 1)
         #expect(try events(batch).map(\.type) == [.created, .started, .completed])
     }

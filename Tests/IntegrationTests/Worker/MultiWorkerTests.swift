@@ -76,7 +76,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
 @Suite(.serialized) struct MultiWorkerTests {
     /// Two workers share the partitions and the SQLite file; 200 runs' commands interleaved
     /// are all applied in order, once.
-    @Test func twoWorkersTwoHundredRuns() throws {
+    @Test func twoWorkersTwoHundredRuns() async throws {
         let prefix = uniquePrefix("two")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
@@ -90,7 +90,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
         try checkLifecycles(client, runs: 200)
         // Both did work.
         #expect(a.log.contains("applied") && b.log.contains("applied"))
-        let runs = try SQLiteRunStore.open(url: store).runs(status: .completed, agentID: nil, limit: 1000)
+        let runs = try await openRunStore(url: store).runs(status: .completed, agentID: nil, limit: 1000)
         #expect(runs.count == 200 && runs.allSatisfy { $0.version == 5 })
         #expect(a.terminate() == 0)
         #expect(b.terminate() == 0)
@@ -98,7 +98,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
 
     /// One of two workers killed with SIGKILL mid-stream: the other takes over its
     /// partitions; nothing is lost, nothing applied twice, every run's seq is gapless.
-    @Test func killOneWorkerMidStream() throws {
+    @Test func killOneWorkerMidStream() async throws {
         let prefix = uniquePrefix("kill")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
@@ -114,7 +114,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
         }
         try checkLifecycles(client, runs: 300)
         #expect(b.ownedPartitions.count == 4)
-        let runs = try SQLiteRunStore.open(url: store).runs(status: nil, agentID: nil, limit: 1000)
+        let runs = try await openRunStore(url: store).runs(status: nil, agentID: nil, limit: 1000)
         #expect(runs.count == 300 && runs.allSatisfy { $0.status == .completed && $0.version == 5 })
         #expect(b.terminate() == 0)
     }

@@ -11,7 +11,7 @@ import Testing
 @Suite(.serialized) struct WorkerEndToEndTests {
     /// A run's whole life yields the contract's events, routing keys, message ids, headers and
     /// replies, and the stored run matches the last reply.
-    @Test func fullLifecycle() throws {
+    @Test func fullLifecycle() async throws {
         let prefix = uniquePrefix("life")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
@@ -52,13 +52,13 @@ import Testing
         let last = try RunEvent.decode(client.events.last!.body)
         #expect(last.type == .completed && last.result == "done" && last.usage == ["tokens": 7] && last.stopReason == .completed)
         #expect(worker.terminate() == 0)
-        let stored = try SQLiteRunStore.open(url: tempStore(prefix)).run("run-1")
+        let stored = try await openRunStore(url: tempStore(prefix)).run("run-1")
         #expect(stored?.status == .completed && stored?.version == 7)
     }
 
     /// Every refusal code comes back on reply_to, is published as command_rejected with
     /// after_seq, and changes nothing; the worker keeps serving.
-    @Test func everyRefusalCode() throws {
+    @Test func everyRefusalCode() async throws {
         let prefix = uniquePrefix("refuse")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
@@ -97,14 +97,14 @@ import Testing
         #expect(rejected.first?.afterSeq == 0)  // unknown run
         #expect(rejected[1].afterSeq == 4)
         #expect(rejected.map(\.error.code) == cases.map(\.1) + [.actionNotFound, .invalidTransition])
-        let stored = try SQLiteRunStore.open(url: tempStore(prefix)).run("r1")
+        let stored = try await openRunStore(url: tempStore(prefix)).run("r1")
         #expect(stored?.status == .cancelled)
         #expect(worker.process.isRunning)
     }
 
     /// A command delivered twice (same message id) is applied once; the repeat is answered
     /// with the first outcome, refusals included.
-    @Test func duplicatesAppliedOnce() throws {
+    @Test func duplicatesAppliedOnce() async throws {
         let prefix = uniquePrefix("dup")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
@@ -126,7 +126,7 @@ import Testing
         let check = try client.call(["command": "cancel", "run_id": "r1"], id: "s5")
         #expect(check.error?.code == .invalidTransition)
         #expect(client.runEvents.map(\.type) == [.created, .started, .actionRequired, .cancelled])
-        #expect(try SQLiteRunStore.open(url: tempStore(prefix)).run("r1")?.version == 4)
+        #expect(try await openRunStore(url: tempStore(prefix)).run("r1")?.version == 4)
         _ = worker
     }
 

@@ -1,0 +1,69 @@
+import RunContract
+import RunStateMachine
+import RunStore
+
+/// The one apply path: prepare, load, decide, commit. Commands and fired timers both go
+/// through it. It publishes nothing; the caller publishes `messages` with confirms and only
+/// then acknowledges the deliveries.
+///
+/// The store's concurrency contract is optimistic: a commit that finds a run (or a command id)
+/// changed since the load writes nothing and throws `versionConflict`; the batch is then
+/// loaded and decided again, so a second writer can delay a batch but never corrupt it.
+public struct BatchApplier: Sendable {
+    public var store: any RunStore
+    public var processor: CommandProcessor
+    public var clock: @Sendable () -> Timestamp
+    /// Loads and decisions per batch before a persisting conflict is handed to the caller.
+    public var conflictAttempts = 3
+
+    public init(store: any RunStore, processor: CommandProcessor, clock: @escaping @Sendable () -> Timestamp) {
+        self.store = store
+        self.processor = processor
+        self.clock = clock
+    }
+
+    /// Applies `items` in one commit.
+    /// - Parameters:
+    ///   - published: outbox rows published and awaiting confirms (not to be republished).
+    ///   - removeOutbox: confirmed rows of earlier batches, deleted in this commit.
+    public func apply(_ items: [WorkItem], published: Set<Int64> = [], removeOutbox: [Int64] = []) async throws -> ProcessedBatch {
+        let prepared = processor.prepare(items)
+        var attempt = 1
+        while true {
+            do {
+                return try await applyOnce(prepared, published: published, removeOutbox: removeOutbox)
+            } catch let error as StoreError where error.code == .versionConflict && attempt < conflictAttempts {
+                attempt += 1
+            }
+        }
+    }
+
+    private func applyOnce(_ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64]) async throws -> ProcessedBatch {
+        var snapshot = StoreSnapshot()
+        if !prepared.runIDs.isEmpty || !prepared.commandKeys.isEmpty {
+            snapshot = try await store.load(runIDs: prepared.runIDs, commands: prepared.commandKeys)
+        }
+        let repeated = prepared.runsWithRepeatedCommands(in: snapshot)
+        let pending = repeated.isEmpty ? [] : try await store.pendingOutbox(runIDs: repeated)
+        var decision = processor.decide(
+            prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
+            now: clock())
+        if !decision.commit.isEmpty {
+            decision.assignOutboxIDs(try await store.commit(decision.commit))
+        }
+        return ProcessedBatch(messages: decision.messages, results: decision.results)
+    }
+
+    /// Commands only (tests and tools).
+    public func process(_ commands: [InboundCommand], published: Set<Int64> = [], removeOutbox: [Int64] = []) async throws
+        -> ProcessedBatch
+    {
+        try await apply(commands.map(WorkItem.command), published: published, removeOutbox: removeOutbox)
+    }
+
+    /// Fires the elapsed deadlines of these runs. A run whose deadline is no longer relevant
+    /// (completed meanwhile, fired by another worker) is left alone.
+    public func fireTimers(runIDs: [String]) async throws -> ProcessedBatch {
+        try await apply(runIDs.map { WorkItem.timer(runID: $0) })
+    }
+}

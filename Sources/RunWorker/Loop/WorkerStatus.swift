@@ -1,0 +1,76 @@
+import Foundation
+import RunJSON
+
+/// What a worker can tell about itself: readiness, the partitions it holds, and counters.
+/// Written to the `status_file` (JSON) for tests and supervisors, so they read numbers, not
+/// log lines.
+public struct WorkerStatus: Sendable, Equatable {
+    public struct Counters: Sendable, Equatable {
+        /// Commands applied (state changed).
+        public var applied = 0
+        /// Commands refused with a contract error code (answered and published as `command_rejected`).
+        public var refused = 0
+        /// Repeated command ids answered with their first outcome.
+        public var duplicates = 0
+        /// Unattributable messages dead-lettered (malformed, oversize, no run id).
+        public var deadLettered = 0
+        /// Deadlines fired (timeouts, retry delays).
+        public var timersFired = 0
+        /// Failed attempts at handling one message (the poison guard counts them).
+        public var commandFailures = 0
+        /// Messages dead-lettered by the poison guard.
+        public var poisonDeadLettered = 0
+        /// Deliveries given back to their queues (store unavailable, failures).
+        public var requeued = 0
+        /// Sessions that connected (1 + reconnects).
+        public var connections = 0
+        /// Outbox rows published by the sweep (left behind by a worker that died).
+        public var outboxRepublished = 0
+    }
+
+    public var workerID: String
+    public var ready = false
+    public var connected = false
+    public var partitions: [Int] = []
+    public var counters = Counters()
+
+    public init(workerID: String) { self.workerID = workerID }
+
+    public var json: JSONObject {
+        let c = counters
+        return [
+            "worker_id": .string(workerID), "ready": .bool(ready), "connected": .bool(connected),
+            "partitions": .array(partitions.map { .int(Int64($0)) }),
+            "counters": .object([
+                "applied": .int(Int64(c.applied)), "refused": .int(Int64(c.refused)),
+                "duplicates": .int(Int64(c.duplicates)), "dead_lettered": .int(Int64(c.deadLettered)),
+                "timers_fired": .int(Int64(c.timersFired)), "command_failures": .int(Int64(c.commandFailures)),
+                "poison_dead_lettered": .int(Int64(c.poisonDeadLettered)), "requeued": .int(Int64(c.requeued)),
+                "connections": .int(Int64(c.connections)), "outbox_republished": .int(Int64(c.outboxRepublished)),
+            ]),
+        ]
+    }
+
+    /// Counts the outcome of applied items.
+    mutating func count(_ results: [CommandResult]) {
+        for r in results {
+            switch r.kind {
+            case .applied: counters.applied += 1
+            case .refused: counters.refused += 1
+            case .duplicate: counters.duplicates += 1
+            case .deadLettered: counters.deadLettered += 1
+            case .timerFired: counters.timersFired += 1
+            }
+        }
+    }
+
+    /// Writes the status atomically (a temporary file renamed over the old one), so a reader
+    /// never sees half a document.
+    func write(to path: String) throws {
+        let temporary = path + ".tmp"
+        try Data(json.serialized()).write(to: URL(fileURLWithPath: temporary))
+        if rename(temporary, path) != 0 {
+            throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
+        }
+    }
+}
