@@ -7,7 +7,7 @@ import PackageDescription
 //   RunJSON           JSON values, a strict byte-level parser and serializer
 //   RunContract       the wire contract: commands, events, snapshots, codec (re-exports RunJSON)
 //   RunStateMachine   the pure run state machine (no I/O, time passed in)
-//   RunStore          durable runs, outbox and de-duplication records (SQLite; in-memory for tests)
+//   RunStore          durable runs, outbox and de-duplication records (SQLite, PostgreSQL; in-memory for tests)
 //   RunWorker         the worker: topology, partition ownership, batched command loop
 //   runworker, runctl the executables
 let package = Package(
@@ -26,6 +26,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.13.0"),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.2.2"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.2"),
     ],
     targets: [
         .systemLibrary(
@@ -40,7 +41,13 @@ let package = Package(
         .target(name: "RunStateMachine", dependencies: ["RunContract"]),
         .target(
             name: "RunStore",
-            dependencies: ["RunContract", .product(name: "GRDB", package: "GRDB.swift")]
+            dependencies: [
+                "RunContract",
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "Logging", package: "swift-log"),
+            ]
         ),
         .target(
             name: "RunWorker",

@@ -156,6 +156,9 @@ public struct StoreCommit: Sendable {
 /// Every method is async: a network store suspends, the embedded one runs on its own
 /// serial queue; neither blocks the caller's thread.
 public protocol RunStore: Sendable {
+    /// Creates or migrates what the store needs (a network store, once it can connect);
+    /// safe to call from several workers at once.
+    func prepare() async throws
     /// The runs and command outcomes a batch needs, in one read.
     func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot
     /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order.
@@ -181,4 +184,8 @@ public protocol RunStore: Sendable {
     func run(_ runID: String) async throws -> Run?
     /// Most recently updated first.
     func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run]
+}
+
+extension RunStore {
+    public func prepare() async throws {}
 }

@@ -44,7 +44,8 @@ public enum StoreLocation: Sendable, Hashable, CustomStringConvertible {
     }
 }
 
-/// Opens the store a URL names (creating a SQLite file's folder when missing).
+/// Opens the store a URL names (creating a SQLite file's folder when missing). A PostgreSQL
+/// store is a `Service`: run it (the worker adds it to its service group) and `prepare()` it.
 public func openRunStore(url: String, sqliteSynchronous: SQLiteRunStore.Synchronous = .full) throws -> any RunStore {
     switch try StoreLocation(url: url) {
     case .memory:
@@ -55,8 +56,8 @@ public func openRunStore(url: String, sqliteSynchronous: SQLiteRunStore.Synchron
             try? FileManager.default.createDirectory(atPath: folder, withIntermediateDirectories: true)
         }
         return try SQLiteRunStore(path: path, synchronous: sqliteSynchronous)
-    case .postgres:
-        throw StoreError(.invalidURL, "the PostgreSQL store is not available yet; use sqlite:// or memory:")
+    case .postgres(let url):
+        return try PostgresRunStore(url: url)
     }
 }
 

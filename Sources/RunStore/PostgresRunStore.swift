@@ -1,0 +1,444 @@
+import Foundation
+import Logging
+import NIOSSL
+import PostgresNIO
+import RunContract
+import ServiceLifecycle
+import Synchronization
+
+/// The multi-host store: one PostgreSQL database shared by workers on any number of hosts,
+/// through postgres-nio's `PostgresClient` (a connection pool; `run()` it as a `Service`).
+///
+/// Same contract as every store (see `RunStore`): `load` reads without locks; `commit` is one
+/// call of a server-side function, `runworker_commit`, that writes the whole batch in one
+/// statement's transaction with every run version and command id checked, and raises
+/// `RW409` on a conflict so that nothing is written. postgres-nio does not pipeline queries
+/// on a connection, so a batch costs round trips, not rows: one for `commit`, two for `load`.
+public final class PostgresRunStore: RunStore, Service {
+    public let location: String
+    let client: PostgresClient
+    let logger: Logger
+    /// Round trips to the database since start, for the benchmark.
+    private let roundTripCounter = RoundTripCounter()
+
+    /// Creates the store; nothing connects until `run()` runs and `prepare()` migrates.
+    public init(url: String, logger: Logger = Logger(label: "runworker.postgres")) throws {
+        self.location = StoreLocation.redacted(url)
+        self.logger = logger
+        self.client = PostgresClient(configuration: try Self.configuration(url: url), backgroundLogger: logger)
+    }
+
+    /// Runs the connection pool until the task is cancelled (as a `Service` in the worker's group).
+    public func run() async throws {
+        await client.run()
+    }
+
+    public var roundTrips: Int { roundTripCounter.value }
+
+    /// Parses `postgres://user:password@host:port/database?sslmode=disable|prefer|require`.
+    static func configuration(url: String) throws(StoreError) -> PostgresClient.Configuration {
+        guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql",
+            let host = c.host, !host.isEmpty
+        else {
+            throw StoreError(.invalidURL, "not a postgres:// URL with a host: \(StoreLocation.redacted(url))")
+        }
+        let database = c.path.hasPrefix("/") ? String(c.path.dropFirst()) : c.path
+        let sslmode = c.queryItems?.first { $0.name == "sslmode" }?.value ?? "prefer"
+        let tls: PostgresClient.Configuration.TLS
+        switch sslmode {
+        case "disable": tls = .disable
+        case "allow", "prefer":
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.certificateVerification = .none
+            tls = .prefer(t)
+        case "require":
+            var t = TLSConfiguration.makeClientConfiguration()
+            t.certificateVerification = .none
+            tls = .require(t)
+        case "verify-ca", "verify-full":
+            tls = .require(.makeClientConfiguration())
+        default:
+            throw StoreError(.invalidURL, "sslmode must be disable, allow, prefer, require, verify-ca or verify-full, not \(sslmode)")
+        }
+        var config = PostgresClient.Configuration(
+            host: host, port: c.port ?? 5432, username: c.user ?? "postgres", password: c.password,
+            database: database.isEmpty ? nil : database, tls: tls)
+        config.options.maximumConnections = 8
+        config.options.connectTimeout = .seconds(5)
+        return config
+    }
+
+    // MARK: - Schema
+
+    /// Creates or migrates the schema. Safe when several workers start at once: migrations run
+    /// under a transaction-scoped advisory lock, and each step is recorded.
+    public func prepare() async throws {
+        try await mapErrors {
+            try await client.withTransaction(logger: logger) { conn in
+                try await conn.query("SELECT pg_advisory_xact_lock(7208349187)", logger: logger)
+                try await conn.query("CREATE TABLE IF NOT EXISTS runworker_schema (version bigint NOT NULL)", logger: logger)
+                var current: Int64 = 0
+                for try await v in try await conn.query("SELECT max(version) FROM runworker_schema", logger: logger)
+                    .decode(Int64?.self)
+                {
+                    current = v ?? 0
+                }
+                for (index, statements) in Self.migrations.enumerated() where Int64(index + 1) > current {
+                    for sql in statements { try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
+                    try await conn.query("INSERT INTO runworker_schema (version) VALUES (\(Int64(index + 1)))", logger: logger)
+                }
+            }
+        }
+    }
+
+    /// Each migration is a list of statements (postgres-nio runs one statement per query).
+    static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE runs (
+                run_id text PRIMARY KEY, status text NOT NULL, agent_id text, version bigint NOT NULL,
+                updated_at_ms bigint NOT NULL, next_deadline_ms bigint, partition bigint, body text NOT NULL)
+            """,
+            "CREATE INDEX runs_by_status ON runs (status, updated_at_ms)",
+            "CREATE INDEX runs_by_agent ON runs (agent_id, updated_at_ms)",
+            "CREATE INDEX runs_by_update ON runs (updated_at_ms)",
+            "CREATE INDEX runs_by_deadline ON runs (next_deadline_ms) WHERE next_deadline_ms IS NOT NULL",
+            """
+            CREATE TABLE delivery_attempts (
+                message_key text PRIMARY KEY, attempts bigint NOT NULL, last_error text, updated_at_ms bigint NOT NULL)
+            """,
+            """
+            CREATE TABLE outbox (
+                id bigserial PRIMARY KEY, run_id text NOT NULL, seq bigint NOT NULL, type text NOT NULL,
+                status text NOT NULL, routing_key text NOT NULL, message_id text NOT NULL,
+                written_at_ms bigint NOT NULL, body text NOT NULL)
+            """,
+            "CREATE INDEX outbox_by_run ON outbox (run_id, id)",
+            """
+            CREATE TABLE commands (
+                run_id text NOT NULL, command_id text NOT NULL, command text, error_code text, error_message text,
+                PRIMARY KEY (run_id, command_id))
+            """,
+            // One batch, one statement: deletions of confirmed outbox rows, version-checked run
+            // updates, run inserts, command outcomes, outbox rows (ids returned in order).
+            // Nullable values travel as sentinels (-1, '') because arrays carry no NULLs here.
+            """
+            CREATE FUNCTION runworker_commit(
+                remove_ids bigint[],
+                r_id text[], r_prev bigint[], r_status text[], r_agent text[], r_agent_null bool[], r_version bigint[],
+                r_updated bigint[], r_deadline bigint[], r_partition bigint[], r_body text[],
+                c_run text[], c_id text[], c_command text[], c_code text[], c_message text[],
+                o_run text[], o_seq bigint[], o_type text[], o_status text[], o_key text[], o_message_id text[],
+                o_written bigint[], o_body text[]
+            ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+            DECLARE
+                n bigint;
+                expected bigint;
+            BEGIN
+                DELETE FROM outbox WHERE id = ANY(remove_ids);
+
+                UPDATE runs SET status = u.status, agent_id = CASE WHEN u.agent_null THEN NULL ELSE u.agent END,
+                    version = u.version, updated_at_ms = u.updated, next_deadline_ms = NULLIF(u.deadline, -1),
+                    partition = COALESCE(NULLIF(u.part, -1), runs.partition), body = u.body
+                FROM unnest(r_id, r_prev, r_status, r_agent, r_agent_null, r_version, r_updated, r_deadline, r_partition, r_body)
+                    AS u(id, prev, status, agent, agent_null, version, updated, deadline, part, body)
+                WHERE u.prev >= 0 AND runs.run_id = u.id AND runs.version = u.prev;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                SELECT count(*) INTO expected FROM unnest(r_prev) AS p(prev) WHERE p.prev >= 0;
+                IF n <> expected THEN
+                    RAISE EXCEPTION 'a run changed since it was read' USING ERRCODE = 'RW409';
+                END IF;
+
+                INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)
+                SELECT u.id, u.status, CASE WHEN u.agent_null THEN NULL ELSE u.agent END, u.version, u.updated,
+                    NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body
+                FROM unnest(r_id, r_prev, r_status, r_agent, r_agent_null, r_version, r_updated, r_deadline, r_partition, r_body)
+                    AS u(id, prev, status, agent, agent_null, version, updated, deadline, part, body)
+                WHERE u.prev < 0
+                ON CONFLICT (run_id) DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                SELECT count(*) INTO expected FROM unnest(r_prev) AS p(prev) WHERE p.prev < 0;
+                IF n <> expected THEN
+                    RAISE EXCEPTION 'a run was created by another writer' USING ERRCODE = 'RW409';
+                END IF;
+
+                INSERT INTO commands (run_id, command_id, command, error_code, error_message)
+                SELECT c.run, c.id, NULLIF(c.command, ''), NULLIF(c.code, ''), CASE WHEN c.code = '' THEN NULL ELSE c.message END
+                FROM unnest(c_run, c_id, c_command, c_code, c_message) AS c(run, id, command, code, message)
+                ON CONFLICT DO NOTHING;
+                GET DIAGNOSTICS n = ROW_COUNT;
+                IF n <> coalesce(array_length(c_run, 1), 0) THEN
+                    RAISE EXCEPTION 'a command id was recorded by another writer' USING ERRCODE = 'RW409';
+                END IF;
+
+                RETURN QUERY
+                INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body)
+                SELECT o.run, o.seq, o.type, o.status, o.key, o.message_id, o.written, o.body
+                FROM unnest(o_run, o_seq, o_type, o_status, o_key, o_message_id, o_written, o_body)
+                    WITH ORDINALITY AS o(run, seq, type, status, key, message_id, written, body, ord)
+                ORDER BY o.ord
+                RETURNING id;
+            END
+            $$
+            """,
+        ]
+    ]
+
+    // MARK: - The batch path
+
+    public func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
+        try await mapErrors {
+            var snapshot = StoreSnapshot()
+            if !runIDs.isEmpty {
+                let ids = Array(runIDs)
+                for try await (id, body) in try await query(
+                    "SELECT run_id, body FROM runs WHERE run_id = ANY(\(ids)::text[])"
+                ).decode((String, String).self) {
+                    snapshot.runs[id] = try Self.decodeRun(body)
+                }
+            }
+            if !commands.isEmpty {
+                let keys = Array(commands)
+                let runs = keys.map(\.runID)
+                let ids = keys.map(\.commandID)
+                for try await (run, id, command, code, message) in try await query(
+                    """
+                    SELECT c.run_id, c.command_id, c.command, c.error_code, c.error_message
+                    FROM commands c JOIN unnest(\(runs)::text[], \(ids)::text[]) AS k(run_id, command_id)
+                        ON c.run_id = k.run_id AND c.command_id = k.command_id
+                    """
+                ).decode((String, String, String?, String?, String?).self) {
+                    snapshot.outcomes[CommandKey(runID: run, commandID: id)] = CommandOutcome(
+                        command: command, error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+                }
+            }
+            return snapshot
+        }
+    }
+
+    public func commit(_ batch: StoreCommit) async throws -> [Int64] {
+        guard !batch.isEmpty else { return [] }
+        let runs = batch.runs
+        let outcomes = batch.outcomes
+        let outbox = batch.outbox
+        var binds = PostgresBindings(capacity: 24)
+        binds.append(batch.removeOutbox)
+        binds.append(runs.map(\.run.runID))
+        binds.append(runs.map { $0.previousVersion ?? -1 })
+        binds.append(runs.map(\.run.status.rawValue))
+        binds.append(runs.map { $0.run.agentID ?? "" })
+        binds.append(runs.map { $0.run.agentID == nil })
+        binds.append(runs.map(\.run.version))
+        binds.append(runs.map(\.run.updatedAt.milliseconds))
+        binds.append(runs.map { $0.run.status.isTerminal ? -1 : ($0.nextDeadline?.milliseconds ?? -1) })
+        binds.append(runs.map { Int64($0.partition ?? -1) })
+        binds.append(runs.map { String(decoding: $0.run.encodeForStorage(), as: UTF8.self) })
+        binds.append(outcomes.map(\.key.runID))
+        binds.append(outcomes.map(\.key.commandID))
+        binds.append(outcomes.map { $0.outcome.command ?? "" })
+        binds.append(outcomes.map { $0.outcome.error?.code.rawValue ?? "" })
+        binds.append(outcomes.map { $0.outcome.error?.message ?? "" })
+        binds.append(outbox.map(\.runID))
+        binds.append(outbox.map(\.seq))
+        binds.append(outbox.map(\.type))
+        binds.append(outbox.map(\.status))
+        binds.append(outbox.map(\.routingKey))
+        binds.append(outbox.map(\.messageID))
+        binds.append(outbox.map(\.writtenAt.milliseconds))
+        binds.append(outbox.map { String(decoding: $0.body, as: UTF8.self) })
+        let sql = """
+            SELECT runworker_commit($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[],
+                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[],
+                $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::text[], $20::text[],
+                $21::text[], $22::text[], $23::bigint[], $24::text[])
+            """
+        return try await mapErrors {
+            var ids: [Int64] = []
+            ids.reserveCapacity(outbox.count)
+            for try await id in try await query(PostgresQuery(unsafeSQL: sql, binds: binds)).decode(Int64.self) {
+                ids.append(id)
+            }
+            // bigserial hands out ids in insertion order, which follows the ordinality.
+            return ids.sorted()
+        }
+    }
+
+    public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
+        guard !runIDs.isEmpty else { return [] }
+        let ids = Array(runIDs)
+        return try await outboxRows("SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = ANY(\(ids)::text[]) ORDER BY id")
+    }
+
+    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
+        try await outboxRows(
+            "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
+        )
+    }
+
+    static let outboxColumns = "id, run_id, seq, type, status, routing_key, message_id, body, written_at_ms"
+
+    private func outboxRows(_ q: PostgresQuery) async throws -> [OutboxMessage] {
+        try await mapErrors {
+            var out: [OutboxMessage] = []
+            for try await (id, run, seq, type, status, key, messageID, body, written) in try await query(q)
+                .decode((Int64, String, Int64, String, String, String, String, String, Int64).self)
+            {
+                out.append(OutboxMessage(
+                    id: id, runID: run, seq: seq, type: type, status: status, routingKey: key, messageID: messageID,
+                    body: Array(body.utf8), writtenAt: Timestamp(milliseconds: written)))
+            }
+            return out
+        }
+    }
+
+    public func removeOutbox(ids: [Int64]) async throws {
+        guard !ids.isEmpty else { return }
+        try await mapErrors { _ = try await query("DELETE FROM outbox WHERE id = ANY(\(ids)::bigint[])") }
+    }
+
+    public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
+        if let partitions, partitions.isEmpty { return [] }
+        let q: PostgresQuery
+        if let partitions {
+            let ps = partitions.map(Int64.init)
+            q = """
+                SELECT run_id FROM runs WHERE next_deadline_ms <= \(time.milliseconds) AND partition = ANY(\(ps)::bigint[])
+                ORDER BY next_deadline_ms, run_id LIMIT \(Int64(limit))
+                """
+        } else {
+            q = """
+                SELECT run_id FROM runs WHERE next_deadline_ms <= \(time.milliseconds)
+                ORDER BY next_deadline_ms, run_id LIMIT \(Int64(limit))
+                """
+        }
+        return try await mapErrors {
+            var out: [String] = []
+            for try await id in try await query(q).decode(String.self) { out.append(id) }
+            return out
+        }
+    }
+
+    public func recordDeliveryAttempt(key: String, error: String?, increment: Bool, at time: Timestamp) async throws -> Int {
+        let step: Int64 = increment ? 1 : 0
+        return try await mapErrors {
+            var count = 1
+            for try await n in try await query(
+                """
+                INSERT INTO delivery_attempts (message_key, attempts, last_error, updated_at_ms)
+                VALUES (\(key), 1, \(error), \(time.milliseconds))
+                ON CONFLICT (message_key) DO UPDATE SET attempts = delivery_attempts.attempts + \(step),
+                    last_error = COALESCE(excluded.last_error, delivery_attempts.last_error),
+                    updated_at_ms = excluded.updated_at_ms
+                RETURNING attempts
+                """
+            ).decode(Int64.self) {
+                count = Int(n)
+            }
+            return count
+        }
+    }
+
+    public func lastDeliveryError(key: String) async throws -> String? {
+        try await mapErrors {
+            var last: String?
+            for try await e in try await query("SELECT last_error FROM delivery_attempts WHERE message_key = \(key)")
+                .decode(String?.self)
+            {
+                last = e
+            }
+            return last
+        }
+    }
+
+    public func run(_ runID: String) async throws -> Run? {
+        try await mapErrors {
+            for try await body in try await query("SELECT body FROM runs WHERE run_id = \(runID)").decode(String.self) {
+                return try Self.decodeRun(body)
+            }
+            return nil
+        }
+    }
+
+    public func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run] {
+        var binds = PostgresBindings()
+        var clauses: [String] = []
+        if let status {
+            binds.append(status.rawValue)
+            clauses.append("status = $\(binds.count)")
+        }
+        if let agentID {
+            binds.append(agentID)
+            clauses.append("agent_id = $\(binds.count)")
+        }
+        binds.append(Int64(limit))
+        let sql = "SELECT body FROM runs" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
+            + " ORDER BY updated_at_ms DESC, run_id LIMIT $\(binds.count)"
+        return try await mapErrors {
+            var out: [Run] = []
+            for try await body in try await query(PostgresQuery(unsafeSQL: sql, binds: binds)).decode(String.self) {
+                out.append(try Self.decodeRun(body))
+            }
+            return out
+        }
+    }
+
+    // MARK: - Plumbing
+
+    private func query(_ q: PostgresQuery) async throws -> PostgresRowSequence {
+        roundTripCounter.increment()
+        return try await client.query(q, logger: logger)
+    }
+
+    static func decodeRun(_ body: String) throws -> Run {
+        do {
+            return try Run.decodeStorage(Array(body.utf8))
+        } catch {
+            throw StoreError(.corrupt, "stored run cannot be decoded: \(error)")
+        }
+    }
+
+    /// Maps postgres-nio's errors onto the store's codes. What passes by itself (a lost or
+    /// refused connection, a server shutting down or restarting, a serialization failure, a
+    /// full disk) is `unavailable`; the commit function's `RW409` is `versionConflict`; a
+    /// damaged row is `corrupt`; anything else is `rejected`. Messages carry the server's
+    /// text, never the URL's credentials.
+    static func storeError(_ error: PSQLError) -> StoreError {
+        guard error.code == .server, let state = error.serverInfo?[.sqlState] else {
+            return StoreError(.unavailable, "PostgreSQL unreachable (\(error.code))")
+        }
+        let text = error.serverInfo?[.message] ?? state
+        switch state {
+        case "RW409": return StoreError(.versionConflict, text)
+        case "XX001", "XX002": return StoreError(.corrupt, "PostgreSQL: \(text) (\(state))")
+        case "40001", "40P01", "55P03", "57014": return StoreError(.unavailable, "PostgreSQL: \(text) (\(state))")
+        default:
+            // 08: connection exceptions, 53: insufficient resources (disk full), 57P: operator
+            // intervention (shutdown, restart), 58: system errors.
+            if state.hasPrefix("08") || state.hasPrefix("53") || state.hasPrefix("57P") || state.hasPrefix("58") {
+                return StoreError(.unavailable, "PostgreSQL: \(text) (\(state))")
+            }
+            return StoreError(.rejected, "PostgreSQL: \(text) (\(state))")
+        }
+    }
+
+    private func mapErrors<T>(_ body: () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as PSQLError {
+            throw Self.storeError(error)
+        } catch let error as StoreError {
+            throw error
+        } catch is CancellationError {
+            throw StoreError(.unavailable, "cancelled")
+        } catch {
+            throw StoreError(.unavailable, "PostgreSQL: \(String(describing: type(of: error)))")
+        }
+    }
+}
+
+/// Counts queries sent, for the benchmark's round trips per batch.
+final class RoundTripCounter: Sendable {
+    private let count = Mutex(0)
+    func increment() { count.withLock { $0 += 1 } }
+    var value: Int { count.withLock { $0 } }
+}
