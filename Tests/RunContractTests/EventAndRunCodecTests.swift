@@ -278,6 +278,34 @@ enum RunFixtures {
         #expect(Timestamp(rfc3339: text)?.milliseconds == ms)
     }
 
+    /// Days that do not exist in their month (Gregorian leap years) and offsets outside
+    /// hours 00–23, minutes 00–59 are refused; the last valid day and offset of each kind parse.
+    @Test(arguments: [
+        ("2026-02-31T00:00:00Z", nil),
+        ("2026-02-29T00:00:00Z", nil),
+        ("2025-02-29T00:00:00Z", nil),
+        ("1900-02-29T00:00:00Z", nil),
+        ("2100-02-29T00:00:00Z", nil),
+        ("2026-04-31T00:00:00Z", nil),
+        ("2026-06-31T00:00:00Z", nil),
+        ("2026-09-31T00:00:00Z", nil),
+        ("2026-11-31T00:00:00Z", nil),
+        ("2026-01-32T00:00:00Z", nil),
+        ("2026-11-00T00:00:00Z", nil),
+        ("2024-02-29T00:00:00Z", Int64(1_709_164_800_000) as Int64?),
+        ("2000-02-29T00:00:00Z", 951_782_400_000),
+        ("2026-12-31T23:59:59Z", 1_798_761_599_000),
+        ("2026-11-23T00:00:00+99:99", nil),
+        ("2026-11-23T00:00:00+24:00", nil),
+        ("2026-11-23T00:00:00-12:60", nil),
+        ("2026-11-23T00:00:00+00:60", nil),
+        ("2026-11-23T08:00:00+23:59", 1_795_334_460_000),
+        ("2026-12-31T23:59:59-00:00", 1_798_761_599_000),
+    ])
+    func refusesImpossibleDatesAndOffsets(_ text: String, _ ms: Int64?) {
+        #expect(Timestamp(rfc3339: text)?.milliseconds == ms, "\(text)")
+    }
+
     /// Any millisecond time in years 1970–9999 formats and parses back to itself.
     @Test func roundTrips() {
         var rng = SplitMix(seed: 42)
