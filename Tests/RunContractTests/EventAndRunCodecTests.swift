@@ -306,6 +306,37 @@ enum RunFixtures {
         #expect(Timestamp(rfc3339: text)?.milliseconds == ms, "\(text)")
     }
 
+    /// Adding seconds saturates at the ends of the millisecond range instead of trapping, both
+    /// ways; NaN adds nothing (the time is unchanged); fractions round to the millisecond.
+    @Test(arguments: [
+        (Int64(0), 1.5, Int64(1500)),
+        (0, -1.5, -1500),
+        (0, 0.0004, 0),
+        (Int64.max - 10, 1, Int64.max),
+        (Int64.min + 10, -1, Int64.min),
+        (Int64.max, 0, Int64.max),
+        (0, 1e300, Int64.max),
+        (0, -1e300, Int64.min),
+        (0, 9.3e15, Int64.max),
+        (Int64.min, 9.2e15, Int64.min + 9_200_000_000_000_000_000),
+        (Int64.max, -9.2e15, Int64.max - 9_200_000_000_000_000_000),
+        (0, .infinity, Int64.max),
+        (0, -.infinity, Int64.min),
+        (5, .nan, 5),
+        (Int64.max, .nan, Int64.max),
+    ])
+    func addingSaturates(_ start: Int64, _ seconds: Double, _ expected: Int64) {
+        #expect(Timestamp(milliseconds: start).adding(seconds: seconds).milliseconds == expected)
+    }
+
+    /// `init(seconds:)` saturates the same way; NaN is the epoch.
+    @Test func secondsInitSaturates() {
+        #expect(Timestamp(seconds: 1.5).milliseconds == 1500)
+        #expect(Timestamp(seconds: 1e300).milliseconds == .max)
+        #expect(Timestamp(seconds: -.infinity).milliseconds == .min)
+        #expect(Timestamp(seconds: .nan).milliseconds == 0)
+    }
+
     /// Any millisecond time in years 1970–9999 formats and parses back to itself.
     @Test func roundTrips() {
         var rng = SplitMix(seed: 42)

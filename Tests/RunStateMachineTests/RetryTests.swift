@@ -16,7 +16,7 @@ import Testing
     #expect(scheduled.status == .retrying && scheduled.attempt == 1)
     #expect(scheduled.stoppedActionIDs == ["a-1"] && scheduled.error == ErrorInfo(message: "flaky", code: "E"))
     let next = try #require(scheduled.nextAttemptAt)
-    #expect(next == h.now.advanced(bySeconds: RunStateMachine.retryDelay(afterAttempt: 1, runID: "r1", policy: policy)))
+    #expect(next == h.now.adding(seconds: RunStateMachine.retryDelay(afterAttempt: 1, runID: "r1", policy: policy)))
     #expect(failed.run.nextAttemptAt == next && failed.run.stopReason == nil)
     #expect(RunStateMachine.nextDeadline(of: failed.run) == next)
 

@@ -8,7 +8,7 @@ let t0 = Timestamp(milliseconds: 1_700_000_000_000)
 
 extension Timestamp {
     func plus(ms: Int64) -> Timestamp { Timestamp(milliseconds: milliseconds + ms) }
-    func plus(s: Double) -> Timestamp { Timestamp(milliseconds: milliseconds + Int64((s * 1000).rounded())) }
+    func plus(s: Double) -> Timestamp { adding(seconds: s) }
 }
 
 func command(_ kind: Command.Kind, run: String = "r1", id: String? = nil, expected: Int64? = nil) -> Command {
