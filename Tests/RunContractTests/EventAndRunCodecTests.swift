@@ -143,6 +143,31 @@ enum RunFixtures {
         #expect(dl.map(\.value) == [.string("malformed_message"), .string("bad"), .string("rk")])
     }
 
+    /// The static form (what the worker builds from an outbox row) is the same list.
+    @Test func headersFromStoredFields() {
+        let e = RunFixtures.event(.started, 2, .running, .created)
+        let h = RunEvent.amqpHeaders(runID: "run-42", seq: 2, type: "started", status: "running")
+        #expect(h.map(\.key) == e.amqpHeaders.map(\.key))
+        #expect(h.map(\.value) == e.amqpHeaders.map(\.value))
+    }
+
+    /// `command_rejected` headers, in order: `run_id`, `type`, `error_code`.
+    @Test func rejectionHeaders() {
+        let r = CommandRejected(
+            runID: "run-42", commandID: "c-1", command: "start", error: RunError(.invalidTransition, "no"),
+            afterSeq: 3, occurredAt: RunFixtures.t0)
+        #expect(r.amqpHeaders.map(\.key) == ["run_id", "type", "error_code"])
+        #expect(r.amqpHeaders.map(\.value) == [.string("run-42"), .string("command_rejected"), .string("invalid_transition")])
+    }
+
+    /// A poison message's dead-letter headers end with `x-delivery-attempts`, an integer.
+    @Test func poisonDeadLetterHeaders() {
+        let dl = RunError(RunError.Code(rawValue: "delivery_limit_exceeded"), "store down")
+            .deadLetterHeaders(originalRoutingKey: "run-42", deliveryAttempts: 5)
+        #expect(dl.map(\.key) == ["x-reason", "x-reason-message", "x-original-routing-key", "x-delivery-attempts"])
+        #expect(dl.map(\.value) == [.string("delivery_limit_exceeded"), .string("store down"), .string("run-42"), .int(5)])
+    }
+
     /// Event decoding refuses bodies that lack required fields or have the wrong types, naming
     /// the field.
     @Test(arguments: [
