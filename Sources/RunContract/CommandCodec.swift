@@ -69,7 +69,7 @@ public struct CommandEnvelope: Sendable, Hashable {
     /// Stage 2: the command name, then every field. Errors are `unknown_command` or
     /// `validation_error` naming the field by its path, and are attributable to `runID`.
     public func decodeCommand() throws(RunError) -> Command {
-        guard let name = commandName, Command.names.contains(name) else {
+        guard let name = commandName.flatMap(CommandName.init(rawValue:)) else {
             let valid = Command.names.joined(separator: ", ")
             let what: String
             if let commandName {
@@ -86,17 +86,16 @@ public struct CommandEnvelope: Sendable, Hashable {
         let expectedVersion = try r.int("expected_version", min: 0)
         let kind: Command.Kind
         switch name {
-        case "create": kind = .create(try RunSpec(reader: r))
-        case "start": kind = .start(try RunSpec(reader: r))
-        case "require_action": kind = .requireAction(try Self.actionRequests(r))
-        case "complete_action":
+        case .create: kind = .create(try RunSpec(reader: r))
+        case .start: kind = .start(try RunSpec(reader: r))
+        case .requireAction: kind = .requireAction(try Self.actionRequests(r))
+        case .completeAction:
             kind = .completeAction(actionID: try Self.actionID(r), result: r.any("result"))
-        case "fail_action":
+        case .failAction:
             kind = .failAction(actionID: try Self.actionID(r), error: try Self.errorInfo(r))
-        case "complete": kind = .complete(result: r.any("result"), usage: r.any("usage"))
-        case "fail": kind = .fail(error: try Self.errorInfo(r), retryable: try r.bool("retryable") ?? false)
-        case "cancel": kind = .cancel(reason: try r.string("reason"))
-        default: preconditionFailure("Command.names and decodeCommand disagree on \(name)")
+        case .complete: kind = .complete(result: r.any("result"), usage: r.any("usage"))
+        case .fail: kind = .fail(error: try Self.errorInfo(r), retryable: try r.bool("retryable") ?? false)
+        case .cancel: kind = .cancel(reason: try r.string("reason"))
         }
         return Command(runID: runID, commandID: commandID, expectedVersion: expectedVersion, kind: kind)
     }

@@ -73,21 +73,30 @@ extension RunEvent {
 
     /// The contract's event headers, in order: `run_id`, `seq`, `type`, `status`.
     public var amqpHeaders: [(key: String, value: HeaderValue)] {
-        [
-            ("run_id", .string(runID)), ("seq", .int(seq)), ("type", .string(type.rawValue)),
-            ("status", .string(status.rawValue)),
-        ]
+        Self.amqpHeaders(runID: runID, seq: seq, type: type.rawValue, status: status.rawValue)
+    }
+
+    /// The same headers from the four values alone (what an outbox row keeps), so that an event
+    /// published again from storage carries exactly what it carried the first time.
+    public static func amqpHeaders(runID: String, seq: Int64, type: String, status: String)
+        -> [(key: String, value: HeaderValue)]
+    {
+        [("run_id", .string(runID)), ("seq", .int(seq)), ("type", .string(type)), ("status", .string(status))]
     }
 }
 
 extension RunError {
     /// Headers for a dead-lettered message: `x-reason` (the code), `x-reason-message`,
-    /// `x-original-routing-key`.
-    public func deadLetterHeaders(originalRoutingKey: String) -> [(key: String, value: HeaderValue)] {
-        [
+    /// `x-original-routing-key`, and `x-delivery-attempts` when given (poison messages).
+    public func deadLetterHeaders(originalRoutingKey: String, deliveryAttempts: Int? = nil)
+        -> [(key: String, value: HeaderValue)]
+    {
+        var headers: [(key: String, value: HeaderValue)] = [
             ("x-reason", .string(code.rawValue)), ("x-reason-message", .string(message)),
             ("x-original-routing-key", .string(originalRoutingKey)),
         ]
+        if let deliveryAttempts { headers.append(("x-delivery-attempts", .int(Int64(deliveryAttempts)))) }
+        return headers
     }
 
     /// `{"code", "message"}`.
@@ -103,7 +112,7 @@ extension CommandRejected {
     /// "message"}, "after_seq", "occurred_at"}`; unknown `command_id`/`command` are null.
     public var jsonObject: JSONObject {
         [
-            "type": "command_rejected", "run_id": .string(runID),
+            "type": .string(Self.type), "run_id": .string(runID),
             "command_id": commandID.map(JSONValue.string) ?? .null,
             "command": command.map(JSONValue.string) ?? .null, "error": .object(error.jsonObject),
             "after_seq": .int(afterSeq), "occurred_at": .string(occurredAt.rfc3339),
@@ -112,12 +121,20 @@ extension CommandRejected {
 
     public func encode() -> [UInt8] { jsonObject.serialized() }
 
+    /// Headers, in order: `run_id`, `type` (`command_rejected`), `error_code`.
+    public var amqpHeaders: [(key: String, value: HeaderValue)] {
+        [("run_id", .string(runID)), ("type", .string(Self.type)), ("error_code", .string(error.code.rawValue))]
+    }
+
+    /// `command_rejected`: the body's `type`, the AMQP `type` and the last part of the routing key.
+    public static let type = "command_rejected"
+
     public init(json: JSONValue) throws(RunError) {
         guard let o = json.objectValue else {
             throw RunError(.malformedMessage, "command_rejected must be a JSON object, not \(json.kindName)")
         }
         let r = FieldReader(o, code: .malformedMessage)
-        guard try r.string("type") == "command_rejected" else {
+        guard try r.string("type") == Self.type else {
             throw r.error("type must be command_rejected")
         }
         self.init(

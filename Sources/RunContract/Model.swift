@@ -182,6 +182,16 @@ public struct RunSpec: Sendable, Hashable {
     }
 }
 
+/// The commands' wire names (`command` in a body), in the contract's order. The one list of
+/// them: `Command.Kind.commandName`, `Command.names` and the codec all derive from it.
+public enum CommandName: String, Sendable, Hashable, CaseIterable {
+    case create, start
+    case requireAction = "require_action"
+    case completeAction = "complete_action"
+    case failAction = "fail_action"
+    case complete, fail, cancel
+}
+
 /// A decoded, validated command.
 public struct Command: Sendable, Hashable {
     public enum Kind: Sendable, Hashable {
@@ -194,24 +204,26 @@ public struct Command: Sendable, Hashable {
         case fail(error: ErrorInfo, retryable: Bool)
         case cancel(reason: String?)
 
-        /// The wire name (`require_action`, ...).
-        public var name: String {
+        /// The wire name, typed.
+        public var commandName: CommandName {
             switch self {
-            case .create: "create"
-            case .start: "start"
-            case .requireAction: "require_action"
-            case .completeAction: "complete_action"
-            case .failAction: "fail_action"
-            case .complete: "complete"
-            case .fail: "fail"
-            case .cancel: "cancel"
+            case .create: .create
+            case .start: .start
+            case .requireAction: .requireAction
+            case .completeAction: .completeAction
+            case .failAction: .failAction
+            case .complete: .complete
+            case .fail: .fail
+            case .cancel: .cancel
             }
         }
+
+        /// The wire name (`require_action`, ...).
+        public var name: String { commandName.rawValue }
     }
 
-    public static let names = [
-        "create", "start", "require_action", "complete_action", "fail_action", "complete", "fail", "cancel",
-    ]
+    /// Every wire name, in the contract's order.
+    public static let names = CommandName.allCases.map(\.rawValue)
 
     public var runID: String
     /// `message_id`, or the body's `command_id`; nil means no de-duplication.
@@ -385,7 +397,7 @@ public struct CommandRejected: Sendable, Hashable {
     }
 
     public var messageID: String { "\(runID):rejected:\(commandID ?? "none")" }
-    public var routingKey: String { "run.\(runID).command_rejected" }
+    public var routingKey: String { "run.\(runID).\(Self.type)" }
 }
 
 /// The answer on `reply_to`: `{"command_id", "ok", "run", "error"?}`.

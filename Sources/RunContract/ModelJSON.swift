@@ -56,9 +56,10 @@ extension RunConfig {
     }
 
     /// Validates like the `config` of a command; errors are `validation_error` naming the
-    /// field (`timeout_s must be a number > 0 ...`, `retry.max_attempts must be ...`).
-    public init(json: JSONObject) throws(RunError) {
-        try self.init(reader: FieldReader(json, code: .validationError))
+    /// field (`timeout_s must be a number > 0 ...`, `retry.max_attempts must be ...`), prefixed
+    /// with `path` when given (`run_defaults.timeout_s ...`).
+    public init(json: JSONObject, path: String = "") throws(RunError) {
+        try self.init(reader: FieldReader(json, path: path, code: .validationError))
     }
 
     init(reader r: FieldReader) throws(RunError) {

@@ -41,7 +41,7 @@ extension Timestamp {
         else { return nil }
         i += 1
         guard let h = digits(2), expect(58), let mi = digits(2), expect(58), let s = digits(2),
-            (1...12).contains(mo), (1...31).contains(d), h < 24, mi < 60, s < 61
+            (1...12).contains(mo), (1...Self.daysIn(month: mo, year: y)).contains(d), h < 24, mi < 60, s < 61
         else { return nil }
         var millis = 0
         if i < b.count, b[i] == 46 {
@@ -63,7 +63,7 @@ extension Timestamp {
         } else if b[i] == 43 || b[i] == 45 {
             let sign = b[i] == 43 ? 1 : -1
             i += 1
-            guard let oh = digits(2), expect(58), let om = digits(2) else { return nil }
+            guard let oh = digits(2), expect(58), let om = digits(2), oh < 24, om < 60 else { return nil }
             offsetSeconds = sign * (oh * 3600 + om * 60)
         } else {
             return nil
@@ -72,6 +72,16 @@ extension Timestamp {
         let days = Self.days(fromCivil: Int64(y), mo, d)
         let seconds = days * 86_400 + Int64(h * 3600 + mi * 60 + s) - Int64(offsetSeconds)
         self.init(milliseconds: seconds * 1000 + Int64(millis))
+    }
+
+    /// Days in `month` (1–12) of `year`, proleptic Gregorian: February has 29 in years
+    /// divisible by 4, except centuries not divisible by 400.
+    static func daysIn(month: Int, year: Int) -> Int {
+        switch month {
+        case 2: year % 4 == 0 && (year % 100 != 0 || year % 400 == 0) ? 29 : 28
+        case 4, 6, 9, 11: 30
+        default: 31
+        }
     }
 
     // Howard Hinnant's days-from-civil algorithms (proleptic Gregorian calendar).

@@ -75,7 +75,7 @@ extension RunStateMachine {
             let timeout = request.timeoutS ?? r.run.config.actionTimeoutS
             let action = Action(
                 id: id, type: request.type, fields: request.fields, timeoutS: request.timeoutS,
-                status: .pending, requestedAt: r.now, deadline: timeout.map { r.now.advanced(bySeconds: $0) },
+                status: .pending, requestedAt: r.now, deadline: timeout.map { r.now.adding(seconds: $0) },
                 attempt: r.run.attempt)
             r.run.actions.append(action)
             r.emit(.actionRequired, status: .waiting) { $0.action = action }
@@ -193,7 +193,7 @@ extension RunStateMachine {
         r.run.error = error
         if wantsRetry && r.run.attempt < maxAttempts {
             let delay = Self.retryDelay(afterAttempt: r.run.attempt, runID: r.run.runID, policy: r.run.config.retry)
-            let next = r.now.advanced(bySeconds: delay)
+            let next = r.now.adding(seconds: delay)
             r.run.nextAttemptAt = next
             if let timeout {
                 r.emit(.timedOut, status: .retrying) {

@@ -45,17 +45,6 @@ struct Recorder {
     var transition: Transition { Transition(run: run, events: events) }
 }
 
-extension Timestamp {
-    /// This time plus a non-negative duration in seconds, rounded to the millisecond and
-    /// saturating at the largest timestamp instead of trapping on absurd durations.
-    func advanced(bySeconds seconds: Double) -> Timestamp {
-        let ms = (max(0, seconds) * 1000).rounded()
-        guard ms < 9.0e18 else { return Timestamp(milliseconds: .max) }
-        let (sum, overflow) = milliseconds.addingReportingOverflow(Int64(ms))
-        return Timestamp(milliseconds: overflow ? .max : sum)
-    }
-}
-
 extension Array where Element == String {
     /// `a-1, a-2` for messages.
     var listed: String { joined(separator: ", ") }

@@ -18,11 +18,7 @@ extension RunStateMachine {
 
     /// A number in [0, 1) derived from FNV-1a (64-bit) of `"<run_id>:<attempt>"`.
     static func jitterUnit(runID: String, attempt: Int) -> Double {
-        var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-        for byte in "\(runID):\(attempt)".utf8 {
-            hash ^= UInt64(byte)
-            hash &*= 0x0000_0100_0000_01b3
-        }
+        let hash = FNV1a.hash("\(runID):\(attempt)".utf8)
         // The top 53 bits fill a Double's mantissa exactly: the result is below 1.
         return Double(hash >> 11) * 0x1p-53
     }

@@ -22,7 +22,7 @@ extension RunStateMachine {
             return run.nextAttemptAt.map { [Timer(kind: .retryStart, deadline: $0)] } ?? []
         case .created:
             guard let limit = run.config.startTimeoutS else { return [] }
-            return [Timer(kind: .startTimeout, deadline: run.createdAt.advanced(bySeconds: limit))]
+            return [Timer(kind: .startTimeout, deadline: run.createdAt.adding(seconds: limit))]
         case .running, .waiting:
             var timers: [Timer] = []
             for (index, action) in run.actions.enumerated() where action.status == .pending {
@@ -31,7 +31,7 @@ extension RunStateMachine {
                 }
             }
             if let limit = run.config.timeoutS, let began = run.attemptStartedAt {
-                timers.append(Timer(kind: .attemptTimeout, deadline: began.advanced(bySeconds: limit)))
+                timers.append(Timer(kind: .attemptTimeout, deadline: began.adding(seconds: limit)))
             }
             return timers
         case .completed, .failed, .cancelled:

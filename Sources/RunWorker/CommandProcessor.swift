@@ -69,7 +69,7 @@ public struct OutboundMessage: Sendable {
     init(outbox row: OutboxMessage) {
         self.init(
             destination: .events, routingKey: row.routingKey, messageID: row.messageID, type: row.type,
-            headers: [("run_id", .string(row.runID)), ("seq", .int(row.seq)), ("type", .string(row.type)), ("status", .string(row.status))],
+            headers: RunEvent.amqpHeaders(runID: row.runID, seq: row.seq, type: row.type, status: row.status),
             body: row.body, outboxID: row.id)
     }
 }
@@ -367,8 +367,8 @@ extension OutboundMessage {
         let rejected = CommandRejected(runID: runID, commandID: commandID, command: command, error: error,
                                        afterSeq: afterSeq, occurredAt: now)
         return OutboundMessage(
-            destination: .events, routingKey: rejected.routingKey, messageID: rejected.messageID, type: "command_rejected",
-            headers: [("run_id", .string(runID)), ("type", .string("command_rejected")), ("error_code", .string(error.code.rawValue))],
+            destination: .events, routingKey: rejected.routingKey, messageID: rejected.messageID, type: CommandRejected.type,
+            headers: rejected.amqpHeaders,
             body: rejected.encode())
     }
 

@@ -5,7 +5,8 @@ import Yams
 
 /// Everything the worker can be told, with the defaults `config/runworker.yaml` documents.
 /// Layers, lowest first: built-in defaults, the YAML file, `RUNWORKER_*` environment
-/// variables, command-line flags (applied by the executable).
+/// variables, command-line flags. Every setting is declared once, in `table`; the file keys,
+/// variable names and flags all derive from it.
 public struct WorkerSettings: Sendable, Equatable {
     public var amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
     public var prefix = "runs"
@@ -19,9 +20,10 @@ public struct WorkerSettings: Sendable, Equatable {
     public var timerIntervalS = 0.1
     public var deliveryLimit = 5
     public var pipelineDepth = 16
-    public var statusFile: String? = nil
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
+    /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
+    public var statusFile: String? = nil
 
     public init() {}
 
@@ -41,69 +43,77 @@ public struct WorkerSettings: Sendable, Equatable {
         guard ["FULL", "NORMAL"].contains(sqliteSynchronous) else {
             throw SettingsError("sqlite_synchronous must be FULL or NORMAL")
         }
+        _ = try Self.decodeRunDefaults(runDefaults.jsonObject)
     }
 
-    /// Applies a YAML document (the config file's format) over these settings.
+    /// Applies a YAML document (the config file's format) over these settings. Every key must
+    /// be in `table` (nested keys as mappings: `run_defaults: {retry: {max_attempts: 3}}`).
     public mutating func apply(yaml text: String) throws(SettingsError) {
-        // An empty document (or only comments) sets nothing.
-        guard text.split(separator: "\n").contains(where: { !$0.trimmingCharacters(in: .whitespaces).hasPrefix("#") && !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else { return }
-        let file: FileSettings
-        do {
-            file = try YAMLDecoder().decode(FileSettings.self, from: text)
-        } catch {
-            throw SettingsError("config file: \(error)")
+        let root: Node?
+        do { root = try Yams.compose(yaml: text) } catch { throw SettingsError("config file: \(error)") }
+        guard let root, root.null == nil else { return }  // empty, or only comments
+        try apply(node: root, path: "")
+    }
+
+    private mutating func apply(node: Node, path: String) throws(SettingsError) {
+        let specs = Self.table
+        guard let mapping = node.mapping else {
+            throw SettingsError(path.isEmpty ? "config file must be a mapping of settings" : "\(path) must be a mapping")
         }
-        if let v = file.amqp_url { amqpURL = v }
-        if let v = file.prefix { prefix = v }
-        if let v = file.store { store = v }
-        if let v = file.sqlite_synchronous { sqliteSynchronous = v.uppercased() }
-        if let v = file.partitions { partitions = v }
-        if let v = file.prefetch { prefetch = v }
-        if let v = file.batch_size { batchSize = v }
-        if let v = file.max_body_bytes { maxBodyBytes = v }
-        if let v = file.rebalance_interval_s { rebalanceIntervalS = v }
-        if let v = file.timer_interval_s { timerIntervalS = v }
-        if let v = file.delivery_limit { deliveryLimit = v }
-        if let v = file.pipeline_depth { pipelineDepth = v }
-        if let v = file.log_level { logLevel = try Self.level(v) }
-        if let d = file.run_defaults {
-            runDefaults.timeoutS = d.timeout_s
-            runDefaults.startTimeoutS = d.start_timeout_s
-            runDefaults.actionTimeoutS = d.action_timeout_s
-            if let r = d.retry {
-                runDefaults.retry = RetryPolicy(
-                    maxAttempts: r.max_attempts ?? 1, delayS: r.delay_s ?? 1, backoff: r.backoff ?? 2,
-                    maxDelayS: r.max_delay_s, retryTimeouts: r.retry_timeouts ?? false)
+        for (k, value) in mapping {
+            guard let name = k.string else { throw SettingsError("config file: keys must be strings (under \(path))") }
+            let key = path.isEmpty ? name : "\(path).\(name)"
+            if let spec = specs.first(where: { $0.key == key }) {
+                guard let scalar = value.scalar else { throw SettingsError("\(key) must be a single value") }
+                try spec.set(&self, value.null == nil ? scalar.string : nil)
+            } else if specs.contains(where: { $0.key.hasPrefix(key + ".") }) {
+                if value.null != nil { continue }
+                try apply(node: value, path: key)
+            } else {
+                throw SettingsError("unknown setting \(key) in config file")
             }
         }
     }
 
-    /// Applies `RUNWORKER_*` variables.
+    /// Every leaf key of a YAML document, nested ones dotted (`run_defaults.retry.delay_s`).
+    static func keys(inYAML text: String) throws -> [String] {
+        func leaves(_ n: Node, _ prefix: String) -> [String] {
+            guard let m = n.mapping else { return [prefix] }
+            return m.flatMap { (k, v) in leaves(v, prefix.isEmpty ? k.string ?? "" : "\(prefix).\(k.string ?? "")") }
+        }
+        return try Yams.compose(yaml: text).map { leaves($0, "") } ?? []
+    }
+
+    /// Applies `RUNWORKER_*` variables (`SettingSpec.environmentName`); others are ignored.
     public mutating func apply(environment env: [String: String]) throws(SettingsError) {
-        func int(_ name: String) throws(SettingsError) -> Int? {
-            guard let s = env[name] else { return nil }
-            guard let v = Int(s) else { throw SettingsError("\(name) must be an integer, got \(s)") }
-            return v
+        for spec in Self.table {
+            if let v = env[spec.environmentName] { try spec.set(&self, v) }
         }
-        if let v = env["RUNWORKER_AMQP_URL"] { amqpURL = v }
-        if let v = env["RUNWORKER_PREFIX"] { prefix = v }
-        if let v = env["RUNWORKER_STORE"] { store = v }
-        if let v = env["RUNWORKER_STATUS_FILE"] { statusFile = v }
-        if let v = env["RUNWORKER_SQLITE_SYNCHRONOUS"] { sqliteSynchronous = v.uppercased() }
-        if let v = try int("RUNWORKER_PARTITIONS") { partitions = v }
-        if let v = try int("RUNWORKER_PREFETCH") { prefetch = v }
-        if let v = try int("RUNWORKER_BATCH_SIZE") { batchSize = v }
-        if let v = try int("RUNWORKER_MAX_BODY_BYTES") { maxBodyBytes = v }
-        if let s = env["RUNWORKER_REBALANCE_INTERVAL_S"] {
-            guard let v = Double(s) else { throw SettingsError("RUNWORKER_REBALANCE_INTERVAL_S must be a number") }
-            rebalanceIntervalS = v
-        }
-        if let v = env["RUNWORKER_LOG_LEVEL"] { logLevel = try Self.level(v) }
-        if let v = try int("RUNWORKER_DELIVERY_LIMIT") { deliveryLimit = v }
-        if let v = try int("RUNWORKER_PIPELINE_DEPTH") { pipelineDepth = v }
-        if let s = env["RUNWORKER_TIMER_INTERVAL_S"] {
-            guard let v = Double(s) else { throw SettingsError("RUNWORKER_TIMER_INTERVAL_S must be a number") }
-            timerIntervalS = v
+    }
+
+    /// Applies `--<flag> VALUE` or `--<flag>=VALUE` pairs (`SettingSpec.flag`). An unknown flag
+    /// or a missing value is an error naming it.
+    public mutating func apply(arguments: [String]) throws(SettingsError) {
+        let specs = Self.table
+        var i = 0
+        while i < arguments.count {
+            let argument = arguments[i]
+            let (flag, inline) = argument.firstIndex(of: "=").map {
+                (String(argument[..<$0]), Optional(String(argument[argument.index(after: $0)...])))
+            } ?? (argument, nil)
+            guard let spec = specs.first(where: { $0.flag == flag }) else {
+                throw SettingsError("unknown option \(flag) (see --help for the settings)")
+            }
+            let value: String
+            if let inline {
+                value = inline
+            } else {
+                guard i + 1 < arguments.count else { throw SettingsError("\(flag) needs a value") }
+                i += 1
+                value = arguments[i]
+            }
+            try spec.set(&self, value)
+            i += 1
         }
     }
 
@@ -131,6 +141,14 @@ public struct WorkerSettings: Sendable, Equatable {
         try settings.apply(environment: environment)
         return settings
     }
+
+    /// One line per setting for `--help`: flag, variable, default, what it does.
+    public static var settingsHelp: String {
+        let defaults = WorkerSettings()
+        return table.map { s in
+            "\(s.flag) (\(s.environmentName), default \(s.get(defaults) ?? "none")): \(s.help)"
+        }.joined(separator: "\n")
+    }
 }
 
 public struct SettingsError: Error, CustomStringConvertible, Sendable {
@@ -138,33 +156,146 @@ public struct SettingsError: Error, CustomStringConvertible, Sendable {
     public init(_ description: String) { self.description = description }
 }
 
-/// The YAML file's shape; snake_case keys as written in `config/runworker.yaml`.
-private struct FileSettings: Decodable {
-    struct Retry: Decodable {
-        var max_attempts: Int?
-        var delay_s: Double?
-        var backoff: Double?
-        var max_delay_s: Double?
-        var retry_timeouts: Bool?
+/// One setting: its key as the YAML file writes it (`amqp_url`, `run_defaults.retry.max_attempts`),
+/// what it does, and how to read it from text into `WorkerSettings`.
+public struct SettingSpec {
+    public let key: String
+    public let help: String
+    /// Sets the value from text (YAML scalar, variable, flag); nil is YAML `null`. Errors name the key.
+    public let set: (inout WorkerSettings, String?) throws(SettingsError) -> Void
+    /// The current value as text; nil when unset.
+    public let get: (WorkerSettings) -> String?
+
+    /// `RUNWORKER_` + the key uppercased, dots and dashes as underscores.
+    public var environmentName: String {
+        "RUNWORKER_" + key.uppercased().replacingOccurrences(of: ".", with: "_").replacingOccurrences(of: "-", with: "_")
     }
-    struct Defaults: Decodable {
-        var timeout_s: Double?
-        var start_timeout_s: Double?
-        var action_timeout_s: Double?
-        var retry: Retry?
+
+    /// `--` + the key with underscores as dashes: `--amqp-url`, `--run-defaults.retry.max-attempts`.
+    public var flag: String { "--" + key.replacingOccurrences(of: "_", with: "-") }
+}
+
+extension WorkerSettings {
+    /// Every setting, in the order `config/runworker.yaml` documents them.
+    public static var table: [SettingSpec] {
+        [
+            text("amqp_url", \.amqpURL, "Broker URL, amqp:// or amqps:// (TLS options in the query)."),
+            text("prefix", \.prefix, "Prefix of every exchange and queue name."),
+            text("store", \.store, "Store URL: sqlite:///abs/path.sqlite or sqlite://relative/path.sqlite."),
+            SettingSpec(
+                key: "sqlite_synchronous", help: "SQLite durability: FULL (survives power loss) or NORMAL.",
+                set: { (s, v) throws(SettingsError) in s.sqliteSynchronous = try required("sqlite_synchronous", v).uppercased() },
+                get: { $0.sqliteSynchronous }),
+            integer("partitions", \.partitions, "Number of command partitions (the same for every worker)."),
+            integer("prefetch", \.prefetch, "Unacknowledged deliveries per partition consumer."),
+            integer("batch_size", \.batchSize, "Most commands applied in one store transaction."),
+            integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
+            integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
+            number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
+            number("timer_interval_s", \.timerIntervalS, "Seconds between sweeps for elapsed deadlines."),
+            integer("delivery_limit", \.deliveryLimit, "Failed deliveries of one message before it is dead-lettered."),
+            SettingSpec(
+                key: "log_level", help: "trace, debug, info, notice, warning, error or critical.",
+                set: { (s, v) throws(SettingsError) in s.logLevel = try level(try required("log_level", v)) },
+                get: { $0.logLevel.rawValue }),
+            SettingSpec(
+                key: "status_file",
+                help: "a JSON file the worker rewrites with its readiness, partitions and counters, for tests and supervisors",
+                set: { (s, v) in s.statusFile = (v == nil || v == "" || v == "null") ? nil : v },
+                get: { $0.statusFile }),
+            runDefault("timeout_s", "Default seconds for one attempt, start to finish (null: no limit)."),
+            runDefault("start_timeout_s", "Default seconds from created to started (null: no limit)."),
+            runDefault("action_timeout_s", "Default seconds per action (null: no limit)."),
+            runDefault("retry.max_attempts", "Default attempts in all (1: no retry)."),
+            runDefault("retry.delay_s", "Default seconds before the first retry."),
+            runDefault("retry.backoff", "Default multiplier of the delay after each attempt."),
+            runDefault("retry.max_delay_s", "Default cap on the retry delay, seconds."),
+            runDefault("retry.retry_timeouts", "Whether a timed-out attempt is retried by default."),
+        ]
     }
-    var amqp_url: String?
-    var prefix: String?
-    var store: String?
-    var sqlite_synchronous: String?
-    var partitions: Int?
-    var prefetch: Int?
-    var batch_size: Int?
-    var max_body_bytes: Int?
-    var rebalance_interval_s: Double?
-    var timer_interval_s: Double?
-    var delivery_limit: Int?
-    var pipeline_depth: Int?
-    var log_level: String?
-    var run_defaults: Defaults?
+
+    private static func required(_ key: String, _ value: String?) throws(SettingsError) -> String {
+        guard let value else { throw SettingsError("\(key) must have a value, not null") }
+        return value
+    }
+
+    private static func text(_ key: String, _ path: WritableKeyPath<WorkerSettings, String>, _ help: String) -> SettingSpec {
+        SettingSpec(
+            key: key, help: help, set: { (s, v) throws(SettingsError) in s[keyPath: path] = try required(key, v) },
+            get: { $0[keyPath: path] })
+    }
+
+    private static func integer(_ key: String, _ path: WritableKeyPath<WorkerSettings, Int>, _ help: String) -> SettingSpec {
+        SettingSpec(
+            key: key, help: help,
+            set: { (s, v) throws(SettingsError) in
+                let text = try required(key, v)
+                guard let n = Int(text.trimmingCharacters(in: .whitespaces)) else {
+                    throw SettingsError("\(key) must be an integer, got \(text)")
+                }
+                s[keyPath: path] = n
+            },
+            get: { String($0[keyPath: path]) })
+    }
+
+    private static func number(_ key: String, _ path: WritableKeyPath<WorkerSettings, Double>, _ help: String) -> SettingSpec {
+        SettingSpec(
+            key: key, help: help,
+            set: { (s, v) throws(SettingsError) in
+                let text = try required(key, v)
+                guard let n = Double(text.trimmingCharacters(in: .whitespaces)), n.isFinite else {
+                    throw SettingsError("\(key) must be a number, got \(text)")
+                }
+                s[keyPath: path] = n
+            },
+            get: { String($0[keyPath: path]) })
+    }
+
+    /// A field of `run_defaults`, which is a run `config`: the value is written into the config's
+    /// JSON form and the whole config decoded again with the contract's own rules, so a default
+    /// is refused exactly when a command's `config` would be (`run_defaults.timeout_s must be ...`).
+    private static func runDefault(_ field: String, _ help: String) -> SettingSpec {
+        let path = field.split(separator: ".").map(String.init)
+        return SettingSpec(
+            key: "run_defaults.\(field)", help: help,
+            set: { (s, v) throws(SettingsError) in
+                var json = s.runDefaults.jsonObject
+                json.setValue(v.map(scalarJSON) ?? .null, at: path[...])
+                s.runDefaults = try decodeRunDefaults(json)
+            },
+            get: { s in
+                var value: JSONValue = .object(s.runDefaults.jsonObject)
+                for p in path { value = value.objectValue?[p] ?? .null }
+                return value.isNull ? nil : String(decoding: value.serialized(), as: UTF8.self)
+            })
+    }
+
+    /// YAML and environment text as JSON: numbers, booleans and null as such, anything else a string.
+    private static func scalarJSON(_ text: String) -> JSONValue {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        switch t.lowercased() {
+        case "", "null", "~": return .null
+        case "true", "yes", "on": return .bool(true)
+        case "false", "no", "off": return .bool(false)
+        default: return (try? JSONValue.parse(Array(t.utf8))).flatMap { $0.isNull ? nil : $0 } ?? .string(text)
+        }
+    }
+
+    fileprivate static func decodeRunDefaults(_ json: JSONObject) throws(SettingsError) -> RunConfig {
+        do { return try RunConfig(json: json, path: "run_defaults") } catch { throw SettingsError(error.message) }
+    }
+}
+
+extension JSONObject {
+    /// Sets the value at a nested path, creating objects on the way.
+    fileprivate mutating func setValue(_ value: JSONValue, at path: ArraySlice<String>) {
+        guard let first = path.first else { return }
+        if path.count == 1 {
+            self[first] = value
+            return
+        }
+        var inner = self[first]?.objectValue ?? JSONObject()
+        inner.setValue(value, at: path.dropFirst())
+        self[first] = .object(inner)
+    }
 }

@@ -535,7 +535,7 @@ final class WorkerLoop: @unchecked Sendable {
 
     private func deadLetterPoison(_ r: Received, attempts: Int, lastError: String) throws {
         let headers = RunError(RunError.Code(rawValue: "delivery_limit_exceeded"), lastError)
-            .deadLetterHeaders(originalRoutingKey: r.command.routingKey) + [("x-delivery-attempts", .int(Int64(attempts)))]
+            .deadLetterHeaders(originalRoutingKey: r.command.routingKey, deliveryAttempts: attempts)
         let message = OutboundMessage(
             destination: .dead, routingKey: r.command.routingKey, messageID: r.command.messageID, headers: headers,
             body: r.command.body)

@@ -11,39 +11,22 @@ struct RunWorkerCommand: AsyncParsableCommand {
         commandName: "runworker",
         abstract: "Apply run commands from RabbitMQ to durable runs and publish every state change.",
         discussion: """
-            Settings come from the config file, then RUNWORKER_* environment variables, then these \
-            flags (each layer overrides the one before). config/runworker.yaml documents them all.
-            """)
+            Settings come from the config file, then RUNWORKER_* environment variables, then \
+            flags (each layer overrides the one before). config/runworker.yaml documents them all. \
+            Every setting is a flag, --<flag> VALUE or --<flag>=VALUE:
+
+            """ + WorkerSettings.settingsHelp)
 
     @Option(help: "YAML config file (default config/runworker.yaml when it exists).")
     var config: String?
 
-    @Option(name: .customLong("amqp-url"), help: "Broker URL, amqp:// or amqps://.")
-    var amqpURL: String?
-
-    @Option(help: "Prefix of every exchange and queue name.")
-    var prefix: String?
-
-    @Option(help: "Store URL: sqlite:///abs/path.sqlite or sqlite://relative/path.sqlite.")
-    var store: String?
-
-    @Option(help: "Unacknowledged deliveries per partition consumer.")
-    var prefetch: Int?
-
-    @Option(help: "Number of command partitions (the same for every worker).")
-    var partitions: Int?
-
-    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error or critical.")
-    var logLevel: String?
+    /// Every other flag is a setting from `WorkerSettings.table`, applied (and checked) there.
+    @Argument(parsing: .allUnrecognized, help: .hidden)
+    var settings: [String] = []
 
     func run() async throws {
         var settings = try WorkerSettings.load(configFile: config, environment: ProcessInfo.processInfo.environment)
-        if let amqpURL { settings.amqpURL = amqpURL }
-        if let prefix { settings.prefix = prefix }
-        if let store { settings.store = store }
-        if let prefetch { settings.prefetch = prefetch }
-        if let partitions { settings.partitions = partitions }
-        if let logLevel { settings.logLevel = try WorkerSettings.level(logLevel) }
+        try settings.apply(arguments: self.settings)
         try settings.validate()
 
         let level = settings.logLevel
@@ -60,4 +43,3 @@ struct RunWorkerCommand: AsyncParsableCommand {
         try await group.run()
     }
 }
-

@@ -56,6 +56,23 @@ enum Fixtures {
 }
 
 @Suite struct CommandCodecTests {
+    /// The wire names are the contract's eight, in its order; every kind names itself with one
+    /// of them, and the codec decodes every name (so the lists cannot drift apart).
+    @Test func commandNamesAreOneList() throws {
+        let contract = [
+            "create", "start", "require_action", "complete_action", "fail_action", "complete", "fail", "cancel",
+        ]
+        #expect(CommandName.allCases.map(\.rawValue) == contract)
+        #expect(Command.names == contract)
+        let kinds = Set(Fixtures.commands.map(\.value.kind.commandName))
+        #expect(kinds == Set(CommandName.allCases))
+        for c in Fixtures.commands {
+            #expect(c.value.kind.name == c.value.kind.commandName.rawValue)
+            let decoded = try CommandEnvelope.parse(body: c.value.encode(), routingKey: nil, messageID: nil).decodeCommand()
+            #expect(decoded.kind.commandName == c.value.kind.commandName)
+        }
+    }
+
     /// Every command kind, with all optional fields and with none, survives encode → parse →
     /// decodeCommand unchanged.
     @Test(arguments: Fixtures.commands)

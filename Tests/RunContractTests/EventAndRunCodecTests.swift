@@ -143,6 +143,31 @@ enum RunFixtures {
         #expect(dl.map(\.value) == [.string("malformed_message"), .string("bad"), .string("rk")])
     }
 
+    /// The static form (what the worker builds from an outbox row) is the same list.
+    @Test func headersFromStoredFields() {
+        let e = RunFixtures.event(.started, 2, .running, .created)
+        let h = RunEvent.amqpHeaders(runID: "run-42", seq: 2, type: "started", status: "running")
+        #expect(h.map(\.key) == e.amqpHeaders.map(\.key))
+        #expect(h.map(\.value) == e.amqpHeaders.map(\.value))
+    }
+
+    /// `command_rejected` headers, in order: `run_id`, `type`, `error_code`.
+    @Test func rejectionHeaders() {
+        let r = CommandRejected(
+            runID: "run-42", commandID: "c-1", command: "start", error: RunError(.invalidTransition, "no"),
+            afterSeq: 3, occurredAt: RunFixtures.t0)
+        #expect(r.amqpHeaders.map(\.key) == ["run_id", "type", "error_code"])
+        #expect(r.amqpHeaders.map(\.value) == [.string("run-42"), .string("command_rejected"), .string("invalid_transition")])
+    }
+
+    /// A poison message's dead-letter headers end with `x-delivery-attempts`, an integer.
+    @Test func poisonDeadLetterHeaders() {
+        let dl = RunError(RunError.Code(rawValue: "delivery_limit_exceeded"), "store down")
+            .deadLetterHeaders(originalRoutingKey: "run-42", deliveryAttempts: 5)
+        #expect(dl.map(\.key) == ["x-reason", "x-reason-message", "x-original-routing-key", "x-delivery-attempts"])
+        #expect(dl.map(\.value) == [.string("delivery_limit_exceeded"), .string("store down"), .string("run-42"), .int(5)])
+    }
+
     /// Event decoding refuses bodies that lack required fields or have the wrong types, naming
     /// the field.
     @Test(arguments: [
@@ -276,6 +301,65 @@ enum RunFixtures {
     ])
     func parses(_ text: String, _ ms: Int64?) {
         #expect(Timestamp(rfc3339: text)?.milliseconds == ms)
+    }
+
+    /// Days that do not exist in their month (Gregorian leap years) and offsets outside
+    /// hours 00–23, minutes 00–59 are refused; the last valid day and offset of each kind parse.
+    @Test(arguments: [
+        ("2026-02-31T00:00:00Z", nil),
+        ("2026-02-29T00:00:00Z", nil),
+        ("2025-02-29T00:00:00Z", nil),
+        ("1900-02-29T00:00:00Z", nil),
+        ("2100-02-29T00:00:00Z", nil),
+        ("2026-04-31T00:00:00Z", nil),
+        ("2026-06-31T00:00:00Z", nil),
+        ("2026-09-31T00:00:00Z", nil),
+        ("2026-11-31T00:00:00Z", nil),
+        ("2026-01-32T00:00:00Z", nil),
+        ("2026-11-00T00:00:00Z", nil),
+        ("2024-02-29T00:00:00Z", Int64(1_709_164_800_000) as Int64?),
+        ("2000-02-29T00:00:00Z", 951_782_400_000),
+        ("2026-12-31T23:59:59Z", 1_798_761_599_000),
+        ("2026-11-23T00:00:00+99:99", nil),
+        ("2026-11-23T00:00:00+24:00", nil),
+        ("2026-11-23T00:00:00-12:60", nil),
+        ("2026-11-23T00:00:00+00:60", nil),
+        ("2026-11-23T08:00:00+23:59", 1_795_334_460_000),
+        ("2026-12-31T23:59:59-00:00", 1_798_761_599_000),
+    ])
+    func refusesImpossibleDatesAndOffsets(_ text: String, _ ms: Int64?) {
+        #expect(Timestamp(rfc3339: text)?.milliseconds == ms, "\(text)")
+    }
+
+    /// Adding seconds saturates at the ends of the millisecond range instead of trapping, both
+    /// ways; NaN adds nothing (the time is unchanged); fractions round to the millisecond.
+    @Test(arguments: [
+        (Int64(0), 1.5, Int64(1500)),
+        (0, -1.5, -1500),
+        (0, 0.0004, 0),
+        (Int64.max - 10, 1, Int64.max),
+        (Int64.min + 10, -1, Int64.min),
+        (Int64.max, 0, Int64.max),
+        (0, 1e300, Int64.max),
+        (0, -1e300, Int64.min),
+        (0, 9.3e15, Int64.max),
+        (Int64.min, 9.2e15, Int64.min + 9_200_000_000_000_000_000),
+        (Int64.max, -9.2e15, Int64.max - 9_200_000_000_000_000_000),
+        (0, .infinity, Int64.max),
+        (0, -.infinity, Int64.min),
+        (5, .nan, 5),
+        (Int64.max, .nan, Int64.max),
+    ])
+    func addingSaturates(_ start: Int64, _ seconds: Double, _ expected: Int64) {
+        #expect(Timestamp(milliseconds: start).adding(seconds: seconds).milliseconds == expected)
+    }
+
+    /// `init(seconds:)` saturates the same way; NaN is the epoch.
+    @Test func secondsInitSaturates() {
+        #expect(Timestamp(seconds: 1.5).milliseconds == 1500)
+        #expect(Timestamp(seconds: 1e300).milliseconds == .max)
+        #expect(Timestamp(seconds: -.infinity).milliseconds == .min)
+        #expect(Timestamp(seconds: .nan).milliseconds == 0)
     }
 
     /// Any millisecond time in years 1970–9999 formats and parses back to itself.

@@ -16,7 +16,7 @@ import Testing
     #expect(scheduled.status == .retrying && scheduled.attempt == 1)
     #expect(scheduled.stoppedActionIDs == ["a-1"] && scheduled.error == ErrorInfo(message: "flaky", code: "E"))
     let next = try #require(scheduled.nextAttemptAt)
-    #expect(next == h.now.advanced(bySeconds: RunStateMachine.retryDelay(afterAttempt: 1, runID: "r1", policy: policy)))
+    #expect(next == h.now.adding(seconds: RunStateMachine.retryDelay(afterAttempt: 1, runID: "r1", policy: policy)))
     #expect(failed.run.nextAttemptAt == next && failed.run.stopReason == nil)
     #expect(RunStateMachine.nextDeadline(of: failed.run) == next)
 
@@ -104,8 +104,7 @@ func backoffCapAndJitterBounds(_ c: DelayCase) {
     #expect(Set(values).count > 990)
     #expect(values.contains { $0 < 0.1 } && values.contains { $0 > 0.9 })
     // FNV-1a 64 of "r1:1", top 53 bits over 2^53.
-    var hash: UInt64 = 0xcbf2_9ce4_8422_2325
-    for byte in "r1:1".utf8 { hash = (hash ^ UInt64(byte)) &* 0x100_0000_01b3 }
+    let hash = FNV1a.hash("r1:1".utf8)
     #expect(RunStateMachine.jitterUnit(runID: "r1", attempt: 1) == Double(hash >> 11) / 9_007_199_254_740_992)
 }
 

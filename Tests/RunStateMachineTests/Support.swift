@@ -8,7 +8,7 @@ let t0 = Timestamp(milliseconds: 1_700_000_000_000)
 
 extension Timestamp {
     func plus(ms: Int64) -> Timestamp { Timestamp(milliseconds: milliseconds + ms) }
-    func plus(s: Double) -> Timestamp { Timestamp(milliseconds: milliseconds + Int64((s * 1000).rounded())) }
+    func plus(s: Double) -> Timestamp { adding(seconds: s) }
 }
 
 func command(_ kind: Command.Kind, run: String = "r1", id: String? = nil, expected: Int64? = nil) -> Command {
@@ -59,9 +59,23 @@ struct Harness {
     }
 
     /// Applies a command that must be refused, checks that nothing changed, and returns the refusal.
-    mutating func refuse(_ kind: Command.Kind, expected: Int64? = nil) -> RunError? {
+    /// An accepted command is a test failure, and its transition is not recorded.
+    mutating func refuse(
+        _ kind: Command.Kind, expected: Int64? = nil, sourceLocation: SourceLocation = #_sourceLocation
+    ) -> RunError? {
+        let (runBefore, eventsBefore) = (run, events)
         let c = command(kind, run: runID, id: "c-x", expected: expected)
-        return machine.apply(c, to: run, at: now).refusal
+        switch machine.apply(c, to: run, at: now) {
+        case .success(let t):
+            Issue.record(
+                "\(kind.name) was accepted (\(t.events.map(\.type.rawValue))), expected a refusal",
+                sourceLocation: sourceLocation)
+            return nil
+        case .failure(let error):
+            #expect(run == runBefore, "a refused \(kind.name) changed the run", sourceLocation: sourceLocation)
+            #expect(events == eventsBefore, "a refused \(kind.name) added events", sourceLocation: sourceLocation)
+            return error
+        }
     }
 
     /// Moves time to `instant` and fires whatever is due then, one `advance` at a time.
