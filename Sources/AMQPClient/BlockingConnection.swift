@@ -24,8 +24,8 @@ enum Method {
 /// A blocking AMQP 0-9-1 connection over librabbitmq.
 ///
 /// **Not thread-safe and not Sendable**: create it, use it and drop it on one thread only
-/// (librabbitmq forbids sharing a connection or its channels between threads). `AMQPConnection`
-/// gives each connection a dedicated thread and offers async APIs on top.
+/// (librabbitmq forbids sharing a connection or its channels between threads). That thread owns
+/// the connection and calls it directly; other threads talk to the owner, not to the connection.
 ///
 /// Frames are never lost: deliveries, confirms, returns and cancels that arrive while a
 /// synchronous RPC (declare, bind, qos, ...) or `waitForConfirms` waits are kept and handed
