@@ -24,15 +24,17 @@ enum Method {
 /// A blocking AMQP 0-9-1 connection over librabbitmq.
 ///
 /// **Not thread-safe and not Sendable**: create it, use it and drop it on one thread only
-/// (librabbitmq forbids sharing a connection or its channels between threads). `AMQPConnection`
-/// gives each connection a dedicated thread and offers async APIs on top.
+/// (librabbitmq forbids sharing a connection or its channels between threads). That thread owns
+/// the connection and calls it directly; other threads talk to the owner, not to the connection.
 ///
 /// Frames are never lost: deliveries, confirms, returns and cancels that arrive while a
 /// synchronous RPC (declare, bind, qos, ...) or `waitForConfirms` waits are kept and handed
 /// out, in order, by `nextEvent` / `drainEvents`.
 ///
 /// Heartbeats are sent and checked only while this object reads (`nextEvent`, `drainEvents`,
-/// `waitForConfirms`, RPCs): call one of them at least every `heartbeat / 2` seconds.
+/// `waitForConfirms`, RPCs): call one of them at least every `heartbeat / 2` seconds. To wait for
+/// frames and for other threads' work at once, wait in `nextEvent(timeout:waker:)` and have the
+/// other threads `signal()` the `Waker`.
 public final class BlockingConnection {
     public let configuration: AMQPConfiguration
     private var state: OpaquePointer?
@@ -541,6 +543,50 @@ public final class BlockingConnection {
                 return nil
             }
         }
+    }
+
+    /// Like `nextEvent(timeout:)`, but also returns nil early, after draining `waker`, as soon
+    /// as `waker` is signalled: the owning thread waits for AMQP frames and for work finished on
+    /// other threads (a store transaction, say) at once, without handing the connection over.
+    ///
+    /// Events already received are returned first; a signal is seen by the first call that
+    /// finds none ready. While waiting it wakes at least every heartbeat/4 (every second at
+    /// most) to let librabbitmq send heartbeats and notice missed ones, so a long wait keeps the
+    /// connection alive and a dead one is still reported.
+    public func nextEvent(timeout: Double?, waker: Waker) throws -> AMQPEvent? {
+        let deadline = timeout.map { ContinuousClock.now + .seconds(Swift.max(0, $0)) }
+        let sliceMS = heartbeat > 0 ? Swift.min(1000, heartbeat * 250) : 1000
+        while true {
+            if let e = popPending() { return e }
+            let st = try ensureOpen()
+            // Frames the library has already read never make the socket readable again.
+            if amqp_frames_enqueued(st) != 0 || amqp_data_in_buffer(st) != 0 {
+                _ = try readFrame(timeout: 0)
+                continue
+            }
+            let waitMS = deadline.map { Swift.min(sliceMS, Self.milliseconds(until: $0)) } ?? sliceMS
+            var fds = [pollfd(fd: amqp_get_sockfd(st), events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: waker.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+            if poll(&fds, nfds_t(fds.count), Int32(waitMS)) < 0 && errno != EINTR {
+                throw AMQPError(.socketError, "poll failed: \(String(cString: strerror(errno)))")
+            }
+            let woken = fds[1].revents != 0 && waker.drain()
+            // Even when nothing arrived: librabbitmq sends a due heartbeat, and notices that the
+            // broker's are missing, only inside its own reads. A zero timeout does both (0.11
+            // compares the deadline "now" with the heartbeat deadlines) without blocking.
+            _ = try readFrame(timeout: 0)
+            if woken { return nil }
+            if let deadline, ContinuousClock.now >= deadline, !hasBufferedEvents { return nil }
+        }
+    }
+
+    /// Whole milliseconds until `deadline`, rounded up (librabbitmq and poll() truncate to
+    /// milliseconds; rounding down would turn the last fraction into a busy loop).
+    private static func milliseconds(until deadline: ContinuousClock.Instant) -> Int {
+        let d = ContinuousClock.now.duration(to: deadline)
+        guard d > .zero else { return 0 }
+        let ms = Double(d.components.seconds) * 1000 + Double(d.components.attoseconds) / 1e15
+        return Int(Swift.min(ms.rounded(.up), Double(Int32.max)))
     }
 
     /// Everything already received (library buffers and the socket's kernel buffer), without

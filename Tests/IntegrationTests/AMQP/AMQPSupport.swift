@@ -2,64 +2,83 @@ import Foundation
 import Testing
 @testable import AMQPClient
 
-let brokerURL = ProcessInfo.processInfo.environment["RUNWORKER_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+/// Helpers of the AMQP broker tests, in a namespace so that they cannot clash with the worker
+/// tests' top-level names in the same target.
+///
+/// Every wait here is bounded by a deadline; a `BlockingConnection` is created, used and closed
+/// on the test's own thread.
+enum AMQPTest {
+    static let url = ProcessInfo.processInfo.environment["RUNWORKER_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
 
-func unique(_ prefix: String) -> String { "test.\(prefix).\(UUID().uuidString.prefix(12))" }
+    /// A name no other run uses: `test.<name>.<uuid>`.
+    static func unique(_ name: String) -> String { "test.\(name).\(UUID().uuidString.prefix(12))" }
 
-func config(_ mutate: (inout AMQPConfiguration) -> Void = { _ in }) throws -> AMQPConfiguration {
-    var c = try AMQPConfiguration(url: brokerURL)
-    c.connectionTimeout = 5
-    mutate(&c)
-    return c
-}
+    static func configuration(_ mutate: (inout AMQPConfiguration) -> Void = { _ in }) throws -> AMQPConfiguration {
+        var c = try AMQPConfiguration(url: url)
+        c.connectionTimeout = 5
+        c.rpcTimeout = 10
+        mutate(&c)
+        return c
+    }
 
-func connect(_ mutate: (inout AMQPConfiguration) -> Void = { _ in }) async throws -> AMQPConnection {
-    try await AMQPConnection.connect(config(mutate))
-}
+    static func connect(_ mutate: (inout AMQPConfiguration) -> Void = { _ in }) throws -> BlockingConnection {
+        try BlockingConnection(configuration: configuration(mutate))
+    }
 
-struct TestTimeout: Error, CustomStringConvertible {
-    var what: String
-    var description: String { "timed out: \(what)" }
-}
+    /// A fresh connection and an open channel; the connection is closed afterwards, whatever happens.
+    static func withChannel<T>(_ body: (BlockingConnection, UInt16) throws -> T) throws -> T {
+        let conn = try connect()
+        defer { conn.close() }
+        return try body(conn, try conn.openChannel())
+    }
 
-/// Runs `body`, failing with TestTimeout after `seconds` instead of hanging the test run.
-func within<T: Sendable>(_ seconds: Double, _ what: String = "operation",
-                         _ body: @Sendable @escaping () async throws -> T) async throws -> T {
-    try await withThrowingTaskGroup(of: T.self) { g in
-        g.addTask { try await body() }
-        g.addTask {
-            try await Task.sleep(nanoseconds: UInt64(seconds * 1e9))
-            throw TestTimeout(what: what)
+    struct Timeout: Error, CustomStringConvertible {
+        var what: String
+        var description: String { "timed out: \(what)" }
+    }
+
+    /// Reads events until `match` returns a value, for at most `seconds`. Events that do not
+    /// match are dropped. Throws `Timeout` at the deadline.
+    static func waitForEvent<T>(_ conn: BlockingConnection, within seconds: Double, _ what: String,
+                                _ match: (AMQPEvent) -> T?) throws -> T {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            let remaining = deadline.timeIntervalSinceNow
+            if remaining <= 0 { throw Timeout(what: what) }
+            if let e = try conn.nextEvent(timeout: remaining), let t = match(e) { return t }
         }
-        let r = try await g.next()!
-        g.cancelAll()
-        return r
     }
-}
 
-/// A fresh connection and channel with an auto-deleted, server-side-unique queue setup helper.
-func withChannel(_ body: (AMQPConnection, AMQPChannel) async throws -> Void) async throws {
-    let conn = try await connect()
-    do {
-        let ch = try await conn.openChannel()
-        try await body(conn, ch)
-    } catch {
-        await conn.close()
-        throw error
+    /// The next delivery on `channel` (any consumer), waiting at most `seconds`.
+    static func nextDelivery(_ conn: BlockingConnection, channel: UInt16, within seconds: Double = 5) throws -> AMQPDelivery {
+        try waitForEvent(conn, within: seconds, "delivery on channel \(channel)") { e in
+            if case .delivery(let d) = e, d.channel == channel { d } else { nil }
+        }
     }
-    await conn.close()
-}
 
-@discardableResult
-func run(_ args: [String]) throws -> String {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-    p.arguments = args
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = Pipe()
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return String(decoding: data, as: UTF8.self)
+    /// Runs a command for at most `seconds` and returns its exit status and output (standard
+    /// output and error). Output goes to a file, not a pipe, so that a daemon the command leaves
+    /// behind holding the pipe open cannot hang the test.
+    @discardableResult
+    static func shell(_ args: [String], timeout seconds: Double = 60) throws -> (status: Int32, output: String) {
+        let path = NSTemporaryDirectory() + "amqp-test-\(UUID().uuidString.prefix(8)).out"
+        _ = FileManager.default.createFile(atPath: path, contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: path))
+        defer { try? handle.close() }
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        p.arguments = args
+        p.standardOutput = handle
+        p.standardError = handle
+        try p.run()
+        let deadline = Date().addingTimeInterval(seconds)
+        while p.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
+        let text = (try? String(contentsOfFile: path, encoding: .utf8)) ?? ""
+        if p.isRunning {
+            p.terminate()
+            throw Timeout(what: "\(args.joined(separator: " ")): \(text)")
+        }
+        return (p.terminationStatus, text)
+    }
 }
