@@ -90,7 +90,8 @@ public final class InMemoryRunStore: RunStore {
         state.withLock { state in
             state.runs.compactMap { id, entry -> (String, Timestamp)? in
                 guard let d = entry.nextDeadline, d <= time else { return nil }
-                if let partitions, !partitions.contains(entry.partition ?? -1) { return nil }
+                // A run never given a partition belongs to none (SQL: NULL IN (...) is not true).
+                if let partitions, !(entry.partition.map(partitions.contains) ?? false) { return nil }
                 return (id, d)
             }
             .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(limit).map(\.0)

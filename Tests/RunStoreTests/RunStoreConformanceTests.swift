@@ -232,6 +232,7 @@ import Testing
             #expect(try await store.runsDue(at: ms(100), partitions: [1], limit: 10) == ["r2"])
             #expect(try await store.runsDue(at: ms(100), partitions: [0, 1], limit: 10) == ["r1", "r2"])
             #expect(try await store.runsDue(at: ms(100), partitions: [], limit: 10) == [])
+            #expect(try await store.runsDue(at: ms(100), partitions: [-1], limit: 10) == [])
             #expect(try await store.runsDue(at: ms(100), partitions: nil, limit: 10) == ["r1", "r2", "r3"])
 
             _ = try await store.commit(StoreCommit(runs: [update(sampleRun("r1", version: 3), from: 2, deadline: ms(50))]))
