@@ -91,6 +91,19 @@ import Testing
         }
     }
 
+    /// A run written twice in one commit is checked against the first write, as if the two
+    /// were committed one after the other: two creations conflict, create-then-update does not.
+    @Test(arguments: StoreKind.allCases) func repeatedRunInOneCommit(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            await #expect {
+                _ = try await store.commit(StoreCommit(runs: [create(sampleRun("r1", version: 1)), create(sampleRun("r1", version: 2))]))
+            } throws: { isStoreError($0, .versionConflict) }
+            #expect(try await store.run("r1") == nil)
+            _ = try await store.commit(StoreCommit(runs: [create(sampleRun("r1", version: 1)), update(sampleRun("r1", version: 2), from: 1)]))
+            #expect(try await store.run("r1")?.version == 2)
+        }
+    }
+
     /// An outcome key recorded before is a conflict, and the first outcome stays.
     @Test(arguments: StoreKind.allCases) func recordedOutcomeConflicts(kind: StoreKind) async throws {
         try await withStore(kind) { (store) async throws in
