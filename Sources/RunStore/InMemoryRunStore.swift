@@ -34,9 +34,13 @@ public final class InMemoryRunStore: RunStore {
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
         try state.withLock { (state: inout State) throws(StoreError) -> [Int64] in
-            // Check everything first, so that a conflict leaves the state untouched.
+            // Check everything first, so that a conflict leaves the state untouched. Writes of
+            // one run are checked in order, each against the version the one before it left
+            // (as the SQL stores do, writing row by row).
+            var versions: [String: Int64] = [:]
             for write in batch.runs {
-                let current = state.runs[write.run.runID]?.run.version
+                let current = versions[write.run.runID] ?? state.runs[write.run.runID]?.run.version
+                versions[write.run.runID] = write.run.version
                 guard current == write.previousVersion else {
                     throw StoreError(
                         .versionConflict,
@@ -90,7 +94,8 @@ public final class InMemoryRunStore: RunStore {
         state.withLock { state in
             state.runs.compactMap { id, entry -> (String, Timestamp)? in
                 guard let d = entry.nextDeadline, d <= time else { return nil }
-                if let partitions, !partitions.contains(entry.partition ?? -1) { return nil }
+                // A run never given a partition belongs to none (SQL: NULL IN (...) is not true).
+                if let partitions, !(entry.partition.map(partitions.contains) ?? false) { return nil }
                 return (id, d)
             }
             .sorted { ($0.1, $0.0) < ($1.1, $1.0) }.prefix(limit).map(\.0)
