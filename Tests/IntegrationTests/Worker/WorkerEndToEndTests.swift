@@ -2,13 +2,14 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunWorkerTestKit
 import Testing
 
 @testable import RunWorker
 
 /// End-to-end tests: real `runworker` processes against the real broker, driven through the
 /// contract only. Serialized: each starts processes, and the machine has two cores.
-@Suite(.serialized) struct WorkerEndToEndTests {
+@Suite(.serialized, .requiresBroker) struct WorkerEndToEndTests {
     /// A run's whole life yields the contract's events, routing keys, message ids, headers and
     /// replies, and the stored run matches the last reply.
     @Test func fullLifecycle() async throws {
@@ -99,7 +100,7 @@ import Testing
         #expect(rejected.map(\.error.code) == cases.map(\.1) + [.actionNotFound, .invalidTransition])
         let stored = try await openRunStore(url: tempStore(prefix)).run("r1")
         #expect(stored?.status == .cancelled)
-        #expect(worker.process.isRunning)
+        #expect(worker.isRunning)
     }
 
     /// A command delivered twice (same message id) is applied once; the repeat is answered
@@ -155,11 +156,9 @@ import Testing
         }
         var dead: [AMQPDelivery] = []
         let ch = try client.conn.openChannel()
-        let deadline = Date().addingTimeInterval(10)
-        while dead.count < bodies.count, Date() < deadline {
-            if let d = try client.conn.get(channel: ch, queue: client.topology.deadQueue, noAck: true) { dead.append(d) } else {
-                Thread.sleep(forTimeInterval: 0.05)
-            }
+        try waitUntil("dead letters incomplete", timeout: 10, explain: { "\(dead.count) of \(bodies.count)" }) {
+            while let d = try client.conn.get(channel: ch, queue: client.topology.deadQueue, noAck: true) { dead.append(d) }
+            return dead.count >= bodies.count
         }
         #expect(dead.map(\.body) == bodies.map(\.0))
         #expect(dead.map { $0.properties.headers?["x-reason"]?.stringValue } == bodies.map(\.2))
@@ -168,7 +167,7 @@ import Testing
         // Still serving.
         let ok = try client.call(["command": "start", "run_id": "r1"], id: "after")
         #expect(ok.ok && ok.run?.status == .running)
-        #expect(worker.process.isRunning)
+        #expect(worker.isRunning)
     }
 
     /// SIGTERM: the worker finishes, closes cleanly and exits 0.
@@ -181,8 +180,10 @@ import Testing
         for i in 0..<200 { try client.send(["command": "start", "run_id": .string("r\(i)")], id: "c\(i)", reply: false) }
         try client.confirmAll()
         Thread.sleep(forTimeInterval: 0.1)
+        // A clean stop: exit status 0, and the status file's last write (at exit) says disconnected.
         #expect(worker.terminate() == 0)
-        #expect(worker.log.contains("stopping"))
+        let final = try #require(worker.status, "no status file")
+        #expect(!final.connected && !final.ready, "\(worker.statusText)")
         // Whatever it had not applied is still queued; a new worker finishes it, none twice.
         let second = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
         try second.waitReady()
