@@ -54,14 +54,17 @@ extension Process {
         return true
     }
 
-    /// Waits at most `timeout` seconds for the process to exit, then kills it (SIGKILL) and
-    /// throws `TestKitError.timedOut`. Returns the exit status.
+    /// Waits at most `timeout` seconds for the process to exit; past that, stops it (SIGTERM,
+    /// SIGKILL 5 s later) and throws `TestKitError.timedOut`. Returns the exit status.
     @discardableResult
     public func waitForExitOrKill(_ what: String, timeout: Double) throws -> Int32 {
         if !waitForExit(timeout: timeout) {
-            kill(processIdentifier, SIGKILL)
-            waitForExit(timeout: 10)
-            throw TestKitError(.timedOut, "\(what) still running after \(timeout) s; killed")
+            terminate()
+            if !waitForExit(timeout: 5) {
+                kill(processIdentifier, SIGKILL)
+                waitForExit(timeout: 10)
+            }
+            throw TestKitError(.timedOut, "\(what) still running after \(timeout) s; stopped")
         }
         return terminationStatus
     }
