@@ -75,11 +75,15 @@ let package = Package(
             ]
         ),
 
+        // What the integration tests and the benchmark share: the `runworker` launcher (status
+        // file, not log lines), a contract-only client, bounded waits. No Testing here.
+        .target(name: "RunWorkerTestKit", dependencies: ["AMQPClient", "RunContract", "RunWorker"]),
+
         // The benchmark (scripts/bench): the broker's echo ceiling and the worker, in one run.
         .executableTarget(
             name: "runbench",
             dependencies: [
-                "AMQPClient", "RunContract", "RunWorker",
+                "AMQPClient", "RunContract", "RunWorker", "RunWorkerTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -95,7 +99,7 @@ let package = Package(
         // Depends on the executables so that `swift test` builds the binaries it launches.
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["AMQPClient", "RunContract", "RunStore", "RunWorker", "runworker", "runctl"],
+            dependencies: ["AMQPClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit", "runworker", "runctl"],
             exclude: ["interop"]
         ),
         .testTarget(

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import RunWorker
+import RunWorkerTestKit
 
 #if canImport(Glibc)
 import Glibc
@@ -125,7 +126,7 @@ final class Bench {
 
     func phaseCeiling() throws {
         let t = Topology(prefix: "\(runID)-echo", partitions: o.partitions)
-        defer { deleteTopology(url: o.amqpURL, t) }
+        defer { deleteTopology(t, url: o.amqpURL) }
         let echo = EchoConsumer(url: o.amqpURL, topology: t, prefetch: o.prefetch, batchSize: o.batchSize)
         try echo.start()
         let load = RunLoad(runs: 0..<ceilingRuns)
@@ -144,7 +145,7 @@ final class Bench {
 
     func phaseOne() throws {
         let t = Topology(prefix: "\(runID)-one", partitions: o.partitions)
-        defer { deleteTopology(url: o.amqpURL, t) }
+        defer { deleteTopology(t, url: o.amqpURL) }
         let w = try startWorkers(t, count: 1)
         defer { stopWorkers(w, "one") }
         let load = RunLoad(runs: 0..<runs)
@@ -194,7 +195,7 @@ final class Bench {
 
     func phaseTwo() throws {
         let t = Topology(prefix: "\(runID)-two", partitions: o.partitions)
-        defer { deleteTopology(url: o.amqpURL, t) }
+        defer { deleteTopology(t, url: o.amqpURL) }
         let w = try startWorkers(t, count: 2)
         defer { stopWorkers(w, "two") }
         let load = RunLoad(runs: 0..<runs)
@@ -212,7 +213,7 @@ final class Bench {
     func phaseLatency() throws {
         let rate = one.isFinite ? o.latencyFraction * one : o.latencyRate
         let t = Topology(prefix: "\(runID)-lat", partitions: o.partitions)
-        defer { deleteTopology(url: o.amqpURL, t) }
+        defer { deleteTopology(t, url: o.amqpURL) }
         let w = try startWorkers(t, count: 1)
         defer { stopWorkers(w, "latency") }
         let load = RunLoad(runs: 0..<max(1, Int(rate * latencySeconds / 4)))
@@ -284,12 +285,18 @@ final class Bench {
         var ws: [WorkerProcess] = []
         do {
             for i in 0..<count {
-                ws.append(try WorkerProcess(binary: o.runworker, url: o.amqpURL, prefix: t.prefix, store: store,
-                                            partitions: o.partitions, prefetch: o.prefetch, synchronous: o.synchronous,
-                                            dir: dir, index: i))
+                // Unset RUNWORKER_SQLITE_SYNCHRONOUS means the worker's default, FULL (durable at every commit).
+                let env: [String: String?] = [
+                    "RUNWORKER_PARTITIONS": "\(o.partitions)", "RUNWORKER_PREFETCH": "\(o.prefetch)",
+                    "RUNWORKER_REBALANCE_INTERVAL_S": "0.5", "RUNWORKER_SQLITE_SYNCHRONOUS": o.synchronous,
+                ]
+                ws.append(try WorkerProcess(
+                    binary: o.runworker, amqpURL: o.amqpURL, prefix: t.prefix, store: store, environment: env,
+                    logLevel: ProcessInfo.processInfo.environment["RUNBENCH_WORKER_LOG_LEVEL"] ?? "info",
+                    directory: dir, name: "worker\(i)", keepFiles: true))
             }
             for w in ws { try w.waitReady() }
-            try waitBalanced(ws, partitions: o.partitions)
+            try WorkerProcess.waitBalanced(ws, partitions: o.partitions)
         } catch {
             for w in ws { w.terminate() }
             throw error

@@ -22,7 +22,9 @@ struct Watch: ParsableCommand {
         let key = "run.\(runID ?? "*").\(type ?? "#")"
         try conn.queueBind(channel: channel, queue: queue, exchange: settings.topology.eventsExchange, routingKey: key)
         _ = try conn.consume(channel: channel, queue: queue, noAck: true)
-        if !json { FileHandle.standardError.write(Data("watching \(settings.topology.eventsExchange) \(key)\n".utf8)) }
+        // On stderr in every mode (stdout stays one JSON object per line with --json): once this
+        // line is out, the queue is bound and no event published after it is missed.
+        FileHandle.standardError.write(Data("watching \(settings.topology.eventsExchange) \(key)\n".utf8))
         var seen = 0
         while count.map({ seen < $0 }) ?? true {
             guard case .delivery(let d)? = try conn.nextEvent(timeout: 1) else { continue }

@@ -2,6 +2,7 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunWorkerTestKit
 import Synchronization
 import Testing
 
@@ -20,34 +21,8 @@ private let canRunBrokerNode: Bool = {
         .contains { FileManager.default.isExecutableFile(atPath: $0) }
     guard installed else { return false }
     if getuid() == 0 { return true }
-    return (try? runCommand("/usr/bin/sudo", ["-n", "true"], timeout: 10).status) == 0
+    return (try? runProgram("/usr/bin/sudo", ["-n", "true"], timeout: 10).status) == 0
 }()
-
-/// Runs a program to completion (bounded by `timeout`), returning its exit status and output.
-@discardableResult
-private func runCommand(_ path: String, _ arguments: [String], timeout: Double) throws -> (status: Int32, output: String) {
-    let out = NSTemporaryDirectory() + "cmd-\(UUID().uuidString.prefix(8)).out"
-    _ = FileManager.default.createFile(atPath: out, contents: nil)
-    defer { try? FileManager.default.removeItem(atPath: out) }
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = arguments
-    let handle = FileHandle(forWritingAtPath: out)!
-    defer { try? handle.close() }
-    p.standardOutput = handle
-    p.standardError = handle
-    try p.run()
-    let deadline = Date().addingTimeInterval(timeout)
-    while p.isRunning, Date() < deadline { Thread.sleep(forTimeInterval: 0.05) }
-    if p.isRunning {
-        p.terminate()
-        let grace = Date().addingTimeInterval(5)
-        while p.isRunning, Date() < grace { Thread.sleep(forTimeInterval: 0.05) }
-        throw TimedOut(description: "\(path) \(arguments.joined(separator: " ")) still running after \(timeout) s")
-    }
-    let text = (try? String(contentsOfFile: out, encoding: .utf8)) ?? ""
-    return (p.terminationStatus, text)
-}
 
 /// An isolated RabbitMQ node NAME@localhost on 127.0.0.1:port, driven by scripts/broker-node.
 private final class BrokerNode {
@@ -60,16 +35,16 @@ private final class BrokerNode {
         // A port of 5690–5699 whose distribution port (+20000) is free too; random order so that
         // concurrent runs rarely pick the same one (the script refuses a port in use).
         guard let port = (5690...5699).shuffled().first(where: { Self.isFree($0) && Self.isFree($0 + 20000) }) else {
-            throw TimedOut(description: "no free port in 5690–5699")
+            throw TestKitError(.brokerNode, "no free port in 5690–5699")
         }
         self.port = port
         try script("start", name, String(port), timeout: 120)
     }
 
     func script(_ arguments: String..., timeout: Double = 60) throws {
-        let r = try runCommand(repoRoot.appendingPathComponent("scripts/broker-node").path, arguments, timeout: timeout)
+        let r = try runProgram(repoRoot.appendingPathComponent("scripts/broker-node").path, arguments, timeout: timeout)
         guard r.status == 0 else {
-            throw TimedOut(description: "scripts/broker-node \(arguments.joined(separator: " ")) failed (\(r.status)):\n\(r.output)")
+            throw TestKitError(.brokerNode, "scripts/broker-node \(arguments.joined(separator: " ")) failed (\(r.status)):\n\(r.output)")
         }
     }
 
@@ -106,7 +81,7 @@ private func connectRetrying(_ url: String, until deadline: Date) throws -> Bloc
         do { return try BlockingConnection(url: url) } catch { last = error }
         Thread.sleep(forTimeInterval: 0.2)
     }
-    throw TimedOut(description: "no connection to \(url): \(last.map { "\($0)" } ?? "-")")
+    throw TestKitError(.timedOut, "no connection to \(url): \(last.map { "\($0)" } ?? "-")")
 }
 
 /// A producer with publisher confirms that survives the broker going away: on any error it
@@ -304,17 +279,14 @@ private final class ReconnectingSubscriber: @unchecked Sendable {
     }
 }
 
-/// Waits until `condition` holds, at most `timeout` seconds.
-private func waitUntil(_ what: String, timeout: Double, explain: () -> String = { "" },
-                       _ condition: () throws -> Bool) throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while try !condition() {
-        guard Date() < deadline else { throw TimedOut(description: "\(what) after \(timeout) s\n\(explain())") }
-        Thread.sleep(forTimeInterval: 0.05)
-    }
+extension TestKitError.Code {
+    /// scripts/broker-node failed or could not be started.
+    static let brokerNode = Self("broker_node")
+    /// The producer gave up.
+    static let producer = Self("producer")
 }
 
-@Suite(.serialized) struct BrokerRestartTests {
+@Suite(.serialized, .requiresBroker) struct BrokerRestartTests {
     /// The broker stopped and started (`stop_app`/`start_app`) while 200 runs' commands flow
     /// from a producer that republishes what was not confirmed: the worker reconnects, every run
     /// ends completed at version 5, and each run's events are seq 1…5, gapless, in order.
@@ -333,7 +305,7 @@ private func waitUntil(_ what: String, timeout: Double, explain: () -> String = 
         subscriber.start(deadline: testDeadline)
         defer { subscriber.stop() }
         let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_AMQP_URL": node.url])
-        defer { if worker.process.isRunning { worker.kill() } }
+        defer { if worker.isRunning { worker.kill() } }
         try worker.waitReady()
 
         // The lifecycles, interleaved as in publishLifecycles: every run's step 1, then step 2, ...
@@ -361,30 +333,31 @@ private func waitUntil(_ what: String, timeout: Double, explain: () -> String = 
             try? worker.log.write(toFile: kept, atomically: true, encoding: .utf8)
             return """
                 producer: \(p); subscriber: \(events.count) events, \(completed.count) runs completed, \
-                rejections \(subscriber.rejections.prefix(3)); events by type: \(byStatus); worker running: \(worker.process.isRunning); \
+                rejections \(subscriber.rejections.prefix(3)); events by type: \(byStatus); worker running: \(worker.isRunning); status: \(worker.statusText); \
                 worker log: \(kept); node data: /tmp/runworker-nodes/\(node.name)
                 """
         }
 
         // Midway through the stream, the broker goes away for a while.
         try waitUntil("producer not midway", timeout: 30) {
-            if let f = producer.stats.withLock({ $0.failure }) { throw TimedOut(description: f) }
+            if let f = producer.stats.withLock({ $0.failure }) { throw TestKitError(.producer, f) }
             return producer.stats.withLock { $0.published } >= messages.count * 2 / 5
         }
-        let connectedBefore = worker.log.components(separatedBy: "] connected").count - 1
+        let connectedBefore = try #require(worker.status).counters.connections
         let stopAt = Date()
         try node.stopApp()
         try await Task.sleep(for: .seconds(2))
         try node.startApp()
         let startedAt = Date()
         try waitUntil("worker did not reconnect", timeout: 30, explain: explain) {
-            worker.log.components(separatedBy: "] connected").count - 1 > connectedBefore
+            guard let status = worker.status else { return false }
+            return status.connected && status.counters.connections > connectedBefore
         }
         let reconnectedAt = Date()
 
         // Every run completed, as seen by the subscriber.
         try waitUntil("runs incomplete", timeout: 45, explain: explain) {
-            if let f = producer.stats.withLock({ $0.failure }) { throw TimedOut(description: f) }
+            if let f = producer.stats.withLock({ $0.failure }) { throw TestKitError(.producer, f) }
             let completed = Set(subscriber.runEvents.filter { $0.type == .completed }.map(\.runID))
             return completed.count >= runs && producer.stats.withLock { $0.finished }
         }
@@ -398,24 +371,23 @@ private func waitUntil(_ what: String, timeout: Double, explain: () -> String = 
         // The events: per run, seq 1…5 gapless, the lifecycle in order; a repeat is the same event.
         let repeats = checkLifecycles(events: subscriber.runEvents, rejections: subscriber.rejections, runs: runs)
 
-        // The worker lived through it: still running, reconnected.
-        let log = worker.log
-        #expect(worker.process.isRunning)
-        #expect(log.contains("connection lost, reconnecting"))
+        // The worker lived through it: still running, reconnected (a second session at least).
+        #expect(worker.isRunning)
+        #expect(worker.terminate() == 0)
+        let counters = try #require(worker.status, "no status file").counters
+        #expect(counters.connections >= 2, "\(worker.statusText)")
         let p = producer.stats.withLock { $0 }
         let s = subscriber.state.withLock { ($0.reconnects, $0.received.count) }
-        func count(_ s: String) -> Int { log.components(separatedBy: s).count - 1 }
         print("""
             broker restart (node \(node.name), port \(node.port)): worker reconnected \
             \(String(format: "%.1f", reconnectedAt.timeIntervalSince(startedAt))) s after start_app \
             (\(String(format: "%.1f", reconnectedAt.timeIntervalSince(stopAt))) s after stop_app began), \
-            reconnect attempts logged \(count("connection lost, reconnecting")); \
-            duplicate commands \(count("duplicate command answered")), outbox flushes \(count("publishing events left in the outbox")), \
-            refused \(count("command refused")); producer: \(p.reconnects) reconnects, \(p.republished) republished; \
+            sessions \(counters.connections); duplicate commands \(counters.duplicates), \
+            outbox rows republished \(counters.outboxRepublished), refused \(counters.refused), \
+            requeued \(counters.requeued); producer: \(p.reconnects) reconnects, \(p.republished) republished; \
             subscriber: \(s.0) reconnects, \(s.1) events received, \(repeats) repeated
             """)
 
-        #expect(worker.terminate() == 0)
         finished = true
     }
 }

@@ -1,9 +1,8 @@
 import Foundation
+import RunWorkerTestKit
 import Testing
 
-@testable import RunWorker
-
-@Suite(.serialized) struct InteropTests {
+@Suite(.serialized, .requiresBroker) struct InteropTests {
     /// A third-party client (pika, Python) drives a run through its life with nothing but
     /// the contract: replies, events, routing keys, ids, headers, a refusal and a duplicate.
     @Test func pikaDrivesARun() throws {
@@ -15,16 +14,9 @@ import Testing
 
         let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent("interop/pika_drive.py")
-        let python = Process()
-        python.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        python.arguments = ["python3", script.path, amqpURL, prefix, "pika-run-1"]
-        let out = Pipe()
-        python.standardOutput = out
-        python.standardError = out
-        try python.run()
-        let output = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        python.waitUntilExit()
-        #expect(python.terminationStatus == 0, "pika script: \(output)")
+        let (status, output) = try runProgram("/usr/bin/env", ["python3", script.path, amqpURL, prefix, "pika-run-1"],
+                                              timeout: 60)
+        #expect(status == 0, "pika script: \(output)")
         #expect(output.contains("pika interop: ok"))
         #expect(worker.terminate() == 0)
     }

@@ -2,6 +2,7 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunWorkerTestKit
 import Testing
 
 @testable import RunWorker
@@ -66,14 +67,11 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
     let b = try WorkerProcess(prefix: prefix, store: store)
     try a.waitReady()
     try b.waitReady()
-    let deadline = Date().addingTimeInterval(10)
-    while !(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2), Date() < deadline {
-        Thread.sleep(forTimeInterval: 0.1)
-    }
+    try WorkerProcess.waitBalanced([a, b], partitions: 4, timeout: 10)
     return (a, b)
 }
 
-@Suite(.serialized) struct MultiWorkerTests {
+@Suite(.serialized, .requiresBroker) struct MultiWorkerTests {
     /// Two workers share the partitions and the SQLite file; 200 runs' commands interleaved
     /// are all applied in order, once.
     @Test func twoWorkersTwoHundredRuns() async throws {
@@ -88,12 +86,14 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
         try publishLifecycles(client, runs: 0..<200)
         try client.waitForEvents(timeout: 60) { $0.count >= 1000 }
         try checkLifecycles(client, runs: 200)
-        // Both did work.
-        #expect(a.log.contains("applied") && b.log.contains("applied"))
         let runs = try await openRunStore(url: store).runs(status: .completed, agentID: nil, limit: 1000)
         #expect(runs.count == 200 && runs.allSatisfy { $0.version == 5 })
         #expect(a.terminate() == 0)
         #expect(b.terminate() == 0)
+        // Both did work, and together applied each of the 800 commands once (final counters,
+        // written at exit).
+        let applied = [a, b].map { $0.status?.counters.applied ?? 0 }
+        #expect(applied.allSatisfy { $0 > 0 } && applied.reduce(0, +) == 800, "applied per worker: \(applied)")
     }
 
     /// One of two workers killed with SIGKILL mid-stream: the other takes over its
@@ -130,9 +130,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
         #expect(a.ownedPartitions.count == 4)
         let b = try WorkerProcess(prefix: prefix, store: store)
         try b.waitReady()
-        let deadline = Date().addingTimeInterval(10)
-        while b.ownedPartitions.count < 2, Date() < deadline { Thread.sleep(forTimeInterval: 0.1) }
-        #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
+        try WorkerProcess.waitBalanced([a, b], partitions: 4, timeout: 10)
         try publishLifecycles(client, runs: 0..<50)
         try client.waitForEvents(timeout: 30) { $0.count >= 250 }
         try checkLifecycles(client, runs: 50)

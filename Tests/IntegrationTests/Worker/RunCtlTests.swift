@@ -1,29 +1,19 @@
 import Foundation
 import RunContract
+import RunWorkerTestKit
 import Testing
 
-@testable import RunWorker
-
-/// Runs `runctl` with the test broker and prefix; returns exit status and combined output.
+/// Runs `runctl` with the test broker and prefix (at most 30 s); returns exit status and
+/// combined output.
 func runctl(_ args: [String], prefix: String, store: String) throws -> (status: Int32, output: String) {
-    let p = Process()
-    p.executableURL = binDir.appendingPathComponent("runctl")
-    p.arguments = args
     var env = ProcessInfo.processInfo.environment
     env["RUNWORKER_AMQP_URL"] = amqpURL
     env["RUNWORKER_PREFIX"] = prefix
     env["RUNWORKER_STORE"] = store
-    p.environment = env
-    let out = Pipe()
-    p.standardOutput = out
-    p.standardError = out
-    try p.run()
-    let data = out.fileHandleForReading.readDataToEndOfFile()
-    p.waitUntilExit()
-    return (p.terminationStatus, String(decoding: data, as: UTF8.self))
+    return try runProgram(binDir.appendingPathComponent("runctl").path, args, environment: env, timeout: 30)
 }
 
-@Suite(.serialized) struct RunCtlTests {
+@Suite(.serialized, .requiresBroker) struct RunCtlTests {
     /// The README walkthrough works: runctl drives a run, prints outcomes, exits 1 with the
     /// code on a refusal, reads the store, and `watch --json` prints the events.
     @Test func walkthrough() throws {
@@ -34,13 +24,26 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
         let worker = try WorkerProcess(prefix: prefix, store: store)
         try worker.waitReady()
 
+        // The watcher writes to files (read with deadlines, never to end-of-file), says
+        // "watching" on stderr once its queue is bound, and exits after the 6 events expected.
+        let watchOut = NSTemporaryDirectory() + "\(prefix)-watch.out"
+        let watchErr = NSTemporaryDirectory() + "\(prefix)-watch.err"
+        for path in [watchOut, watchErr] { _ = FileManager.default.createFile(atPath: path, contents: nil) }
+        defer { for path in [watchOut, watchErr] { try? FileManager.default.removeItem(atPath: path) } }
+        func read(_ path: String) -> String { (try? String(contentsOfFile: path, encoding: .utf8)) ?? "" }
         let watcher = Process()
         watcher.executableURL = binDir.appendingPathComponent("runctl")
         watcher.arguments = ["watch", "run-42", "--json", "--count", "6", "--prefix", prefix, "--amqp-url", amqpURL]
-        let watchOut = Pipe()
-        watcher.standardOutput = watchOut
+        watcher.standardOutput = FileHandle(forWritingAtPath: watchOut)!
+        watcher.standardError = FileHandle(forWritingAtPath: watchErr)!
         try watcher.run()
-        Thread.sleep(forTimeInterval: 0.5)  // let it bind before events flow
+        defer { if watcher.isRunning { kill(watcher.processIdentifier, SIGKILL) } }
+        try waitUntil("runctl watch did not bind its queue", timeout: 15, explain: { read(watchErr) }) {
+            guard watcher.isRunning || read(watchErr).contains("watching") else {
+                throw TestKitError(.exited, "runctl watch exited (\(watcher.terminationStatus)): \(read(watchErr))")
+            }
+            return read(watchErr).contains("watching")
+        }
 
         var r = try runctl(["start", "run-42", "--agent", "demo", "--input", #"{"question": "2 + 2"}"#], prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.contains("run-42 is running"), "\(r.output)")
@@ -63,9 +66,9 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
         r = try runctl(["require-action", "run-42", "--tool", "x", "--args", "{bad"], prefix: prefix, store: store)
         #expect(r.status != 0 && r.output.contains("--args is not valid JSON"))
 
-        let lines = String(decoding: watchOut.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            .split(separator: "\n").map(String.init)
-        watcher.waitUntilExit()
+        let watchStatus = try watcher.waitForExitOrKill("runctl watch --count 6", timeout: 15)
+        #expect(watchStatus == 0, "\(read(watchErr))")
+        let lines = read(watchOut).split(separator: "\n").map(String.init)
         let types = try lines.filter { !$0.contains("command_rejected") }.map { try RunEvent.decode(Array($0.utf8)).type }
         #expect(types == [.created, .started, .actionRequired, .actionCompleted, .completed])
         #expect(lines.filter { $0.contains("command_rejected") }.count == 1)
