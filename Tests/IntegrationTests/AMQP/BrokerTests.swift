@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import AMQPClient
 
-@Suite(.timeLimit(.minutes(2)))
+@Suite(.requiresBroker, .timeLimit(.minutes(2)))
 struct BrokerTests {
     /// A confirmed publish reaches a consumer with its body, and an ack removes it from the queue.
     @Test func publishConfirmConsumeAck() throws {

@@ -13,7 +13,7 @@ private func startTLSBroker() throws -> String {
     return "/tmp/runworker-tls/certs"
 }
 
-@Suite(.serialized) struct TLSTests {
+@Suite(.serialized, .requiresBroker) struct TLSTests {
     /// amqps:// with the test CA: publish, confirm, consume and ack over TLS, with and without
     /// a client certificate.
     @Test func roundTripOverTLS() throws {

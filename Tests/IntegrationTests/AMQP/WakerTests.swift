@@ -2,7 +2,7 @@ import Foundation
 import Testing
 @testable import AMQPClient
 
-@Suite(.timeLimit(.minutes(1)))
+@Suite(.requiresBroker, .timeLimit(.minutes(1)))
 struct WakerTests {
     /// A signal from another thread ends a long `nextEvent(timeout:waker:)` wait well under a second, with nil.
     @Test func signalFromAnotherThreadWakesTheWait() throws {
