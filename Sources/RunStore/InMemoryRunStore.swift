@@ -34,13 +34,10 @@ public final class InMemoryRunStore: RunStore {
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
         try state.withLock { (state: inout State) throws(StoreError) -> [Int64] in
-            // Check everything first, so that a conflict leaves the state untouched. Writes of
-            // one run are checked in order, each against the version the one before it left
-            // (as the SQL stores do, writing row by row).
-            var versions: [String: Int64] = [:]
+            // Check everything first, so that a conflict leaves the state untouched.
+            try batch.checkOneWritePerRun()
             for write in batch.runs {
-                let current = versions[write.run.runID] ?? state.runs[write.run.runID]?.run.version
-                versions[write.run.runID] = write.run.version
+                let current = state.runs[write.run.runID]?.run.version
                 guard current == write.previousVersion else {
                     throw StoreError(
                         .versionConflict,

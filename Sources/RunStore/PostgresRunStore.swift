@@ -16,6 +16,9 @@ import Synchronization
 /// on a connection, so a batch costs round trips, not rows: one for `commit`, two for `load`.
 public final class PostgresRunStore: RunStore, Service {
     public let location: String
+    /// The schema the tables live in (`?schema=` in the URL), created when missing; nil: the
+    /// database's default search path.
+    public let schema: String?
     let client: PostgresClient
     let logger: Logger
     /// Round trips to the database since start, for the benchmark.
@@ -25,7 +28,9 @@ public final class PostgresRunStore: RunStore, Service {
     public init(url: String, logger: Logger = Logger(label: "runworker.postgres")) throws {
         self.location = StoreLocation.redacted(url)
         self.logger = logger
-        self.client = PostgresClient(configuration: try Self.configuration(url: url), backgroundLogger: logger)
+        let (configuration, schema) = try Self.configuration(url: url)
+        self.schema = schema
+        self.client = PostgresClient(configuration: configuration, backgroundLogger: logger)
     }
 
     /// Runs the connection pool until the task is cancelled (as a `Service` in the worker's group).
@@ -35,8 +40,8 @@ public final class PostgresRunStore: RunStore, Service {
 
     public var roundTrips: Int { roundTripCounter.value }
 
-    /// Parses `postgres://user:password@host:port/database?sslmode=disable|prefer|require`.
-    static func configuration(url: String) throws(StoreError) -> PostgresClient.Configuration {
+    /// Parses `postgres://user:password@host:port/database?sslmode=disable|prefer|require&schema=name`.
+    static func configuration(url: String) throws(StoreError) -> (PostgresClient.Configuration, schema: String?) {
         guard let c = URLComponents(string: url), c.scheme == "postgres" || c.scheme == "postgresql",
             let host = c.host, !host.isEmpty
         else {
@@ -65,7 +70,16 @@ public final class PostgresRunStore: RunStore, Service {
             database: database.isEmpty ? nil : database, tls: tls)
         config.options.maximumConnections = 8
         config.options.connectTimeout = .seconds(5)
-        return config
+        let schema = c.queryItems?.first { $0.name == "schema" }?.value
+        if let schema {
+            guard !schema.isEmpty, schema.utf8.count <= 63,
+                schema.utf8.allSatisfy({ ($0 >= 0x61 && $0 <= 0x7A) || ($0 >= 0x30 && $0 <= 0x39) || $0 == 0x5F })
+            else {
+                throw StoreError(.invalidURL, "schema must be 1 to 63 characters of a-z, 0-9 and _")
+            }
+            config.options.additionalStartupParameters = [("search_path", schema)]
+        }
+        return (config, schema)
     }
 
     // MARK: - Schema
@@ -76,6 +90,9 @@ public final class PostgresRunStore: RunStore, Service {
         try await mapErrors {
             try await client.withTransaction(logger: logger) { conn in
                 try await conn.query("SELECT pg_advisory_xact_lock(7208349187)", logger: logger)
+                if let schema {
+                    try await conn.query(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"), logger: logger)
+                }
                 try await conn.query("CREATE TABLE IF NOT EXISTS runworker_schema (version bigint NOT NULL)", logger: logger)
                 var current: Int64 = 0
                 for try await v in try await conn.query("SELECT max(version) FROM runworker_schema", logger: logger)
@@ -218,6 +235,7 @@ public final class PostgresRunStore: RunStore, Service {
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
         guard !batch.isEmpty else { return [] }
+        try batch.checkOneWritePerRun()
         let runs = batch.runs
         let outcomes = batch.outcomes
         let outbox = batch.outbox
@@ -383,6 +401,11 @@ public final class PostgresRunStore: RunStore, Service {
     }
 
     // MARK: - Plumbing
+
+    /// Runs one statement (tests: dropping a schema of their own).
+    func execute(_ sql: String) async throws {
+        try await mapErrors { _ = try await query(PostgresQuery(unsafeSQL: sql)) }
+    }
 
     private func query(_ q: PostgresQuery) async throws -> PostgresRowSequence {
         roundTripCounter.increment()

@@ -143,6 +143,15 @@ public struct StoreCommit: Sendable {
     }
 
     public var isEmpty: Bool { runs.isEmpty && outbox.isEmpty && outcomes.isEmpty && removeOutbox.isEmpty }
+
+    /// A commit writes each run at most once (its state after the whole batch): two writes of
+    /// one run in a commit are a caller's defect, refused as `rejected` before anything is written.
+    public func checkOneWritePerRun() throws(StoreError) {
+        var seen = Set<String>()
+        for write in runs where !seen.insert(write.run.runID).inserted {
+            throw StoreError(.rejected, "run \(write.run.runID) is written twice in one commit")
+        }
+    }
 }
 
 /// Durable runs, the outbox, de-duplication records and delivery counts.
@@ -161,7 +170,8 @@ public protocol RunStore: Sendable {
     func prepare() async throws
     /// The runs and command outcomes a batch needs, in one read.
     func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot
-    /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order.
+    /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order. Each run
+    /// appears at most once (`StoreCommit.checkOneWritePerRun`).
     func commit(_ batch: StoreCommit) async throws -> [Int64]
     /// The unconfirmed outbox rows of these runs, oldest first (a repeated command publishes
     /// them again in case the worker that wrote them died before the broker confirmed them).

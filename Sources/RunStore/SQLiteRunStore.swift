@@ -128,6 +128,7 @@ public final class SQLiteRunStore: RunStore {
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
         guard !batch.isEmpty else { return [] }
+        try batch.checkOneWritePerRun()
         return try await mapErrors {
             try await queue.writeWithoutTransaction { db in
                 var ids: [Int64] = []

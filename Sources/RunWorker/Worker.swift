@@ -46,6 +46,39 @@ public final class Worker: Service {
             processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
             clock: clock)
         let loop = WorkerLoop(settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier)
+        // A network store's client (PostgreSQL's connection pool) runs beside the loop and
+        // stops after it.
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            if let service = store as? any Service {
+                group.addTask { try await service.run() }
+            }
+            do {
+                try await prepareStore()
+                if !stopFlag.isSet { try await runLoop(loop) }
+            } catch {
+                group.cancelAll()
+                throw error
+            }
+            group.cancelAll()
+        }
+    }
+
+    /// Creates or migrates the store, waiting out a store that is not reachable yet.
+    private func prepareStore() async throws {
+        var delay = 0.2
+        while true {
+            do {
+                try await store.prepare()
+                return
+            } catch let error as StoreError where error.isTransient && !stopFlag.isSet {
+                logger.warning("store not ready, retrying", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])
+                try await Task.sleep(for: .seconds(delay))
+                delay = min(delay * 2, 5)
+            }
+        }
+    }
+
+    private func runLoop(_ loop: WorkerLoop) async throws {
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
                 try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in

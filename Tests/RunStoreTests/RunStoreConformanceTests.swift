@@ -91,16 +91,18 @@ import Testing
         }
     }
 
-    /// A run written twice in one commit is checked against the first write, as if the two
-    /// were committed one after the other: two creations conflict, create-then-update does not.
+    /// A commit writes each run at most once: a second write of one run in a commit is the
+    /// caller's defect, refused as `rejected` with nothing written.
     @Test(arguments: StoreKind.allCases) func repeatedRunInOneCommit(kind: StoreKind) async throws {
         try await withStore(kind) { (store) async throws in
-            await #expect {
-                _ = try await store.commit(StoreCommit(runs: [create(sampleRun("r1", version: 1)), create(sampleRun("r1", version: 2))]))
-            } throws: { isStoreError($0, .versionConflict) }
-            #expect(try await store.run("r1") == nil)
-            _ = try await store.commit(StoreCommit(runs: [create(sampleRun("r1", version: 1)), update(sampleRun("r1", version: 2), from: 1)]))
-            #expect(try await store.run("r1")?.version == 2)
+            for runs in [[create(sampleRun("r1", version: 1)), create(sampleRun("r1", version: 2))],
+                         [create(sampleRun("r1", version: 1)), update(sampleRun("r1", version: 2), from: 1)]] {
+                await #expect {
+                    _ = try await store.commit(StoreCommit(runs: runs, outbox: [outboxRow("r1", 1)]))
+                } throws: { isStoreError($0, .rejected) }
+                #expect(try await store.run("r1") == nil)
+                #expect(try await store.pendingOutbox(runIDs: ["r1"]).isEmpty)
+            }
         }
     }
 

@@ -1,16 +1,22 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 import RunContract
 import Testing
 
 @testable import RunStore
 
 /// The stores the conformance suite runs against. A new backend is one more case here: its
-/// `make()` returns a store with nothing in it and a tear-down that removes what it made (a
-/// PostgreSQL case would create a schema of its own and drop it).
+/// `make()` returns a store with nothing in it and a tear-down that removes what it made.
 enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case memory, sqlite
+    case memory, sqlite, postgres
 
     var testDescription: String { rawValue }
+
+    /// RUNWORKER_TEST_POSTGRES_URL, defaulting to the cluster `scripts/postgres start` makes.
+    static let postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
+        ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
 
     func make() async throws -> StoreFixture {
         switch self {
@@ -19,21 +25,70 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
         case .sqlite:
             let file = TemporaryFile()
             return StoreFixture(store: try SQLiteRunStore(path: file.path, synchronous: .normal), tearDown: { file.remove() })
+        case .postgres:
+            return try await Self.makePostgres()
         }
     }
+
+    /// A schema of its own in the test database, dropped afterwards. Without a database the
+    /// case is skipped with a message, except in CI, where it must run.
+    static func makePostgres() async throws -> StoreFixture {
+        let environment = ProcessInfo.processInfo.environment
+        let isCI = !["", "0", "false", "no"].contains((environment["CI"] ?? "").lowercased())
+        let components = URLComponents(string: postgresURL)
+        if !isCI, !canConnect(host: components?.host ?? "127.0.0.1", port: components?.port ?? 5432) {
+            try Test.cancel("needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL (\(postgresURL)); scripts/test starts one")
+        }
+        let schema = "t_" + UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: "")
+        let separator = postgresURL.contains("?") ? "&" : "?"
+        let store = try PostgresRunStore(url: postgresURL + separator + "schema=" + schema)
+        let client = Task { try await store.run() }
+        do {
+            try await store.prepare()
+        } catch {
+            client.cancel()
+            throw error
+        }
+        return StoreFixture(store: store, tearDown: {
+            try? await store.execute("DROP SCHEMA \(schema) CASCADE")
+            client.cancel()
+            _ = await client.result
+        })
+    }
+}
+
+/// Whether a TCP connection to host:port succeeds within a second.
+func canConnect(host: String, port: Int) -> Bool {
+    var hints = addrinfo()
+    hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+    var info: UnsafeMutablePointer<addrinfo>?
+    guard getaddrinfo(host, String(port), &hints, &info) == 0, let first = info else { return false }
+    defer { freeaddrinfo(info) }
+    let fd = socket(first.pointee.ai_family, first.pointee.ai_socktype, first.pointee.ai_protocol)
+    guard fd >= 0 else { return false }
+    defer { close(fd) }
+    var tv = timeval(tv_sec: 1, tv_usec: 0)
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+    return connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0
 }
 
 /// A fresh store and what undoes it.
 struct StoreFixture: Sendable {
     var store: any RunStore
-    var tearDown: @Sendable () -> Void
+    var tearDown: @Sendable () async -> Void
 }
 
 /// Runs `body` against a fresh store of `kind`, then tears the store down, thrown or not.
 func withStore<T>(_ kind: StoreKind, _ body: (any RunStore) async throws -> T) async throws -> T {
     let fixture = try await kind.make()
-    defer { fixture.tearDown() }
-    return try await body(fixture.store)
+    do {
+        let result = try await body(fixture.store)
+        await fixture.tearDown()
+        return result
+    } catch {
+        await fixture.tearDown()
+        throw error
+    }
 }
 
 /// A path for a SQLite file of its own in the temporary folder; `remove()` deletes the file

@@ -1,6 +1,7 @@
 import Foundation
 import Logging
 import RunContract
+import RunStore
 import Testing
 
 @testable import RunWorker
@@ -33,14 +34,17 @@ import Testing
         #expect(throws: SettingsError.self) { try WorkerSettings.load(configFile: "/nonexistent.yaml", environment: [:]) }
     }
 
-    /// postgres:// is refused with a message saying what to use instead.
-    @Test func postgresStoreRefused() throws {
-        let s = WorkerSettings()
-        var settings = s
-        settings.store = "postgres://db/runs"
+    /// A store URL of no known kind is refused with a message saying what to use; postgres://
+    /// opens the PostgreSQL store without connecting yet (it connects when the worker runs).
+    @Test func storeURLs() throws {
+        var settings = WorkerSettings()
+        settings.store = "mysql://u:secret@db/runs"
         #expect {
             _ = try Worker(settings: settings, logger: Logger(label: "test"))
-        } throws: { "\($0)".contains("PostgreSQL store is not available yet") }
+        } throws: { "\($0)".contains("sqlite://") && !"\($0)".contains("secret") }
+        settings.store = "postgres://u:secret@127.0.0.1:1/runs"
+        let worker = try Worker(settings: settings, logger: Logger(label: "test"))
+        #expect(worker.store is PostgresRunStore)
     }
 
     /// A key the settings do not know is an error naming it (a typo must not be silently ignored).
