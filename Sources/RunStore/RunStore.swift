@@ -170,6 +170,14 @@ public protocol RunStore: Sendable {
     func prepare() async throws
     /// The runs and command outcomes a batch needs, in one read.
     func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot
+    /// The whole batch path in one call: load the snapshot (and the unconfirmed outbox rows of
+    /// runs whose commands were seen before), let `decide` turn it into a commit, commit it.
+    /// The default (below) is `load` then `commit`; the embedded store does it all in one write
+    /// transaction on its own queue (one hop, one transaction, no conflict possible).
+    func loadDecideCommit<Decision: Sendable>(
+        runIDs: Set<String>, commands: Set<CommandKey>,
+        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+    ) async throws -> (outboxIDs: [Int64], decision: Decision)
     /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order. Each run
     /// appears at most once (`StoreCommit.checkOneWritePerRun`).
     func commit(_ batch: StoreCommit) async throws -> [Int64]
@@ -198,4 +206,18 @@ public protocol RunStore: Sendable {
 
 extension RunStore {
     public func prepare() async throws {}
+
+    /// `load`, then the pending outbox of the runs whose commands were seen before, then
+    /// `decide`, then `commit`: optimistic, so a conflict throws `versionConflict` and the
+    /// caller decides again.
+    public func loadDecideCommit<Decision: Sendable>(
+        runIDs: Set<String>, commands: Set<CommandKey>,
+        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+    ) async throws -> (outboxIDs: [Int64], decision: Decision) {
+        let snapshot = try await load(runIDs: runIDs, commands: commands)
+        let repeated = Set(snapshot.outcomes.keys.map(\.runID))
+        let pending = repeated.isEmpty ? [] : try await pendingOutbox(runIDs: repeated)
+        let (batch, decision) = try decide(snapshot, pending)
+        return (batch.isEmpty ? [] : try await commit(batch), decision)
+    }
 }

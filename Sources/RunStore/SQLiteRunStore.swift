@@ -106,24 +106,63 @@ public final class SQLiteRunStore: RunStore {
     // MARK: - The batch path
 
     public func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
+        try await mapErrors { try await queue.read { db in try Self.load(db, runIDs: runIDs, commands: commands) } }
+    }
+
+    /// Reads, decides and writes in one IMMEDIATE transaction on GRDB's queue: one hop off the
+    /// caller's thread and one transaction (one fsync) per batch.
+    public func loadDecideCommit<Decision: Sendable>(
+        runIDs: Set<String>, commands: Set<CommandKey>,
+        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+    ) async throws -> (outboxIDs: [Int64], decision: Decision) {
         try await mapErrors {
-            try await queue.read { db in
-                var snapshot = StoreSnapshot()
-                for id in runIDs {
-                    if let run = try Self.loadRun(db, id) { snapshot.runs[id] = run }
+            try await queue.writeWithoutTransaction { db in
+                var result: ([Int64], Decision)?
+                try db.inTransaction(.immediate) {
+                    let snapshot = try Self.load(db, runIDs: runIDs, commands: commands)
+                    let repeated = Set(snapshot.outcomes.keys.map(\.runID))
+                    let pending = try Self.pendingOutbox(db, runIDs: repeated)
+                    let (batch, decision) = try decide(snapshot, pending)
+                    result = (try Self.write(db, batch), decision)
+                    return .commit
                 }
-                let statement = try db.cachedStatement(
-                    sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
-                for key in commands {
-                    guard let row = try Row.fetchOne(statement, arguments: [key.runID, key.commandID]) else { continue }
-                    let code: String? = row["error_code"]
-                    let message: String? = row["error_message"]
-                    snapshot.outcomes[key] = CommandOutcome(
-                        command: row["command"], error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
-                }
-                return snapshot
+                return result!
             }
         }
+    }
+
+    static func load(_ db: Database, runIDs: Set<String>, commands: Set<CommandKey>) throws -> StoreSnapshot {
+        var snapshot = StoreSnapshot()
+        for id in runIDs {
+            if let run = try Self.loadRun(db, id) { snapshot.runs[id] = run }
+        }
+        let statement = try db.cachedStatement(
+            sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
+        for key in commands {
+            guard let row = try Row.fetchOne(statement, arguments: [key.runID, key.commandID]) else { continue }
+            let code: String? = row["error_code"]
+            let message: String? = row["error_message"]
+            snapshot.outcomes[key] = CommandOutcome(
+                command: row["command"], error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+        }
+        return snapshot
+    }
+
+    static func pendingOutbox(_ db: Database, runIDs: Set<String>) throws -> [OutboxMessage] {
+        guard !runIDs.isEmpty else { return [] }
+        let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
+        return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map(Self.outboxMessage) }
+            .sorted { $0.id < $1.id }
+    }
+
+    /// Writes a checked batch inside the caller's transaction; returns the outbox ids.
+    static func write(_ db: Database, _ batch: StoreCommit) throws -> [Int64] {
+        guard !batch.isEmpty else { return [] }
+        try batch.checkOneWritePerRun()
+        try deleteOutbox(db, batch.removeOutbox)
+        for write in batch.runs { try save(db, write) }
+        for (key, outcome) in batch.outcomes { try recordOutcome(db, key, outcome) }
+        return try appendOutbox(db, batch.outbox)
     }
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
@@ -135,10 +174,7 @@ public final class SQLiteRunStore: RunStore {
                 // IMMEDIATE: take the write lock at BEGIN, so two processes sharing the file
                 // queue on the busy timeout instead of failing at their first write.
                 try db.inTransaction(.immediate) {
-                    try Self.deleteOutbox(db, batch.removeOutbox)
-                    for write in batch.runs { try Self.save(db, write) }
-                    for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome) }
-                    ids = try Self.appendOutbox(db, batch.outbox)
+                    ids = try Self.write(db, batch)
                     return .commit
                 }
                 return ids
@@ -147,13 +183,7 @@ public final class SQLiteRunStore: RunStore {
     }
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
-        try await mapErrors {
-            try await queue.read { db in
-                let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
-                return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map(Self.outboxMessage) }
-                    .sorted { $0.id < $1.id }
-            }
-        }
+        try await mapErrors { try await queue.read { db in try Self.pendingOutbox(db, runIDs: runIDs) } }
     }
 
     /// SQLite's `PRAGMA synchronous` in force on the connection (1 NORMAL, 2 FULL).

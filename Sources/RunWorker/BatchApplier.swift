@@ -39,17 +39,23 @@ public struct BatchApplier: Sendable {
     }
 
     private func applyOnce(_ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64]) async throws -> ProcessedBatch {
-        var snapshot = StoreSnapshot()
-        if !prepared.runIDs.isEmpty || !prepared.commandKeys.isEmpty {
-            snapshot = try await store.load(runIDs: prepared.runIDs, commands: prepared.commandKeys)
-        }
-        let repeated = prepared.runsWithRepeatedCommands(in: snapshot)
-        let pending = repeated.isEmpty ? [] : try await store.pendingOutbox(runIDs: repeated)
-        var decision = processor.decide(
-            prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
-            now: clock())
-        if !decision.commit.isEmpty {
-            decision.assignOutboxIDs(try await store.commit(decision.commit))
+        let processor = self.processor
+        let clock = self.clock
+        var decision: BatchDecision
+        if prepared.runIDs.isEmpty && prepared.commandKeys.isEmpty {
+            // Nothing to read (only unattributable messages): at most the outbox deletions.
+            decision = processor.decide(prepared, snapshot: StoreSnapshot(), removeOutbox: removeOutbox, now: clock())
+            if !decision.commit.isEmpty { decision.assignOutboxIDs(try await store.commit(decision.commit)) }
+        } else {
+            let (ids, decided) = try await store.loadDecideCommit(runIDs: prepared.runIDs, commands: prepared.commandKeys) {
+                snapshot, pending in
+                let d = processor.decide(
+                    prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
+                    now: clock())
+                return (d.commit, d)
+            }
+            decision = decided
+            decision.assignOutboxIDs(ids)
         }
         return ProcessedBatch(messages: decision.messages, results: decision.results)
     }

@@ -115,11 +115,6 @@ public struct PreparedBatch: Sendable {
     public var runIDs: Set<String> = []
     public var commandKeys: Set<CommandKey> = []
 
-    /// Runs with a command id the store has seen: their unconfirmed events are published
-    /// again with the answer, so `decide` needs their outbox rows.
-    public func runsWithRepeatedCommands(in snapshot: StoreSnapshot) -> Set<String> {
-        Set(commandKeys.filter { snapshot.outcomes[$0] != nil }.map(\.runID))
-    }
 }
 
 /// What a batch writes and publishes once decided. Publishing waits for the commit: the
@@ -182,7 +177,8 @@ public struct CommandProcessor: Sendable {
 
     /// Decides a prepared batch against what the store held when it was loaded.
     /// - Parameters:
-    ///   - pendingOutbox: the unconfirmed outbox rows of `runsWithRepeatedCommands`.
+    ///   - pendingOutbox: the unconfirmed outbox rows of the runs whose command ids the store
+    ///     has seen (their events are published again with the answer).
     ///   - published: outbox rows this worker published and awaits confirms for, which a
     ///     repeated command must not publish again.
     ///   - removeOutbox: confirmed rows of earlier batches, deleted in this batch's commit.

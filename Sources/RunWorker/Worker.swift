@@ -46,60 +46,58 @@ public final class Worker: Service {
             processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
             clock: clock)
         let loop = WorkerLoop(settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier)
-        // A network store's client (PostgreSQL's connection pool) runs beside the loop and
-        // stops after it.
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            if let service = store as? any Service {
-                group.addTask { try await service.run() }
-            }
-            do {
-                try await prepareStore()
-                if !stopFlag.isSet { try await runLoop(loop) }
-            } catch {
-                group.cancelAll()
-                throw error
-            }
-            group.cancelAll()
-        }
-    }
-
-    /// Creates or migrates the store, waiting out a store that is not reachable yet.
-    private func prepareStore() async throws {
-        var delay = 0.2
-        while true {
-            do {
-                try await store.prepare()
-                return
-            } catch let error as StoreError where error.isTransient && !stopFlag.isSet {
-                logger.warning("store not ready, retrying", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])
-                try await Task.sleep(for: .seconds(delay))
-                delay = min(delay * 2, 5)
-            }
-        }
-    }
-
-    private func runLoop(_ loop: WorkerLoop) async throws {
+        // SIGTERM (graceful shutdown) or cancellation stops the loop after the batch in flight,
+        // and also ends a wait for a store that is not reachable yet.
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
-                try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
-                    // librabbitmq blocks: the loop gets a thread of its own, which alone touches
-                    // the connection. Store work runs elsewhere (see `WorkerLoop.awaitStore`).
-                    let thread = Thread {
-                        do {
-                            try loop.run()
-                            continuation.resume()
-                        } catch {
-                            continuation.resume(throwing: error)
-                        }
+                // A network store's client (PostgreSQL's connection pool) runs beside the loop
+                // and stops after it.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    if let service = store as? any Service {
+                        group.addTask { try await service.run() }
                     }
-                    thread.name = "runworker-loop"
-                    thread.start()
+                    defer { group.cancelAll() }
+                    try await prepareStore()
+                    if !stopFlag.isSet { try await runLoopThread(loop) }
                 }
             } onGracefulShutdown: {
                 self.stop()
             }
         } onCancel: {
             self.stop()
+        }
+    }
+
+    /// Creates or migrates the store, waiting out a store that is not reachable yet (until
+    /// asked to stop).
+    private func prepareStore() async throws {
+        var delay = 0.2
+        while !stopFlag.isSet {
+            do {
+                try await store.prepare()
+                return
+            } catch let error as StoreError where error.isTransient {
+                logger.warning("store not ready, retrying", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])
+                try? await Task.sleep(for: .seconds(delay))
+                delay = min(delay * 2, 5)
+            }
+        }
+    }
+
+    /// librabbitmq blocks: the loop gets a thread of its own, which alone touches the
+    /// connection. Store work runs elsewhere (see `WorkerLoop.awaitStore`).
+    private func runLoopThread(_ loop: WorkerLoop) async throws {
+        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, Error>) in
+            let thread = Thread {
+                do {
+                    try loop.run()
+                    continuation.resume()
+                } catch {
+                    continuation.resume(throwing: error)
+                }
+            }
+            thread.name = "runworker-loop"
+            thread.start()
         }
     }
 }
