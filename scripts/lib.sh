@@ -77,13 +77,21 @@ ensure_build_deps() {
     apt_install librabbitmq-dev pkg-config || return 1
 }
 
-# The interop test drives the worker with pika, a third-party Python client.
+# The interop test drives the worker with pika, a third-party Python client; the deployment
+# test validates docker-compose.yml with check-jsonschema.
 ensure_test_deps() {
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
-    python3 -c 'import pika' 2>/dev/null && return 0
-    log "installing pika (PyPI)"
-    python3 -m pip install --quiet pika 2>/dev/null \
-        || python3 -m pip install --quiet --break-system-packages pika 2>/dev/null \
-        || apt_install python3-pika \
-        || { log "could not install pika"; return 1; }
+    if ! python3 -c 'import pika' 2>/dev/null; then
+        log "installing pika (PyPI)"
+        python3 -m pip install --quiet pika 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages pika 2>/dev/null \
+            || apt_install python3-pika \
+            || { log "could not install pika"; return 1; }
+    fi
+    if ! command -v check-jsonschema >/dev/null 2>&1; then
+        log "installing check-jsonschema (PyPI)"
+        python3 -m pip install --quiet check-jsonschema 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages check-jsonschema 2>/dev/null \
+            || { log "could not install check-jsonschema"; return 1; }
+    fi
 }
