@@ -61,6 +61,13 @@ struct RunBench: ParsableCommand {
     @Option(help: "RUNWORKER_SQLITE_SYNCHRONOUS for the workers; unset = the worker's default, FULL.")
     var synchronous: String?
 
+    @Option(help: "The workers' store: sqlite (a file per phase) or postgres (a schema per phase at --postgres-url).")
+    var store = "sqlite"
+
+    @Option(name: .customLong("postgres-url"), help: "PostgreSQL for --store postgres (default: RUNWORKER_TEST_POSTGRES_URL, else scripts/postgres's).")
+    var postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
+        ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
+
     @Option(name: .customLong("perf-output"), help: "Record `perf record -e cpu-clock -g` of the worker during phase 'one' into this file.")
     var perfOutput: String?
 
@@ -68,6 +75,7 @@ struct RunBench: ParsableCommand {
     var keepTemp = false
 
     mutating func run() throws {
+        guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store is sqlite or postgres") }
         let bench = Bench(options: self)
         try bench.runAll()
     }
@@ -101,7 +109,7 @@ final class Bench {
     var ceilingRuns: Int { o.ceilingRuns ?? (o.quick ? 5_000 : 25_000) }
     var memoryRuns: Int { o.memoryRuns ?? (o.quick ? 10_000 : 100_000) }
     var latencySeconds: Double { o.latencySeconds ?? (o.quick ? 4 : 15) }
-    var syncLabel: String { o.synchronous?.uppercased() ?? "FULL (default)" }
+    var syncLabel: String { o.store == "postgres" ? "n/a (PostgreSQL store)" : o.synchronous?.uppercased() ?? "FULL (default)" }
 
     func runAll() throws {
         defer {
@@ -281,7 +289,9 @@ final class Bench {
     }
 
     func startWorkers(_ t: Topology, count: Int) throws -> [WorkerProcess] {
-        let store = "sqlite://\(dir)/\(t.prefix).sqlite"
+        let store = o.store == "postgres"
+            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + t.prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
+            : "sqlite://\(dir)/\(t.prefix).sqlite"
         var ws: [WorkerProcess] = []
         do {
             for i in 0..<count {
