@@ -13,6 +13,8 @@ public struct WorkerSettings: Sendable, Equatable {
     public var store = "sqlite://data/runworker.sqlite"
     public var sqliteSynchronous = "FULL"
     public var partitions = 8
+    /// classic, or quorum (replicated partition and dead-letter queues, for a cluster).
+    public var partitionQueueType = Topology.QueueType.classic
     public var prefetch = 256
     public var batchSize = 256
     public var maxBodyBytes = 1_048_576
@@ -27,7 +29,9 @@ public struct WorkerSettings: Sendable, Equatable {
 
     public init() {}
 
-    public var topology: Topology { Topology(prefix: prefix, partitions: partitions) }
+    public var topology: Topology {
+        Topology(prefix: prefix, partitions: partitions, queueType: partitionQueueType, deliveryLimit: deliveryLimit)
+    }
 
     /// Checks ranges; the message names the setting.
     public func validate() throws(SettingsError) {
@@ -187,6 +191,17 @@ extension WorkerSettings {
                 set: { (s, v) throws(SettingsError) in s.sqliteSynchronous = try required("sqlite_synchronous", v).uppercased() },
                 get: { $0.sqliteSynchronous }),
             integer("partitions", \.partitions, "Number of command partitions (the same for every worker)."),
+            SettingSpec(
+                key: "partition_queue_type",
+                help: "classic, or quorum: replicated partition and dead-letter queues (the same for every worker).",
+                set: { (s, v) throws(SettingsError) in
+                    let text = try required("partition_queue_type", v)
+                    guard let type = Topology.QueueType(rawValue: text.trimmingCharacters(in: .whitespaces).lowercased()) else {
+                        throw SettingsError("partition_queue_type must be classic or quorum, got \(text)")
+                    }
+                    s.partitionQueueType = type
+                },
+                get: { $0.partitionQueueType.rawValue }),
             integer("prefetch", \.prefetch, "Unacknowledged deliveries per partition consumer."),
             integer("batch_size", \.batchSize, "Most commands applied in one store transaction."),
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),

@@ -202,6 +202,7 @@ final class WorkerLoop: @unchecked Sendable {
     static func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
     /// Runs sessions until asked to stop; a lost connection is re-established with backoff.
+    /// Queues that exist with other arguments stop the worker: reconnecting cannot change them.
     func run() throws {
         var backoff = ReconnectBackoff()
         defer { writeStatus(force: true) }
@@ -210,6 +211,10 @@ final class WorkerLoop: @unchecked Sendable {
             do {
                 try session(wasUp: &wasUp)
                 return
+            } catch let error as TopologyMismatch {
+                close()
+                logger.critical("queues do not match this worker's settings; stopping", metadata: ["error": "\(error)"])
+                throw error
             } catch {
                 close()
                 if stop.isSet { return }
@@ -239,7 +244,9 @@ final class WorkerLoop: @unchecked Sendable {
         status.counters.connections += 1
         statusDirty = true
         schedule = Self.newSchedule(settings)
-        logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
+        logger.info("connected", metadata: [
+            "broker": "\(config)", "prefix": "\(topology.prefix)", "queue_type": "\(topology.queueType.rawValue)",
+        ])
 
         try sweepOutbox(olderThan: 0)
         while !stop.isSet {
@@ -266,18 +273,28 @@ final class WorkerLoop: @unchecked Sendable {
         statusDirty = true
     }
 
+    /// Declares the exchanges and queues (idempotent). A queue that exists with other arguments
+    /// is a `TopologyMismatch`.
     private func declareTopology(_ conn: BlockingConnection) throws {
         let t = topology
         try conn.exchangeDeclare(
             channel: control, name: t.commandsExchange, type: AMQPExchangeType(Topology.commandsExchangeType), durable: true)
         try conn.exchangeDeclare(channel: control, name: t.eventsExchange, type: .topic, durable: true)
         try conn.exchangeDeclare(channel: control, name: t.deadExchange, type: .fanout, durable: true)
-        _ = try conn.queueDeclare(channel: control, name: t.deadQueue, durable: true)
+        try declareQueue(conn, t.deadQueue, arguments: t.deadQueueArguments)
         try conn.queueBind(channel: control, queue: t.deadQueue, exchange: t.deadExchange, routingKey: "")
         _ = try conn.queueDeclare(channel: control, name: t.presenceQueue, durable: true)
         for q in t.partitionQueues {
-            _ = try conn.queueDeclare(channel: control, name: q, durable: true)
+            try declareQueue(conn, q, arguments: t.partitionQueueArguments)
             try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "")
+        }
+    }
+
+    private func declareQueue(_ conn: BlockingConnection, _ name: String, arguments: AMQPTable) throws {
+        do {
+            _ = try conn.queueDeclare(channel: control, name: name, durable: true, arguments: arguments)
+        } catch let error as AMQPError where error.isPreconditionFailed && !error.isConnectionLevel {
+            throw TopologyMismatch(queue: name, brokerMessage: error.message, topology: topology)
         }
     }
 
@@ -609,7 +626,7 @@ final class WorkerLoop: @unchecked Sendable {
                 let channel = try conn.openChannel()
                 do {
                     try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                    _ = try conn.consume(channel: channel, queue: queue, exclusive: true)
+                    _ = try conn.consume(channel: channel, queue: queue, exclusive: topology.exclusivePartitionConsumers)
                     channels[channel] = partition
                     balancer.claimed(partition)
                     claimed += 1
