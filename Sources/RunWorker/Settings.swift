@@ -8,6 +8,7 @@ import Yams
 /// variables, command-line flags. Every setting is declared once, in `table`; the file keys,
 /// variable names and flags all derive from it.
 public struct WorkerSettings: Sendable, Equatable {
+    /// One broker URL, or several nodes of a cluster separated by commas (see `NodeRotation`).
     public var amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
     public var prefix = "runs"
     public var store = "sqlite://data/runworker.sqlite"
@@ -33,8 +34,12 @@ public struct WorkerSettings: Sendable, Equatable {
         Topology(prefix: prefix, partitions: partitions, queueType: partitionQueueType, deliveryLimit: deliveryLimit)
     }
 
+    /// The broker URLs of `amqpURL`, in order.
+    public func amqpURLs() throws(SettingsError) -> [String] { try NodeRotation.parse(amqpURL) }
+
     /// Checks ranges; the message names the setting.
     public func validate() throws(SettingsError) {
+        _ = try amqpURLs()
         guard !prefix.isEmpty, prefix.utf8.count <= 100 else { throw SettingsError("prefix must be 1 to 100 characters") }
         guard (1...1024).contains(partitions) else { throw SettingsError("partitions must be between 1 and 1024") }
         guard (1...65535).contains(prefetch) else { throw SettingsError("prefetch must be between 1 and 65535") }
@@ -183,7 +188,9 @@ extension WorkerSettings {
     /// Every setting, in the order `config/runworker.yaml` documents them.
     public static var table: [SettingSpec] {
         [
-            text("amqp_url", \.amqpURL, "Broker URL, amqp:// or amqps:// (TLS options in the query)."),
+            text(
+                "amqp_url", \.amqpURL,
+                "Broker URL, amqp:// or amqps:// (TLS options in the query); several nodes of a cluster separated by commas."),
             text("prefix", \.prefix, "Prefix of every exchange and queue name."),
             text("store", \.store, "Store URL: sqlite:///abs/path.sqlite or sqlite://relative/path.sqlite."),
             SettingSpec(
