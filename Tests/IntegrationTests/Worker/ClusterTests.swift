@@ -124,9 +124,8 @@ private func quorumWorker(_ prefix: String, store: String, extraEnv: [String: St
         }
     }
 
-    /// Queues of the other type stop the worker at once with a message naming the setting,
-    /// instead of a reconnect loop. (RabbitMQ 3.10 does not hold a queue to its
-    /// x-delivery-limit on a new declaration, so another delivery_limit goes unnoticed.)
+    /// Queues of the other type, or with another delivery limit, stop the worker at once with
+    /// a message naming the setting, instead of a reconnect loop.
     @Test func mismatchedQueuesStopTheWorker() throws {
         let prefix = uniquePrefix("mismatch")
         let topology = Topology(prefix: prefix, partitions: 4)
@@ -142,14 +141,17 @@ private func quorumWorker(_ prefix: String, store: String, extraEnv: [String: St
                 "\(first.log)")
         #expect((first.status?.counters.connections ?? 0) == 0, "it must not have started a session: \(first.statusText)")
 
-        // The other way round: quorum queues, then a classic worker.
+        // Quorum queues with delivery_limit 5, then a worker with another limit, then a classic one.
         try conn.queueDelete(channel: ch, queue: topology.partitionQueue(2))
         let second = try quorumWorker(prefix, store: tempStore(prefix))
         try second.waitReady()
         #expect(second.terminate() == 0)
-        let third = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
-        #expect(try third.process.waitForExitOrKill("a classic worker against quorum queues", timeout: 30) != 0)
-        #expect(third.log.contains("partition_queue_type = classic"), "\(third.log)")
+        let third = try quorumWorker(prefix, store: tempStore(prefix), extraEnv: ["RUNWORKER_DELIVERY_LIMIT": "3"])
+        #expect(try third.process.waitForExitOrKill("a worker with another delivery_limit", timeout: 30) != 0)
+        #expect(third.log.contains("delivery_limit = 3"), "\(third.log)")
+        let fourth = try WorkerProcess(prefix: prefix, store: tempStore(prefix))
+        #expect(try fourth.process.waitForExitOrKill("a classic worker against quorum queues", timeout: 30) != 0)
+        #expect(fourth.log.contains("partition_queue_type = classic"), "\(fourth.log)")
     }
 }
 
@@ -187,12 +189,17 @@ struct ClusterTests {
         try #require((1...3).contains(victim))
         let survivor = victim % 3 + 1
 
-        // The queues as declared: quorum partition and dead-letter queues, a classic presence queue.
-        let queues = try cluster("ctl", "\(survivor)", "list_queues", "name", "type")
-        for q in Topology(prefix: prefix, partitions: 4).partitionQueues + ["\(prefix).dead"] {
-            #expect(queues.contains("\(q)\tquorum"), "\(q): \(queues)")
+        // The queues as declared: quorum partition queues with single active consumer, the
+        // delivery limit and the dead-letter exchange; a quorum dead-letter queue; the presence
+        // queue as before.
+        let queues = try cluster("ctl", "\(survivor)", "list_queues", "name", "type", "arguments")
+        for q in Topology(prefix: prefix, partitions: 4).partitionQueues {
+            #expect(queues.contains(
+                "\(q)\tquorum\t[{\"x-queue-type\",\"quorum\"},{\"x-single-active-consumer\",true},{\"x-delivery-limit\",5},"
+                    + "{\"x-dead-letter-exchange\",\"\(prefix).dead\"}]"), "\(q): \(queues)")
         }
-        #expect(queues.contains("\(prefix).workers\tclassic"), "\(queues)")
+        #expect(queues.contains("\(prefix).dead\tquorum\t[{\"x-queue-type\",\"quorum\"}]"), "\(queues)")
+        #expect(queues.contains("\(prefix).workers\tclassic\t[]"), "\(queues)")
 
         // Producer and subscriber on a node that stays up.
         let client = try ContractClient(amqpURL: nodeURLs[survivor - 1], prefix: prefix)
