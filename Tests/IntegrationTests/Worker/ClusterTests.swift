@@ -236,8 +236,9 @@ struct ClusterTests {
         let chunk = 60
         for start in stride(from: 0, to: commands.count, by: chunk) {
             if killAt == nil, start >= commands.count * 2 / 5 {
-                try cluster("kill", "\(victim)")
+                // Timed from before the script, which waits for the node to leave epmd after the kill.
                 killAt = Date()
+                try cluster("kill", "\(victim)")
                 killIndex = start
             }
             try publishConfirmed(client, Array(commands[start..<min(start + chunk, commands.count)]), nextTag: &tag)
