@@ -8,11 +8,14 @@ import Yams
 /// variables, command-line flags. Every setting is declared once, in `table`; the file keys,
 /// variable names and flags all derive from it.
 public struct WorkerSettings: Sendable, Equatable {
+    /// One broker URL, or several nodes of a cluster separated by commas (see `NodeRotation`).
     public var amqpURL = "amqp://guest:guest@127.0.0.1:5672/"
     public var prefix = "runs"
     public var store = "sqlite://data/runworker.sqlite"
     public var sqliteSynchronous = "FULL"
     public var partitions = 8
+    /// classic, or quorum (replicated partition and dead-letter queues, for a cluster).
+    public var partitionQueueType = Topology.QueueType.classic
     public var prefetch = 256
     public var batchSize = 256
     public var maxBodyBytes = 1_048_576
@@ -27,10 +30,16 @@ public struct WorkerSettings: Sendable, Equatable {
 
     public init() {}
 
-    public var topology: Topology { Topology(prefix: prefix, partitions: partitions) }
+    public var topology: Topology {
+        Topology(prefix: prefix, partitions: partitions, queueType: partitionQueueType, deliveryLimit: deliveryLimit)
+    }
+
+    /// The broker URLs of `amqpURL`, in order.
+    public func amqpURLs() throws(SettingsError) -> [String] { try NodeRotation.parse(amqpURL) }
 
     /// Checks ranges; the message names the setting.
     public func validate() throws(SettingsError) {
+        _ = try amqpURLs()
         guard !prefix.isEmpty, prefix.utf8.count <= 100 else { throw SettingsError("prefix must be 1 to 100 characters") }
         guard (1...1024).contains(partitions) else { throw SettingsError("partitions must be between 1 and 1024") }
         guard (1...65535).contains(prefetch) else { throw SettingsError("prefetch must be between 1 and 65535") }
@@ -179,7 +188,9 @@ extension WorkerSettings {
     /// Every setting, in the order `config/runworker.yaml` documents them.
     public static var table: [SettingSpec] {
         [
-            text("amqp_url", \.amqpURL, "Broker URL, amqp:// or amqps:// (TLS options in the query)."),
+            text(
+                "amqp_url", \.amqpURL,
+                "Broker URL, amqp:// or amqps:// (TLS options in the query); several nodes of a cluster separated by commas."),
             text("prefix", \.prefix, "Prefix of every exchange and queue name."),
             text("store", \.store, "Store URL: sqlite:///abs/path.sqlite or sqlite://relative/path.sqlite."),
             SettingSpec(
@@ -187,6 +198,17 @@ extension WorkerSettings {
                 set: { (s, v) throws(SettingsError) in s.sqliteSynchronous = try required("sqlite_synchronous", v).uppercased() },
                 get: { $0.sqliteSynchronous }),
             integer("partitions", \.partitions, "Number of command partitions (the same for every worker)."),
+            SettingSpec(
+                key: "partition_queue_type",
+                help: "classic, or quorum: replicated partition and dead-letter queues (the same for every worker).",
+                set: { (s, v) throws(SettingsError) in
+                    let text = try required("partition_queue_type", v)
+                    guard let type = Topology.QueueType(rawValue: text.trimmingCharacters(in: .whitespaces).lowercased()) else {
+                        throw SettingsError("partition_queue_type must be classic or quorum, got \(text)")
+                    }
+                    s.partitionQueueType = type
+                },
+                get: { $0.partitionQueueType.rawValue }),
             integer("prefetch", \.prefetch, "Unacknowledged deliveries per partition consumer."),
             integer("batch_size", \.batchSize, "Most commands applied in one store transaction."),
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),

@@ -156,11 +156,24 @@ final class WorkerLoop: @unchecked Sendable {
     var store: any RunStore { applier.store }
     let workerID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
     let poison: PoisonGuard
+    /// The broker nodes (`amqp_url`) and which one to connect to next.
+    var nodes: NodeRotation
+    /// The head count last read from the presence queue, used while that queue cannot be read.
+    var knownWorkers = 1
+    /// The partitions held when the last session was lost, and the node it was on.
+    var heldAtLoss: (partitions: Set<Int>, node: Int)?
 
     // Per connection.
     var conn: BlockingConnection?
     var control: UInt16 = 0
     var publisher: UInt16 = 0
+    /// The channel consuming the presence queue; 0 when there is none.
+    var presence: UInt16 = 0
+    /// Whether this worker's presence consumer is in place (it counts itself).
+    var presenceJoined = false
+    /// Quorum queues only: partitions to take back without looking at their consumer count
+    /// (see `rebalance`), in the session's first claim.
+    var reclaim: Set<Int> = []
     /// Partition consumers: channel → partition.
     var channels: [UInt16: Int] = [:]
     var balancer: PartitionBalancer
@@ -182,6 +195,8 @@ final class WorkerLoop: @unchecked Sendable {
         self.waker = waker
         self.applier = applier
         self.poison = PoisonGuard(deliveryLimit: settings.deliveryLimit)
+        // `validate()` has checked the list; unparsable, the URL fails at connect time as before.
+        self.nodes = NodeRotation(urls: (try? settings.amqpURLs()) ?? [settings.amqpURL])
         self.balancer = PartitionBalancer(
             partitions: settings.partitions, offset: Int(UInt64(workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
@@ -199,29 +214,45 @@ final class WorkerLoop: @unchecked Sendable {
     /// Monotonic seconds, for the schedule.
     static func monotonic() -> Double { Double(DispatchTime.now().uptimeNanoseconds) / 1e9 }
 
-    /// Runs sessions until asked to stop; a lost connection is re-established with backoff.
+    /// Runs sessions until asked to stop; a lost connection is re-established, on the next
+    /// broker node, with backoff (`NodeRotation`). Queues that exist with other arguments stop
+    /// the worker: reconnecting cannot change them.
     func run() throws {
-        var backoff = ReconnectBackoff()
         defer { writeStatus(force: true) }
         while !stop.isSet {
             var wasUp = false
             do {
                 try session(wasUp: &wasUp)
                 return
+            } catch let error as TopologyMismatch {
+                close()
+                logger.critical("queues do not match this worker's settings; stopping", metadata: ["error": "\(error)"])
+                throw error
             } catch {
+                let node = Self.nodeName(nodes.url)
+                // What this session held, or had still to take back when it ended early.
+                if wasUp { heldAtLoss = (balancer.owned.union(reclaim), nodes.current) }
                 close()
                 if stop.isSet { return }
-                let delay = backoff.next(sessionWasUp: wasUp)
-                logger.warning("connection lost, reconnecting", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])
+                let delay = wasUp ? nodes.sessionEnded() : nodes.connectFailed()
+                logger.warning(wasUp ? "connection lost, reconnecting" : "cannot connect", metadata: [
+                    "error": "\(error)", "node": .string(node), "next_node": .string(Self.nodeName(nodes.url)),
+                    "retry_in_s": "\(delay)",
+                ])
                 pause(delay)
             }
         }
     }
 
+    /// host:port of a URL, for logs (never the credentials).
+    static func nodeName(_ url: String) -> String {
+        (try? AMQPConfiguration(url: url)).map(\.node) ?? "(invalid URL)"
+    }
+
     // MARK: - Session
 
     private func session(wasUp: inout Bool) throws {
-        var config = try AMQPConfiguration(url: settings.amqpURL)
+        var config = try AMQPConfiguration(url: nodes.url)
         if config.connectionName == nil { config.connectionName = "runworker-\(workerID)" }
         let conn = try BlockingConnection(configuration: config)
         self.conn = conn
@@ -229,15 +260,21 @@ final class WorkerLoop: @unchecked Sendable {
         try declareTopology(conn)
         publisher = try conn.openChannel()
         try conn.confirmSelect(channel: publisher)
-        // Presence: every live worker consumes this queue, so its consumer count is the head count.
-        let presence = try conn.openChannel()
-        _ = try conn.consume(channel: presence, queue: topology.presenceQueue, noAck: true)
+        try joinPresence(conn)
         wasUp = true
+        // Quorum queues keep counting the consumers of a node that went away (suspected down)
+        // until it is back, so a worker that had to move to another node would find its own
+        // partitions taken: it takes them back regardless (single active consumer keeps one
+        // consumer at a time even if another worker holds one meanwhile).
+        if let held = heldAtLoss, topology.queueType == .quorum, held.node != nodes.current { reclaim = held.partitions }
+        heldAtLoss = nil
         status.connected = true
         status.counters.connections += 1
         statusDirty = true
         schedule = Self.newSchedule(settings)
-        logger.info("connected", metadata: ["broker": "\(config)", "prefix": "\(topology.prefix)"])
+        logger.info("connected", metadata: [
+            "broker": "\(config)", "prefix": "\(topology.prefix)", "queue_type": "\(topology.queueType.rawValue)",
+        ])
 
         try sweepOutbox(olderThan: 0)
         while !stop.isSet {
@@ -253,6 +290,9 @@ final class WorkerLoop: @unchecked Sendable {
         conn?.close()
         conn = nil
         channels = [:]
+        presence = 0
+        presenceJoined = false
+        reclaim = []
         balancer.reset()
         // Unacked deliveries go back to their queues with the connection; unconfirmed events
         // stay in the outbox for the next sweep.
@@ -264,19 +304,66 @@ final class WorkerLoop: @unchecked Sendable {
         statusDirty = true
     }
 
+    /// Declares the exchanges and the dead-letter and partition queues (idempotent, from any
+    /// node of a cluster). A queue that exists with other arguments is a `TopologyMismatch`.
     private func declareTopology(_ conn: BlockingConnection) throws {
         let t = topology
         try conn.exchangeDeclare(
             channel: control, name: t.commandsExchange, type: AMQPExchangeType(Topology.commandsExchangeType), durable: true)
         try conn.exchangeDeclare(channel: control, name: t.eventsExchange, type: .topic, durable: true)
         try conn.exchangeDeclare(channel: control, name: t.deadExchange, type: .fanout, durable: true)
-        _ = try conn.queueDeclare(channel: control, name: t.deadQueue, durable: true)
+        try declareQueue(conn, t.deadQueue, arguments: t.deadQueueArguments)
         try conn.queueBind(channel: control, queue: t.deadQueue, exchange: t.deadExchange, routingKey: "")
-        _ = try conn.queueDeclare(channel: control, name: t.presenceQueue, durable: true)
         for q in t.partitionQueues {
-            _ = try conn.queueDeclare(channel: control, name: q, durable: true)
+            try declareQueue(conn, q, arguments: t.partitionQueueArguments)
             try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "")
         }
+    }
+
+    private func declareQueue(_ conn: BlockingConnection, _ name: String, arguments: AMQPTable) throws {
+        do {
+            _ = try conn.queueDeclare(channel: control, name: name, durable: true, arguments: arguments)
+        } catch let error as AMQPError where error.isPreconditionFailed && !error.isConnectionLevel {
+            throw TopologyMismatch(queue: name, brokerMessage: error.message, topology: topology)
+        }
+    }
+
+    /// Presence: every live worker consumes `<prefix>.workers`, so its consumer count is the
+    /// head count. It is a classic queue, on one node of a cluster: while that node is down it
+    /// can be neither declared nor counted, and the worker goes on with the last count it read
+    /// (and tries again at each rebalance) rather than stop serving its partitions.
+    private func joinPresence(_ conn: BlockingConnection) throws {
+        if presence == 0 || !conn.isChannelOpen(presence) { presence = try conn.openChannel() }
+        do {
+            _ = try conn.queueDeclare(channel: presence, name: topology.presenceQueue, durable: true)
+            _ = try conn.consume(channel: presence, queue: topology.presenceQueue, noAck: true)
+            if !presenceJoined, status.connected { logger.info("presence queue available again") }
+            presenceJoined = true
+        } catch let error as AMQPError where !error.isConnectionLevel {
+            presenceLost(error)
+        }
+    }
+
+    private func presenceLost(_ error: Error) {
+        if let conn, !conn.isChannelOpen(presence) { presence = 0 }
+        guard presenceJoined || !status.connected else { return }  // said once
+        presenceJoined = false
+        logger.warning("presence queue unavailable; counting the workers last seen until it is back", metadata: [
+            "queue": .string(topology.presenceQueue), "workers": "\(knownWorkers)", "error": "\(error)",
+        ])
+    }
+
+    /// The live workers, from the presence queue's consumer count (`knownWorkers` while it
+    /// cannot be read).
+    private func countWorkers(_ conn: BlockingConnection) throws -> Int {
+        if !presenceJoined { try joinPresence(conn) }
+        guard presenceJoined else { return knownWorkers }
+        do {
+            knownWorkers = Int(try conn.queueDeclare(channel: presence, name: topology.presenceQueue, passive: true).consumerCount)
+        } catch let error as AMQPError where !error.isConnectionLevel {
+            presenceLost(error)
+        }
+        return knownWorkers
     }
 
     // MARK: - The step
@@ -372,6 +459,10 @@ final class WorkerLoop: @unchecked Sendable {
                 throw AMQPError(.protocolError, "the broker refused (nacked) a published event")
             }
         case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
+            if channel == presence, presenceJoined {
+                // Its queue's node went away: count again once it is back (`countWorkers`).
+                presenceLost(AMQPError(.channelClosed, "the presence consumer was cancelled", channel: channel))
+            }
             if let partition = channels.removeValue(forKey: channel) {
                 logger.warning("lost partition", metadata: ["partition": "\(partition)"])
                 balancer.lost(partition)
@@ -583,7 +674,7 @@ final class WorkerLoop: @unchecked Sendable {
     /// Claims free partitions up to this worker's fair share and gives up extras.
     private func rebalance(_ conn: BlockingConnection) throws {
         if !conn.isChannelOpen(control) { control = try conn.openChannel() }
-        let workers = Int(try conn.queueDeclare(channel: control, name: topology.presenceQueue, passive: true).consumerCount)
+        let workers = try countWorkers(conn)
         switch balancer.plan(liveWorkers: workers) {
         case .keep:
             break
@@ -601,13 +692,17 @@ final class WorkerLoop: @unchecked Sendable {
             partitionsChanged()
         case .claim(let candidates, let want):
             var claimed = 0
-            for partition in candidates where claimed < want {
+            // Partitions to take back come first (see `reclaim`); the others only when free.
+            let ordered = candidates.filter(reclaim.contains) + candidates.filter { !reclaim.contains($0) }
+            for partition in ordered where claimed < want {
                 let queue = topology.partitionQueue(partition)
-                guard try conn.queueDeclare(channel: control, name: queue, passive: true).consumerCount == 0 else { continue }
+                guard try reclaim.contains(partition)
+                    || conn.queueDeclare(channel: control, name: queue, passive: true).consumerCount == 0
+                else { continue }
                 let channel = try conn.openChannel()
                 do {
                     try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                    _ = try conn.consume(channel: channel, queue: queue, exclusive: true)
+                    _ = try conn.consume(channel: channel, queue: queue, exclusive: topology.exclusivePartitionConsumers)
                     channels[channel] = partition
                     balancer.claimed(partition)
                     claimed += 1
@@ -617,6 +712,7 @@ final class WorkerLoop: @unchecked Sendable {
                     try? conn.closeChannel(channel)
                 }
             }
+            reclaim = []
             if claimed > 0 { partitionsChanged() }
         }
         if !status.ready {
