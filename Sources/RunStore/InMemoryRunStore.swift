@@ -1,9 +1,11 @@
+import Foundation
 import RunContract
 import Synchronization
 
 /// A store in memory, for unit tests and for trying the worker without a disk (`memory:`).
 /// It keeps `Run` values as they are (no encoding) behind one lock, with the same optimistic
-/// checks as the durable stores: a commit that conflicts writes nothing.
+/// checks as the durable stores: a commit that conflicts writes nothing. Leases and heartbeats
+/// expire by `clock`, which tests move instead of sleeping.
 public final class InMemoryRunStore: RunStore {
     struct StoredRun {
         var run: Run
@@ -17,11 +19,18 @@ public final class InMemoryRunStore: RunStore {
         var outcomes: [CommandKey: CommandOutcome] = [:]
         var outbox: [OutboxMessage] = []
         var nextOutboxID: Int64 = 1
+        var leases: [Int: LeaseRow] = [:]
+        /// Worker id → when its heartbeat expires.
+        var workers: [String: Timestamp] = [:]
     }
 
     private let state = Mutex(State())
+    /// The store's clock: what leases and heartbeats expire by.
+    private let clock: @Sendable () -> Timestamp
 
-    public init() {}
+    public init(clock: @escaping @Sendable () -> Timestamp = { Timestamp(seconds: Date().timeIntervalSince1970) }) {
+        self.clock = clock
+    }
 
     public func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
         state.withLock { state in
@@ -33,9 +42,12 @@ public final class InMemoryRunStore: RunStore {
     }
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
-        try state.withLock { (state: inout State) throws(StoreError) -> [Int64] in
+        guard !batch.isEmpty else { return [] }
+        let now = clock()
+        return try state.withLock { (state: inout State) throws(StoreError) -> [Int64] in
             // Check everything first, so that a conflict leaves the state untouched.
             try batch.checkOneWritePerRun()
+            try LeaseRow.checkFence(batch.fence, rows: state.leases, at: now)
             for write in batch.runs {
                 let current = state.runs[write.run.runID]?.run.version
                 guard current == write.previousVersion else {
@@ -122,6 +134,60 @@ public final class InMemoryRunStore: RunStore {
                 .filter { (status == nil || $0.status == status) && (agentID == nil || $0.agentID == agentID) }
                 .sorted { ($0.updatedAt, $1.runID) > ($1.updatedAt, $0.runID) }
                 .prefix(limit).map { $0 }
+        }
+    }
+
+    // MARK: - Membership and leases
+
+    public func heartbeat(workerID: String, ttl: Double) async throws -> [String] {
+        try checkTTL(ttl)
+        let now = clock()
+        return state.withLock { state in
+            state.workers[workerID] = now.adding(seconds: ttl)
+            return state.workers.filter { now < $0.value }.keys.sorted()
+        }
+    }
+
+    public func leave(workerID: String) async throws {
+        _ = state.withLock { $0.workers.removeValue(forKey: workerID) }
+    }
+
+    public func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease? {
+        try checkTTL(ttl)
+        let now = clock()
+        return state.withLock { state in
+            guard let row = LeaseRow.acquire(state.leases[partition], by: workerID, at: now, ttl: ttl) else { return nil }
+            state.leases[partition] = row
+            return PartitionLease(partition: partition, epoch: row.epoch)
+        }
+    }
+
+    public func renewLeases(_ leases: [PartitionLease], workerID: String, ttl: Double) async throws -> [PartitionLease] {
+        try checkTTL(ttl)
+        let now = clock()
+        return state.withLock { state in
+            leases.filter { lease in
+                guard state.leases[lease.partition]?.holds(lease, by: workerID, at: now) == true else { return false }
+                state.leases[lease.partition]?.expiresAt = now.adding(seconds: ttl)
+                return true
+            }
+        }
+    }
+
+    public func releaseLease(_ lease: PartitionLease, workerID: String) async throws {
+        let now = clock()
+        state.withLock { state in
+            guard let row = state.leases[lease.partition], row.owner == workerID, row.epoch == lease.epoch else { return }
+            state.leases[lease.partition] = LeaseRow(owner: nil, epoch: row.epoch, expiresAt: now)
+        }
+    }
+
+    public func leases() async throws -> [LeaseState] {
+        let now = clock()
+        return state.withLock { state in
+            state.leases.sorted { $0.key < $1.key }.map { partition, row in
+                LeaseState(partition: partition, owner: row.owner, epoch: row.epoch, expired: !row.isLive(at: now))
+            }
         }
     }
 }

@@ -10,10 +10,11 @@ import Synchronization
 /// through postgres-nio's `PostgresClient` (a connection pool; `run()` it as a `Service`).
 ///
 /// Same contract as every store (see `RunStore`): `load` reads without locks; `commit` is one
-/// call of a server-side function, `runworker_commit`, that writes the whole batch in one
-/// statement's transaction with every run version and command id checked, and raises
-/// `RW409` on a conflict so that nothing is written. postgres-nio does not pipeline queries
-/// on a connection, so a batch costs round trips, not rows: one for `commit`, two for `load`.
+/// call of a server-side function, `runworker_commit` (`runworker_commit_fenced` when the batch
+/// carries a fence), that writes the whole batch in one statement's transaction with every run
+/// version and command id checked, and raises `RW409` on a conflict (`RW410` when a fence's
+/// lease is lost) so that nothing is written. postgres-nio does not pipeline queries on a
+/// connection, so a batch costs round trips, not rows: one for `commit`, two for `load`.
 public final class PostgresRunStore: RunStore, Service {
     public let location: String
     /// The schema the tables live in (`?schema=` in the URL), created when missing; nil: the
@@ -198,7 +199,46 @@ public final class PostgresRunStore: RunStore, Service {
             END
             $$
             """,
-        ]
+        ],
+        // Membership and partition leases, expiring by the server's clock; a fenced commit.
+        [
+            "CREATE TABLE runworker_workers (worker_id text PRIMARY KEY, expires_at timestamptz NOT NULL)",
+            """
+            CREATE TABLE runworker_leases (
+                partition bigint PRIMARY KEY, owner text, epoch bigint NOT NULL, expires_at timestamptz NOT NULL)
+            """,
+            // runworker_commit's arguments, then a fence: each (f_partition[i], f_epoch[i]) must
+            // be held by f_worker and unexpired. The lease rows stay locked FOR SHARE until the
+            // commit ends (Temporal's range_id check), so a worker taking the partition waits for
+            // this commit and then bumps the epoch: no write of the old owner lands after it.
+            // Rows are locked in partition order, as renewals lock them, so the two cannot
+            // deadlock. Callers pass each lease once.
+            """
+            CREATE FUNCTION runworker_commit_fenced(
+                bigint[], text[], bigint[], text[], text[], bool[], bigint[], bigint[], bigint[], bigint[], text[],
+                text[], text[], text[], text[], text[],
+                text[], bigint[], text[], text[], text[], text[], bigint[], text[],
+                f_worker text, f_partition bigint[], f_epoch bigint[]
+            ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+            DECLARE
+                held bigint;
+            BEGIN
+                SELECT count(*) INTO held FROM (
+                    SELECT l.partition FROM runworker_leases l
+                    JOIN unnest(f_partition, f_epoch) AS f(part, epoch) ON l.partition = f.part AND l.epoch = f.epoch
+                    WHERE l.owner = f_worker AND l.expires_at > clock_timestamp()
+                    ORDER BY l.partition
+                    FOR SHARE OF l
+                ) AS locked;
+                IF held <> coalesce(array_length(f_partition, 1), 0) THEN
+                    RAISE EXCEPTION 'a partition lease is no longer held' USING ERRCODE = 'RW410';
+                END IF;
+                RETURN QUERY SELECT runworker_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                    $16, $17, $18, $19, $20, $21, $22, $23, $24);
+            END
+            $$
+            """,
+        ],
     ]
 
     // MARK: - The batch path
@@ -239,7 +279,7 @@ public final class PostgresRunStore: RunStore, Service {
         let runs = batch.runs
         let outcomes = batch.outcomes
         let outbox = batch.outbox
-        var binds = PostgresBindings(capacity: 24)
+        var binds = PostgresBindings(capacity: 27)
         binds.append(batch.removeOutbox)
         binds.append(runs.map(\.run.runID))
         binds.append(runs.map { $0.previousVersion ?? -1 })
@@ -264,12 +304,19 @@ public final class PostgresRunStore: RunStore, Service {
         binds.append(outbox.map(\.messageID))
         binds.append(outbox.map(\.writtenAt.milliseconds))
         binds.append(outbox.map { String(decoding: $0.body, as: UTF8.self) })
-        let sql = """
-            SELECT runworker_commit($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::bool[],
-                $7::bigint[], $8::bigint[], $9::bigint[], $10::bigint[], $11::text[], $12::text[], $13::text[],
-                $14::text[], $15::text[], $16::text[], $17::text[], $18::bigint[], $19::text[], $20::text[],
-                $21::text[], $22::text[], $23::bigint[], $24::text[])
-            """
+        var types = Self.commitArgumentTypes
+        var function = "runworker_commit"
+        if let fence = batch.fence, !fence.leases.isEmpty {
+            // Each lease once: the function counts the rows it locks.
+            let leases = Array(Set(fence.leases))
+            binds.append(fence.workerID)
+            binds.append(leases.map { Int64($0.partition) })
+            binds.append(leases.map(\.epoch))
+            types += ["text", "bigint[]", "bigint[]"]
+            function = "runworker_commit_fenced"
+        }
+        let arguments = types.enumerated().map { "$\($0.offset + 1)::\($0.element)" }
+        let sql = "SELECT \(function)(\(arguments.joined(separator: ", ")))"
         return try await mapErrors {
             var ids: [Int64] = []
             ids.reserveCapacity(outbox.count)
@@ -280,6 +327,13 @@ public final class PostgresRunStore: RunStore, Service {
             return ids.sorted()
         }
     }
+
+    /// The types of `runworker_commit`'s arguments, in order.
+    static let commitArgumentTypes = [
+        "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "bool[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "text[]",
+        "text[]", "text[]", "text[]", "text[]", "text[]",
+        "text[]", "bigint[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]",
+    ]
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
         guard !runIDs.isEmpty else { return [] }
@@ -400,6 +454,115 @@ public final class PostgresRunStore: RunStore, Service {
         }
     }
 
+    // MARK: - Membership and leases
+    // One statement each, with every time from the server's clock_timestamp() (not now(),
+    // which is the transaction's start and may lag after a lock wait).
+
+    public func heartbeat(workerID: String, ttl: Double) async throws -> [String] {
+        try checkTTL(ttl)
+        return try await mapErrors {
+            var live: [String] = []
+            // The outer SELECT sees the table as the statement began: `beat` adds this worker.
+            for try await id in try await query(
+                """
+                WITH beat AS (
+                    INSERT INTO runworker_workers (worker_id, expires_at)
+                    VALUES (\(workerID), clock_timestamp() + \(ttl) * interval '1 second')
+                    ON CONFLICT (worker_id) DO UPDATE SET expires_at = excluded.expires_at
+                    RETURNING worker_id)
+                SELECT worker_id FROM runworker_workers WHERE expires_at > clock_timestamp() AND worker_id <> \(workerID)
+                UNION ALL SELECT worker_id FROM beat
+                """
+            ).decode(String.self) {
+                live.append(id)
+            }
+            return live.sorted()
+        }
+    }
+
+    public func leave(workerID: String) async throws {
+        try await mapErrors { _ = try await query("DELETE FROM runworker_workers WHERE worker_id = \(workerID)") }
+    }
+
+    /// One upsert: a missing row is inserted at epoch 1; an existing one is taken only when it is
+    /// released, expired or already this worker's. Concurrent acquirers of a missing row queue on
+    /// its key, and each re-checks the WHERE against the row the previous one committed, so only
+    /// one can win.
+    public func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease? {
+        try checkTTL(ttl)
+        return try await mapErrors {
+            for try await epoch in try await query(
+                """
+                INSERT INTO runworker_leases AS l (partition, owner, epoch, expires_at)
+                VALUES (\(Int64(partition)), \(workerID), 1, clock_timestamp() + \(ttl) * interval '1 second')
+                ON CONFLICT (partition) DO UPDATE SET
+                    epoch = CASE WHEN l.owner = excluded.owner AND l.expires_at > clock_timestamp() THEN l.epoch
+                        ELSE l.epoch + 1 END,
+                    owner = excluded.owner,
+                    expires_at = clock_timestamp() + \(ttl) * interval '1 second'
+                WHERE l.owner IS NULL OR l.owner = excluded.owner OR l.expires_at <= clock_timestamp()
+                RETURNING epoch
+                """
+            ).decode(Int64.self) {
+                return PartitionLease(partition: partition, epoch: epoch)
+            }
+            return nil
+        }
+    }
+
+    public func renewLeases(_ leases: [PartitionLease], workerID: String, ttl: Double) async throws -> [PartitionLease] {
+        try checkTTL(ttl)
+        guard !leases.isEmpty else { return [] }
+        let partitions = leases.map { Int64($0.partition) }
+        let epochs = leases.map(\.epoch)
+        return try await mapErrors {
+            var renewed = Set<PartitionLease>()
+            // Locked in partition order, as a fenced commit locks them.
+            for try await (partition, epoch) in try await query(
+                """
+                WITH held AS (
+                    SELECT l.partition FROM runworker_leases l
+                    JOIN unnest(\(partitions)::bigint[], \(epochs)::bigint[]) AS r(part, epoch)
+                        ON l.partition = r.part AND l.epoch = r.epoch
+                    WHERE l.owner = \(workerID) AND l.expires_at > clock_timestamp()
+                    ORDER BY l.partition
+                    FOR UPDATE OF l)
+                UPDATE runworker_leases l SET expires_at = clock_timestamp() + \(ttl) * interval '1 second'
+                FROM held WHERE l.partition = held.partition
+                RETURNING l.partition, l.epoch
+                """
+            ).decode((Int64, Int64).self) {
+                renewed.insert(PartitionLease(partition: Int(partition), epoch: epoch))
+            }
+            return leases.filter(renewed.contains)
+        }
+    }
+
+    public func releaseLease(_ lease: PartitionLease, workerID: String) async throws {
+        try await mapErrors {
+            _ = try await query(
+                """
+                UPDATE runworker_leases SET owner = NULL, expires_at = clock_timestamp()
+                WHERE partition = \(Int64(lease.partition)) AND owner = \(workerID) AND epoch = \(lease.epoch)
+                """)
+        }
+    }
+
+    public func leases() async throws -> [LeaseState] {
+        try await mapErrors {
+            var out: [LeaseState] = []
+            for try await (partition, owner, epoch, expired) in try await query(
+                """
+                SELECT partition, owner, epoch, owner IS NULL OR expires_at <= clock_timestamp()
+                FROM runworker_leases ORDER BY partition
+                """
+            ).decode((Int64, String?, Int64, Bool).self) {
+                out.append(LeaseState(partition: Int(partition), owner: owner, epoch: epoch, expired: expired))
+            }
+            return out
+        }
+    }
+
     // MARK: - Plumbing
 
     /// Runs one statement (tests: dropping a schema of their own).
@@ -422,9 +585,9 @@ public final class PostgresRunStore: RunStore, Service {
 
     /// Maps postgres-nio's errors onto the store's codes. What passes by itself (a lost or
     /// refused connection, a server shutting down or restarting, a serialization failure, a
-    /// full disk) is `unavailable`; the commit function's `RW409` is `versionConflict`; a
-    /// damaged row is `corrupt`; anything else is `rejected`. Messages carry the server's
-    /// text, never the URL's credentials.
+    /// full disk) is `unavailable`; the commit functions' `RW409` is `versionConflict` and
+    /// `RW410` `leaseLost`; a damaged row is `corrupt`; anything else is `rejected`. Messages
+    /// carry the server's text, never the URL's credentials.
     static func storeError(_ error: PSQLError) -> StoreError {
         guard error.code == .server, let state = error.serverInfo?[.sqlState] else {
             return StoreError(.unavailable, "PostgreSQL unreachable (\(error.code))")
@@ -432,6 +595,7 @@ public final class PostgresRunStore: RunStore, Service {
         let text = error.serverInfo?[.message] ?? state
         switch state {
         case "RW409": return StoreError(.versionConflict, text)
+        case "RW410": return StoreError(.leaseLost, text)
         case "XX001", "XX002": return StoreError(.corrupt, "PostgreSQL: \(text) (\(state))")
         case "40001", "40P01", "55P03", "57014": return StoreError(.unavailable, "PostgreSQL: \(text) (\(state))")
         default:

@@ -71,6 +71,10 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
         /// a malformed statement): a defect, not an outage.
         public static let rejected = Code(rawValue: "rejected")
         public static let invalidURL = Code(rawValue: "invalid_url")
+        /// A fenced commit's lease is no longer held by its worker at its epoch (another worker
+        /// took the partition, or the lease expired by the store's clock). Nothing was written;
+        /// retrying will not help: the worker must stop working on the partition.
+        public static let leaseLost = Code(rawValue: "lease_lost")
     }
 
     public var code: Code
@@ -131,15 +135,21 @@ public struct StoreCommit: Sendable {
     /// Outbox rows of earlier batches that the broker confirmed, deleted in this
     /// transaction rather than one of their own.
     public var removeOutbox: [Int64]
+    /// When set, the commit checks in its own transaction that every listed lease is still
+    /// held by `workerID` at its epoch and unexpired by the store's clock, and otherwise writes
+    /// nothing and throws `leaseLost`. Nil or no leases: nothing is checked. An empty batch
+    /// writes nothing and checks nothing.
+    public var fence: (workerID: String, leases: [PartitionLease])?
 
     public init(
         runs: [RunWrite] = [], outbox: [OutboxMessage] = [], outcomes: [(key: CommandKey, outcome: CommandOutcome)] = [],
-        removeOutbox: [Int64] = []
+        removeOutbox: [Int64] = [], fence: (workerID: String, leases: [PartitionLease])? = nil
     ) {
         self.runs = runs
         self.outbox = outbox
         self.outcomes = outcomes
         self.removeOutbox = removeOutbox
+        self.fence = fence
     }
 
     public var isEmpty: Bool { runs.isEmpty && outbox.isEmpty && outcomes.isEmpty && removeOutbox.isEmpty }
@@ -176,7 +186,7 @@ public protocol RunStore: Sendable {
     /// transaction on its own queue (one hop, one transaction, no conflict possible).
     func loadDecideCommit<Decision: Sendable>(
         runIDs: Set<String>, commands: Set<CommandKey>,
-        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+        decide: @escaping @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
     ) async throws -> (outboxIDs: [Int64], decision: Decision)
     /// Writes one batch atomically; returns the ids given to `batch.outbox`, in order. Each run
     /// appears at most once (`StoreCommit.checkOneWritePerRun`).
@@ -202,6 +212,30 @@ public protocol RunStore: Sendable {
     func run(_ runID: String) async throws -> Run?
     /// Most recently updated first.
     func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run]
+
+    // Membership and partition ownership. The store is the authority, not the broker: live
+    // workers are the rows not yet expired, and a partition belongs to the holder of its
+    // unexpired lease. Every expiry is by the store's clock, never the caller's; `ttl` is in
+    // seconds (positive and finite, else `rejected`).
+
+    /// Records that `workerID` is alive until the store's clock plus `ttl`; returns the ids of
+    /// the workers whose rows have not expired, sorted, this one included.
+    func heartbeat(workerID: String, ttl: Double) async throws -> [String]
+    /// Removes `workerID`'s row (a graceful stop).
+    func leave(workerID: String) async throws
+    /// Takes `partition` for `workerID` until the store's clock plus `ttl`: nil when another
+    /// worker holds an unexpired lease on it. Taking it bumps the epoch (1 for a partition never
+    /// leased); a worker that already holds it unexpired keeps its epoch and renews it. Two
+    /// workers asking at once cannot both win.
+    func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease?
+    /// Extends those of `leases` still held by `workerID` at their epoch and unexpired, and
+    /// returns them; the others are lost.
+    func renewLeases(_ leases: [PartitionLease], workerID: String, ttl: Double) async throws -> [PartitionLease]
+    /// Expires `lease` now if `workerID` holds it at its epoch, so another worker can take it
+    /// at once (with the next epoch); otherwise does nothing.
+    func releaseLease(_ lease: PartitionLease, workerID: String) async throws
+    /// Every partition ever leased, by partition (for tests and tools).
+    func leases() async throws -> [LeaseState]
 }
 
 extension RunStore {
@@ -212,7 +246,7 @@ extension RunStore {
     /// caller decides again.
     public func loadDecideCommit<Decision: Sendable>(
         runIDs: Set<String>, commands: Set<CommandKey>,
-        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+        decide: @escaping @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
     ) async throws -> (outboxIDs: [Int64], decision: Decision) {
         let snapshot = try await load(runIDs: runIDs, commands: commands)
         let repeated = Set(snapshot.outcomes.keys.map(\.runID))
@@ -220,4 +254,21 @@ extension RunStore {
         let (batch, decision) = try decide(snapshot, pending)
         return (batch.isEmpty ? [] : try await commit(batch), decision)
     }
+}
+
+/// For stores that do not keep leases (test doubles that wrap another store for its commits):
+/// every call is refused as `rejected`. The stores of this module implement them all.
+extension RunStore {
+    public func heartbeat(workerID: String, ttl: Double) async throws -> [String] { throw Self.noLeases }
+    public func leave(workerID: String) async throws { throw Self.noLeases }
+    public func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease? {
+        throw Self.noLeases
+    }
+    public func renewLeases(_ leases: [PartitionLease], workerID: String, ttl: Double) async throws -> [PartitionLease] {
+        throw Self.noLeases
+    }
+    public func releaseLease(_ lease: PartitionLease, workerID: String) async throws { throw Self.noLeases }
+    public func leases() async throws -> [LeaseState] { throw Self.noLeases }
+
+    private static var noLeases: StoreError { StoreError(.rejected, "\(Self.self) keeps no partition leases") }
 }

@@ -100,6 +100,23 @@ public final class SQLiteRunStore: RunStore {
                     ) WITHOUT ROWID;
                     """)
         }
+        // Membership and partition leases; times are milliseconds since the epoch by SQLite's
+        // clock (`now`), never the caller's.
+        m.registerMigration("v2") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE runworker_workers (
+                        worker_id TEXT PRIMARY KEY NOT NULL,
+                        expires_at_ms INTEGER NOT NULL
+                    ) WITHOUT ROWID;
+                    CREATE TABLE runworker_leases (
+                        partition INTEGER PRIMARY KEY NOT NULL,
+                        owner TEXT,
+                        epoch INTEGER NOT NULL,
+                        expires_at_ms INTEGER NOT NULL
+                    );
+                    """)
+        }
         return m
     }
 
@@ -113,21 +130,13 @@ public final class SQLiteRunStore: RunStore {
     /// caller's thread and one transaction (one fsync) per batch.
     public func loadDecideCommit<Decision: Sendable>(
         runIDs: Set<String>, commands: Set<CommandKey>,
-        decide: @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
+        decide: @escaping @Sendable (StoreSnapshot, _ pendingOutbox: [OutboxMessage]) throws -> (StoreCommit, Decision)
     ) async throws -> (outboxIDs: [Int64], decision: Decision) {
-        try await mapErrors {
-            try await queue.writeWithoutTransaction { db in
-                var result: ([Int64], Decision)?
-                try db.inTransaction(.immediate) {
-                    let snapshot = try Self.load(db, runIDs: runIDs, commands: commands)
-                    let repeated = Set(snapshot.outcomes.keys.map(\.runID))
-                    let pending = try Self.pendingOutbox(db, runIDs: repeated)
-                    let (batch, decision) = try decide(snapshot, pending)
-                    result = (try Self.write(db, batch), decision)
-                    return .commit
-                }
-                return result!
-            }
+        try await writeImmediately { db in
+            let snapshot = try Self.load(db, runIDs: runIDs, commands: commands)
+            let pending = try Self.pendingOutbox(db, runIDs: Set(snapshot.outcomes.keys.map(\.runID)))
+            let (batch, decision) = try decide(snapshot, pending)
+            return (try Self.write(db, batch), decision)
         }
     }
 
@@ -155,10 +164,16 @@ public final class SQLiteRunStore: RunStore {
             .sorted { $0.id < $1.id }
     }
 
-    /// Writes a checked batch inside the caller's transaction; returns the outbox ids.
+    /// Writes a checked batch inside the caller's (IMMEDIATE) transaction; returns the outbox ids.
     static func write(_ db: Database, _ batch: StoreCommit) throws -> [Int64] {
         guard !batch.isEmpty else { return [] }
         try batch.checkOneWritePerRun()
+        // Under the write lock, so no lease can change before this commit ends.
+        if let fence = batch.fence, !fence.leases.isEmpty {
+            let now = try Self.now(db)
+            let rows = try Self.leaseRows(db, Set(fence.leases.map(\.partition)))
+            try LeaseRow.checkFence(fence, rows: rows, at: now)
+        }
         try deleteOutbox(db, batch.removeOutbox)
         for write in batch.runs { try save(db, write) }
         for (key, outcome) in batch.outcomes { try recordOutcome(db, key, outcome) }
@@ -168,18 +183,9 @@ public final class SQLiteRunStore: RunStore {
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
         guard !batch.isEmpty else { return [] }
         try batch.checkOneWritePerRun()
-        return try await mapErrors {
-            try await queue.writeWithoutTransaction { db in
-                var ids: [Int64] = []
-                // IMMEDIATE: take the write lock at BEGIN, so two processes sharing the file
-                // queue on the busy timeout instead of failing at their first write.
-                try db.inTransaction(.immediate) {
-                    ids = try Self.write(db, batch)
-                    return .commit
-                }
-                return ids
-            }
-        }
+        // IMMEDIATE: take the write lock at BEGIN, so two processes sharing the file queue on
+        // the busy timeout instead of failing at their first write.
+        return try await writeImmediately { db in try Self.write(db, batch) }
     }
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
@@ -279,6 +285,120 @@ public final class SQLiteRunStore: RunStore {
         try await mapErrors {
             try await queue.read { db in
                 try String.fetchOne(db, sql: "SELECT last_error FROM delivery_attempts WHERE message_key = ?", arguments: [key])
+            }
+        }
+    }
+
+    // MARK: - Membership and leases
+
+    public func heartbeat(workerID: String, ttl: Double) async throws -> [String] {
+        try checkTTL(ttl)
+        return try await writeImmediately { db in
+            let now = try Self.now(db)
+            try db.execute(
+                sql: """
+                    INSERT INTO runworker_workers (worker_id, expires_at_ms) VALUES (?, ?)
+                    ON CONFLICT(worker_id) DO UPDATE SET expires_at_ms = excluded.expires_at_ms
+                    """, arguments: [workerID, now.adding(seconds: ttl).milliseconds])
+            return try String.fetchAll(
+                db, sql: "SELECT worker_id FROM runworker_workers WHERE expires_at_ms > ?", arguments: [now.milliseconds]
+            ).sorted()
+        }
+    }
+
+    public func leave(workerID: String) async throws {
+        try await writeImmediately { db in
+            try db.execute(sql: "DELETE FROM runworker_workers WHERE worker_id = ?", arguments: [workerID])
+        }
+    }
+
+    public func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease? {
+        try checkTTL(ttl)
+        return try await writeImmediately { db in
+            let now = try Self.now(db)
+            let stored = try Self.leaseRows(db, [partition])[partition]
+            guard let row = LeaseRow.acquire(stored, by: workerID, at: now, ttl: ttl) else { return nil }
+            try Self.saveLease(db, partition, row)
+            return PartitionLease(partition: partition, epoch: row.epoch)
+        }
+    }
+
+    public func renewLeases(_ leases: [PartitionLease], workerID: String, ttl: Double) async throws -> [PartitionLease] {
+        try checkTTL(ttl)
+        guard !leases.isEmpty else { return [] }
+        return try await writeImmediately { db in
+            let now = try Self.now(db)
+            let rows = try Self.leaseRows(db, Set(leases.map(\.partition)))
+            let held = leases.filter { rows[$0.partition]?.holds($0, by: workerID, at: now) == true }
+            for lease in held {
+                try Self.saveLease(db, lease.partition, LeaseRow(owner: workerID, epoch: lease.epoch, expiresAt: now.adding(seconds: ttl)))
+            }
+            return held
+        }
+    }
+
+    public func releaseLease(_ lease: PartitionLease, workerID: String) async throws {
+        try await writeImmediately { db in
+            let now = try Self.now(db)
+            try db.execute(
+                sql: "UPDATE runworker_leases SET owner = NULL, expires_at_ms = ? WHERE partition = ? AND owner = ? AND epoch = ?",
+                arguments: [now.milliseconds, lease.partition, workerID, lease.epoch])
+        }
+    }
+
+    public func leases() async throws -> [LeaseState] {
+        try await mapErrors {
+            try await queue.read { db in
+                let now = try Self.now(db)
+                return try Row.fetchAll(db, sql: "SELECT * FROM runworker_leases ORDER BY partition").map { row in
+                    let lease = Self.leaseRow(row)
+                    return LeaseState(partition: row["partition"], owner: lease.owner, epoch: lease.epoch, expired: !lease.isLive(at: now))
+                }
+            }
+        }
+    }
+
+    /// SQLite's clock, to the millisecond. `julianday('now')` is in every SQLite version
+    /// (`unixepoch('subsec')` needs 3.42); within one statement it reads the same instant.
+    static func now(_ db: Database) throws -> Timestamp {
+        Timestamp(
+            milliseconds: try Int64.fetchOne(
+                db, sql: "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)") ?? 0)
+    }
+
+    static func leaseRows(_ db: Database, _ partitions: Set<Int>) throws -> [Int: LeaseRow] {
+        let statement = try db.cachedStatement(sql: "SELECT * FROM runworker_leases WHERE partition = ?")
+        var rows: [Int: LeaseRow] = [:]
+        for partition in partitions {
+            if let row = try Row.fetchOne(statement, arguments: [partition]) { rows[partition] = leaseRow(row) }
+        }
+        return rows
+    }
+
+    static func leaseRow(_ row: Row) -> LeaseRow {
+        LeaseRow(owner: row["owner"], epoch: row["epoch"], expiresAt: Timestamp(milliseconds: row["expires_at_ms"]))
+    }
+
+    static func saveLease(_ db: Database, _ partition: Int, _ row: LeaseRow) throws {
+        try db.execute(
+            sql: """
+                INSERT INTO runworker_leases (partition, owner, epoch, expires_at_ms) VALUES (?, ?, ?, ?)
+                ON CONFLICT(partition) DO UPDATE SET owner = excluded.owner, epoch = excluded.epoch,
+                    expires_at_ms = excluded.expires_at_ms
+                """, arguments: [partition, row.owner, row.epoch, row.expiresAt.milliseconds])
+    }
+
+    /// Runs `body` in a transaction that takes SQLite's write lock at BEGIN (`IMMEDIATE`), so
+    /// that what it reads cannot change before it writes, in this process or another.
+    private func writeImmediately<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        try await mapErrors {
+            try await queue.writeWithoutTransaction { db in
+                var result: T?
+                try db.inTransaction(.immediate) {
+                    result = try body(db)
+                    return .commit
+                }
+                return result!
             }
         }
     }

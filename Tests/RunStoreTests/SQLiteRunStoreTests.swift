@@ -66,6 +66,31 @@ import Testing
         #expect(throws: StoreError.self) { try SQLiteRunStore.path(fromURL: "sqlite://") }
     }
 
+    /// Workers on one host share leases through the file: of stores on it racing for a free
+    /// partition, exactly one wins, and the others' fenced commits see who holds it.
+    @Test func leasesAcrossStoresOnOneFile() async throws {
+        try await withFile { (path) async throws in
+            let stores = try (0..<4).map { _ in try SQLiteRunStore(path: path) }
+            let winners = try await withThrowingTaskGroup(of: PartitionLease?.self) { group in
+                for i in 0..<20 {
+                    let store = stores[i % stores.count]
+                    group.addTask { try await store.acquireLease(partition: 0, workerID: "w\(i)", ttl: 60) }
+                }
+                var winners: [PartitionLease] = []
+                for try await won in group { if let won { winners.append(won) } }
+                return winners
+            }
+            #expect(winners == [PartitionLease(partition: 0, epoch: 1)])
+            let owner = try #require(try await stores[1].leases().first?.owner)
+            let loser = owner == "w0" ? "w1" : "w0"
+            await #expect {
+                _ = try await stores[2].commit(StoreCommit(runs: [create(sampleRun("r1"))], fence: (loser, winners)))
+            } throws: { isStoreError($0, .leaseLost) }
+            _ = try await stores[3].commit(StoreCommit(runs: [create(sampleRun("r1"))], fence: (owner, winners)))
+            #expect(try await stores[0].run("r1") != nil)
+        }
+    }
+
     /// Several openers of a brand-new file at once (workers starting together) all succeed:
     /// the races on WAL mode and on the first migration are retried.
     @Test func concurrentFirstOpen() async throws {
@@ -143,9 +168,11 @@ import Testing
         }
     }
 
-    /// Only an outage or a conflict is worth retrying; corrupt, rejected and invalid URLs are not.
+    /// Only an outage or a conflict is worth retrying; corrupt, rejected, invalid URLs and a lost
+    /// lease are not.
     @Test(arguments: [
         (StoreError.Code.unavailable, true), (.versionConflict, true), (.corrupt, false), (.rejected, false), (.invalidURL, false),
+        (.leaseLost, false),
     ])
     func transientCodes(code: StoreError.Code, transient: Bool) {
         #expect(StoreError(code, "x").isTransient == transient)

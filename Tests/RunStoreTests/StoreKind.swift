@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 #endif
 import RunContract
+import Synchronization
 import Testing
 
 @testable import RunStore
@@ -18,10 +19,11 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     static let postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
         ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
 
-    func make() async throws -> StoreFixture {
+    /// `clock` is the memory store's clock (the durable stores read the database's own).
+    func make(clock: ManualClock? = nil) async throws -> StoreFixture {
         switch self {
         case .memory:
-            return StoreFixture(store: InMemoryRunStore(), tearDown: {})
+            return StoreFixture(store: clock.map { c in InMemoryRunStore(clock: { c.read() }) } ?? InMemoryRunStore(), tearDown: {})
         case .sqlite:
             let file = TemporaryFile()
             return StoreFixture(store: try SQLiteRunStore(path: file.path, synchronous: .normal), tearDown: { file.remove() })
@@ -79,8 +81,8 @@ struct StoreFixture: Sendable {
 }
 
 /// Runs `body` against a fresh store of `kind`, then tears the store down, thrown or not.
-func withStore<T>(_ kind: StoreKind, _ body: (any RunStore) async throws -> T) async throws -> T {
-    let fixture = try await kind.make()
+func withStore<T>(_ kind: StoreKind, clock: ManualClock? = nil, _ body: (any RunStore) async throws -> T) async throws -> T {
+    let fixture = try await kind.make(clock: clock)
     do {
         let result = try await body(fixture.store)
         await fixture.tearDown()
@@ -89,6 +91,13 @@ func withStore<T>(_ kind: StoreKind, _ body: (any RunStore) async throws -> T) a
         await fixture.tearDown()
         throw error
     }
+}
+
+/// A clock that moves only when told, for the memory store's leases.
+final class ManualClock: Sendable {
+    private let now = Mutex(Timestamp(milliseconds: 1_000_000))
+    func read() -> Timestamp { now.withLock { $0 } }
+    func advance(seconds: Double) { now.withLock { $0 = $0.adding(seconds: seconds) } }
 }
 
 /// A path for a SQLite file of its own in the temporary folder; `remove()` deletes the file
