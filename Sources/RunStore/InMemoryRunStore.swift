@@ -85,8 +85,14 @@ public final class InMemoryRunStore: RunStore {
         state.withLock { state in state.outbox.filter { runIDs.contains($0.runID) } }
     }
 
-    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
-        state.withLock { state in Array(state.outbox.filter { $0.writtenAt <= writtenBefore }.prefix(limit)) }
+    public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
+        state.withLock { state in
+            Array(state.outbox.filter { row in
+                guard row.writtenAt <= writtenBefore else { return false }
+                guard let partitions else { return true }
+                return state.runs[row.runID]?.partition.map(partitions.contains) ?? false
+            }.prefix(limit))
+        }
     }
 
     public func removeOutbox(ids: [Int64]) async throws {

@@ -341,9 +341,21 @@ public final class PostgresRunStore: RunStore, Service {
         return try await outboxRows("SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = ANY(\(ids)::text[]) ORDER BY id")
     }
 
-    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
-        try await outboxRows(
-            "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
+    public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
+        guard let partitions else {
+            return try await outboxRows(
+                "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
+            )
+        }
+        if partitions.isEmpty { return [] }
+        let ps = partitions.map(Int64.init)
+        return try await outboxRows(
+            """
+            SELECT \(unescaped: Self.outboxColumns.split(separator: ", ").map { "o." + $0 }.joined(separator: ", "))
+            FROM outbox o JOIN runs r ON r.run_id = o.run_id
+            WHERE o.written_at_ms <= \(writtenBefore.milliseconds) AND r.partition = ANY(\(ps)::bigint[])
+            ORDER BY o.id LIMIT \(Int64(limit))
+            """
         )
     }
 

@@ -195,8 +195,10 @@ public protocol RunStore: Sendable {
     /// them again in case the worker that wrote them died before the broker confirmed them).
     func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage]
     /// Unconfirmed outbox rows, oldest first, written at or before `writtenBefore` (so that a
-    /// sweep leaves alone what a live worker is about to publish itself).
-    func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage]
+    /// sweep leaves alone what a live worker is about to publish itself), of the runs of
+    /// `partitions` (all when nil): a worker publishes only the leftovers of partitions it
+    /// holds, so it never races their owner's newer events.
+    func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage]
     /// Deletes outbox rows the broker confirmed (when no batch came along to carry them).
     func removeOutbox(ids: [Int64]) async throws
     /// Ids of non-terminal runs with a deadline at or before `time`, earliest first, among
@@ -240,6 +242,11 @@ public protocol RunStore: Sendable {
 
 extension RunStore {
     public func prepare() async throws {}
+
+    /// Every partition's leftovers (tests and tools).
+    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
+        try await pendingOutbox(writtenBefore: writtenBefore, partitions: nil, limit: limit)
+    }
 
     /// `load`, then the pending outbox of the runs whose commands were seen before, then
     /// `decide`, then `commit`: optimistic, so a conflict throws `versionConflict` and the

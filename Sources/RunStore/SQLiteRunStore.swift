@@ -17,10 +17,18 @@ public final class SQLiteRunStore: RunStore {
 
     private let queue: DatabaseQueue
     public let path: String
+    /// What leases and heartbeats expire by: SQLite's own clock unless a test passes one that
+    /// moves only when told (every process sharing the file must read the same clock).
+    private let clock: (@Sendable () -> Timestamp)?
 
-    /// Opens (and creates or migrates) the store at `path`.
-    public init(path: String, synchronous: Synchronous = .full, busyTimeoutSeconds: Double = 30) throws {
+    /// Opens (and creates or migrates) the store at `path`. `clock` replaces SQLite's clock for
+    /// lease expiry; only tests pass it.
+    public init(
+        path: String, synchronous: Synchronous = .full, busyTimeoutSeconds: Double = 30,
+        clock: (@Sendable () -> Timestamp)? = nil
+    ) throws {
         self.path = path
+        self.clock = clock
         var config = Configuration()
         config.journalMode = .wal
         config.busyMode = .timeout(busyTimeoutSeconds)
@@ -136,7 +144,7 @@ public final class SQLiteRunStore: RunStore {
             let snapshot = try Self.load(db, runIDs: runIDs, commands: commands)
             let pending = try Self.pendingOutbox(db, runIDs: Set(snapshot.outcomes.keys.map(\.runID)))
             let (batch, decision) = try decide(snapshot, pending)
-            return (try Self.write(db, batch), decision)
+            return (try self.write(db, batch), decision)
         }
     }
 
@@ -165,19 +173,19 @@ public final class SQLiteRunStore: RunStore {
     }
 
     /// Writes a checked batch inside the caller's (IMMEDIATE) transaction; returns the outbox ids.
-    static func write(_ db: Database, _ batch: StoreCommit) throws -> [Int64] {
+    func write(_ db: Database, _ batch: StoreCommit) throws -> [Int64] {
         guard !batch.isEmpty else { return [] }
         try batch.checkOneWritePerRun()
         // Under the write lock, so no lease can change before this commit ends.
         if let fence = batch.fence, !fence.leases.isEmpty {
-            let now = try Self.now(db)
+            let now = try self.now(db)
             let rows = try Self.leaseRows(db, Set(fence.leases.map(\.partition)))
             try LeaseRow.checkFence(fence, rows: rows, at: now)
         }
-        try deleteOutbox(db, batch.removeOutbox)
-        for write in batch.runs { try save(db, write) }
-        for (key, outcome) in batch.outcomes { try recordOutcome(db, key, outcome) }
-        return try appendOutbox(db, batch.outbox)
+        try Self.deleteOutbox(db, batch.removeOutbox)
+        for write in batch.runs { try Self.save(db, write) }
+        for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome) }
+        return try Self.appendOutbox(db, batch.outbox)
     }
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
@@ -185,7 +193,7 @@ public final class SQLiteRunStore: RunStore {
         try batch.checkOneWritePerRun()
         // IMMEDIATE: take the write lock at BEGIN, so two processes sharing the file queue on
         // the busy timeout instead of failing at their first write.
-        return try await writeImmediately { db in try Self.write(db, batch) }
+        return try await writeImmediately { db in try self.write(db, batch) }
     }
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
@@ -225,13 +233,17 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    public func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
-        try await mapErrors {
+    public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
+        if let partitions, partitions.isEmpty { return [] }
+        var sql = "SELECT outbox.* FROM outbox"
+        if let partitions {
+            sql += " JOIN runs ON runs.run_id = outbox.run_id AND runs.partition IN (\(partitions.map(String.init).joined(separator: ",")))"
+        }
+        sql += " WHERE outbox.written_at_ms <= ? ORDER BY outbox.id LIMIT ?"
+        let statement = sql
+        return try await mapErrors {
             try await queue.read { db in
-                try Row.fetchAll(
-                    db, sql: "SELECT * FROM outbox WHERE written_at_ms <= ? ORDER BY id LIMIT ?",
-                    arguments: [writtenBefore.milliseconds, limit]
-                ).map(Self.outboxMessage)
+                try Row.fetchAll(db, sql: statement, arguments: [writtenBefore.milliseconds, limit]).map(Self.outboxMessage)
             }
         }
     }
@@ -294,7 +306,7 @@ public final class SQLiteRunStore: RunStore {
     public func heartbeat(workerID: String, ttl: Double) async throws -> [String] {
         try checkTTL(ttl)
         return try await writeImmediately { db in
-            let now = try Self.now(db)
+            let now = try self.now(db)
             try db.execute(
                 sql: """
                     INSERT INTO runworker_workers (worker_id, expires_at_ms) VALUES (?, ?)
@@ -315,7 +327,7 @@ public final class SQLiteRunStore: RunStore {
     public func acquireLease(partition: Int, workerID: String, ttl: Double) async throws -> PartitionLease? {
         try checkTTL(ttl)
         return try await writeImmediately { db in
-            let now = try Self.now(db)
+            let now = try self.now(db)
             let stored = try Self.leaseRows(db, [partition])[partition]
             guard let row = LeaseRow.acquire(stored, by: workerID, at: now, ttl: ttl) else { return nil }
             try Self.saveLease(db, partition, row)
@@ -327,7 +339,7 @@ public final class SQLiteRunStore: RunStore {
         try checkTTL(ttl)
         guard !leases.isEmpty else { return [] }
         return try await writeImmediately { db in
-            let now = try Self.now(db)
+            let now = try self.now(db)
             let rows = try Self.leaseRows(db, Set(leases.map(\.partition)))
             let held = leases.filter { rows[$0.partition]?.holds($0, by: workerID, at: now) == true }
             for lease in held {
@@ -339,7 +351,7 @@ public final class SQLiteRunStore: RunStore {
 
     public func releaseLease(_ lease: PartitionLease, workerID: String) async throws {
         try await writeImmediately { db in
-            let now = try Self.now(db)
+            let now = try self.now(db)
             try db.execute(
                 sql: "UPDATE runworker_leases SET owner = NULL, expires_at_ms = ? WHERE partition = ? AND owner = ? AND epoch = ?",
                 arguments: [now.milliseconds, lease.partition, workerID, lease.epoch])
@@ -349,7 +361,7 @@ public final class SQLiteRunStore: RunStore {
     public func leases() async throws -> [LeaseState] {
         try await mapErrors {
             try await queue.read { db in
-                let now = try Self.now(db)
+                let now = try self.now(db)
                 return try Row.fetchAll(db, sql: "SELECT * FROM runworker_leases ORDER BY partition").map { row in
                     let lease = Self.leaseRow(row)
                     return LeaseState(partition: row["partition"], owner: lease.owner, epoch: lease.epoch, expired: !lease.isLive(at: now))
@@ -360,8 +372,14 @@ public final class SQLiteRunStore: RunStore {
 
     /// SQLite's clock, to the millisecond. `julianday('now')` is in every SQLite version
     /// (`unixepoch('subsec')` needs 3.42); within one statement it reads the same instant.
-    static func now(_ db: Database) throws -> Timestamp {
-        Timestamp(
+    /// The time leases are judged by now (for tests).
+    func databaseNow() async throws -> Timestamp {
+        try await mapErrors { try await queue.read { db in try self.now(db) } }
+    }
+
+    func now(_ db: Database) throws -> Timestamp {
+        if let clock { return clock() }
+        return Timestamp(
             milliseconds: try Int64.fetchOne(
                 db, sql: "SELECT CAST(round((julianday('now') - 2440587.5) * 86400000.0) AS INTEGER)") ?? 0)
     }

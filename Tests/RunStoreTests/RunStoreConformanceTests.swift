@@ -192,6 +192,26 @@ import Testing
         }
     }
 
+    /// A sweep narrowed to partitions takes only the rows of runs in them (a worker publishes
+    /// the leftovers of the partitions it holds, never of another's); a row of a run never
+    /// given a partition only comes with the unfiltered sweep.
+    @Test(arguments: StoreKind.allCases) func pendingOutboxByPartition(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            _ = try await store.commit(StoreCommit(runs: [
+                create(sampleRun("r1"), partition: 0), create(sampleRun("r2"), partition: 1), create(sampleRun("r3")),
+            ]))
+            let ids = try await store.commit(StoreCommit(outbox: [
+                outboxRow("r1", 1, at: 100), outboxRow("r2", 1, at: 100), outboxRow("r3", 1, at: 100), outboxRow("r1", 2, at: 100),
+            ]))
+            #expect(try await store.pendingOutbox(writtenBefore: ms(200), partitions: [0], limit: 10).map(\.id) == [ids[0], ids[3]])
+            #expect(try await store.pendingOutbox(writtenBefore: ms(200), partitions: [1, 0], limit: 10).map(\.id) == [ids[0], ids[1], ids[3]])
+            #expect(try await store.pendingOutbox(writtenBefore: ms(200), partitions: [1, 0], limit: 1).map(\.id) == [ids[0]])
+            #expect(try await store.pendingOutbox(writtenBefore: ms(200), partitions: [], limit: 10).isEmpty)
+            #expect(try await store.pendingOutbox(writtenBefore: ms(99), partitions: [0], limit: 10).isEmpty)
+            #expect(try await store.pendingOutbox(writtenBefore: ms(200), partitions: nil, limit: 10).map(\.id) == ids)
+        }
+    }
+
     /// Rows go once removed, by a later commit or on their own; unknown ids are ignored.
     @Test(arguments: StoreKind.allCases) func removeOutbox(kind: StoreKind) async throws {
         try await withStore(kind) { (store) async throws in

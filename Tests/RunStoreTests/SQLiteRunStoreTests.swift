@@ -91,6 +91,22 @@ import Testing
         }
     }
 
+    /// Without a test clock, leases expire by SQLite's own clock, which is the wall clock to the
+    /// millisecond: a lease of 0.2 s is live at once and expired after it.
+    @Test func sqliteClockIsWallTime() async throws {
+        try await withFile { (path) async throws in
+            let store = try SQLiteRunStore(path: path)
+            let before = Date().timeIntervalSince1970
+            let read = try await store.databaseNow()
+            let after = Date().timeIntervalSince1970
+            let seconds = Double(read.milliseconds) / 1000
+            #expect(seconds >= before - 0.002 && seconds <= after + 0.002)
+            _ = try await store.acquireLease(partition: 0, workerID: "a", ttl: 0.2)
+            try await Task.sleep(for: .milliseconds(400))
+            #expect(try await store.leases().first?.expired == true)
+        }
+    }
+
     /// Several openers of a brand-new file at once (workers starting together) all succeed:
     /// the races on WAL mode and on the first migration are retried.
     @Test func concurrentFirstOpen() async throws {

@@ -19,14 +19,18 @@ enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
     static let postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
         ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
 
-    /// `clock` is the memory store's clock (the durable stores read the database's own).
+    /// `clock`, when given, is what the memory and SQLite stores expire leases by (PostgreSQL
+    /// reads the database's own).
     func make(clock: ManualClock? = nil) async throws -> StoreFixture {
         switch self {
         case .memory:
             return StoreFixture(store: clock.map { c in InMemoryRunStore(clock: { c.read() }) } ?? InMemoryRunStore(), tearDown: {})
         case .sqlite:
             let file = TemporaryFile()
-            return StoreFixture(store: try SQLiteRunStore(path: file.path, synchronous: .normal), tearDown: { file.remove() })
+            var read: (@Sendable () -> Timestamp)?
+            if let clock { read = { clock.read() } }
+            let store = try SQLiteRunStore(path: file.path, synchronous: .normal, clock: read)
+            return StoreFixture(store: store, tearDown: { file.remove() })
         case .postgres:
             return try await Self.makePostgres()
         }

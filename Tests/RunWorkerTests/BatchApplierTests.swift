@@ -24,8 +24,8 @@ final class InterferingStore: RunStore {
         try await inner.load(runIDs: runIDs, commands: commands)
     }
     func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] { try await inner.pendingOutbox(runIDs: runIDs) }
-    func pendingOutbox(writtenBefore: Timestamp, limit: Int) async throws -> [OutboxMessage] {
-        try await inner.pendingOutbox(writtenBefore: writtenBefore, limit: limit)
+    func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
+        try await inner.pendingOutbox(writtenBefore: writtenBefore, partitions: partitions, limit: limit)
     }
     func removeOutbox(ids: [Int64]) async throws { try await inner.removeOutbox(ids: ids) }
     func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
