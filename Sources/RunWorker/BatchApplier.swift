@@ -26,25 +26,34 @@ public struct BatchApplier: Sendable {
     /// - Parameters:
     ///   - published: outbox rows published and awaiting confirms (not to be republished).
     ///   - removeOutbox: confirmed rows of earlier batches, deleted in this commit.
-    public func apply(_ items: [WorkItem], published: Set<Int64> = [], removeOutbox: [Int64] = []) async throws -> ProcessedBatch {
+    ///   - fence: the partition leases the commit must still hold (checked in its transaction;
+    ///     `leaseLost` otherwise, with nothing written).
+    public func apply(
+        _ items: [WorkItem], published: Set<Int64> = [], removeOutbox: [Int64] = [],
+        fence: (workerID: String, leases: [PartitionLease])? = nil
+    ) async throws -> ProcessedBatch {
         let prepared = processor.prepare(items)
         var attempt = 1
         while true {
             do {
-                return try await applyOnce(prepared, published: published, removeOutbox: removeOutbox)
+                return try await applyOnce(prepared, published: published, removeOutbox: removeOutbox, fence: fence)
             } catch let error as StoreError where error.code == .versionConflict && attempt < conflictAttempts {
                 attempt += 1
             }
         }
     }
 
-    private func applyOnce(_ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64]) async throws -> ProcessedBatch {
+    private func applyOnce(
+        _ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64],
+        fence: (workerID: String, leases: [PartitionLease])?
+    ) async throws -> ProcessedBatch {
         let processor = self.processor
         let clock = self.clock
         var decision: BatchDecision
         if prepared.runIDs.isEmpty && prepared.commandKeys.isEmpty {
             // Nothing to read (only unattributable messages): at most the outbox deletions.
             decision = processor.decide(prepared, snapshot: StoreSnapshot(), removeOutbox: removeOutbox, now: clock())
+            decision.commit.fence = fence
             if !decision.commit.isEmpty { decision.assignOutboxIDs(try await store.commit(decision.commit)) }
         } else {
             let (ids, decided) = try await store.loadDecideCommit(runIDs: prepared.runIDs, commands: prepared.commandKeys) {
@@ -52,7 +61,9 @@ public struct BatchApplier: Sendable {
                 let d = processor.decide(
                     prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
                     now: clock())
-                return (d.commit, d)
+                var commit = d.commit
+                commit.fence = fence
+                return (commit, d)
             }
             decision = decided
             decision.assignOutboxIDs(ids)

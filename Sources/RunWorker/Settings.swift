@@ -20,6 +20,10 @@ public struct WorkerSettings: Sendable, Equatable {
     public var batchSize = 256
     public var maxBodyBytes = 1_048_576
     public var rebalanceIntervalS = 1.0
+    /// How long a partition lease (and this worker's membership) lasts without renewal, by
+    /// the store's clock. Renewed every third of it; a worker that could not renew for half of
+    /// it stops working on its partitions.
+    public var leaseTTLS = 10.0
     public var timerIntervalS = 0.1
     public var deliveryLimit = 5
     public var pipelineDepth = 16
@@ -46,6 +50,7 @@ public struct WorkerSettings: Sendable, Equatable {
         guard batchSize >= 1 else { throw SettingsError("batch_size must be at least 1") }
         guard maxBodyBytes >= 1024 else { throw SettingsError("max_body_bytes must be at least 1024") }
         guard rebalanceIntervalS > 0 else { throw SettingsError("rebalance_interval_s must be > 0") }
+        guard leaseTTLS.isFinite, leaseTTLS >= 0.5 else { throw SettingsError("lease_ttl_s must be at least 0.5") }
         guard timerIntervalS > 0 else { throw SettingsError("timer_interval_s must be > 0") }
         guard (1...64).contains(pipelineDepth) else { throw SettingsError("pipeline_depth must be between 1 and 64") }
         guard deliveryLimit >= 1 else { throw SettingsError("delivery_limit must be at least 1") }
@@ -214,6 +219,9 @@ extension WorkerSettings {
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
             integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
             number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
+            number(
+                "lease_ttl_s", \.leaseTTLS,
+                "Seconds a partition lease lasts unrenewed, by the store's clock (a stalled worker's partitions move after it)."),
             number("timer_interval_s", \.timerIntervalS, "Seconds between sweeps for elapsed deadlines."),
             integer("delivery_limit", \.deliveryLimit, "Failed deliveries of one message before it is dead-lettered."),
             SettingSpec(

@@ -41,9 +41,6 @@ public struct Topology: Sendable, Equatable {
     /// Exchange and queue of messages that can never be applied.
     public var deadExchange: String { "\(prefix).dead" }
     public var deadQueue: String { "\(prefix).dead" }
-    /// Every live worker consumes this queue; its consumer count is the number of workers,
-    /// from which each derives its fair share of partitions. Always a classic queue.
-    public var presenceQueue: String { "\(prefix).workers" }
 
     public func partitionQueue(_ index: Int) -> String { "\(prefix).commands.\(index)" }
     public var partitionQueues: [String] { (0..<partitions).map(partitionQueue) }

@@ -158,22 +158,16 @@ final class WorkerLoop: @unchecked Sendable {
     let poison: PoisonGuard
     /// The broker nodes (`amqp_url`) and which one to connect to next.
     var nodes: NodeRotation
-    /// The head count last read from the presence queue, used while that queue cannot be read.
+    /// The live workers as the store last counted them (rows whose heartbeat has not expired).
     var knownWorkers = 1
-    /// The partitions held when the last session was lost, and the node it was on.
-    var heldAtLoss: (partitions: Set<Int>, node: Int)?
+    /// The partition leases this worker holds: the store's word on what it owns. A partition
+    /// is consumed only under its lease, and every commit is fenced by them.
+    var leases: LeaseTable
 
     // Per connection.
     var conn: BlockingConnection?
     var control: UInt16 = 0
     var publisher: UInt16 = 0
-    /// The channel consuming the presence queue; 0 when there is none.
-    var presence: UInt16 = 0
-    /// Whether this worker's presence consumer is in place (it counts itself).
-    var presenceJoined = false
-    /// Quorum queues only: partitions to take back without looking at their consumer count
-    /// (see `rebalance`), in the session's first claim.
-    var reclaim: Set<Int> = []
     /// Partition consumers: channel → partition.
     var channels: [UInt16: Int] = [:]
     var balancer: PartitionBalancer
@@ -197,6 +191,7 @@ final class WorkerLoop: @unchecked Sendable {
         self.poison = PoisonGuard(deliveryLimit: settings.deliveryLimit)
         // `validate()` has checked the list; unparsable, the URL fails at connect time as before.
         self.nodes = NodeRotation(urls: (try? settings.amqpURLs()) ?? [settings.amqpURL])
+        self.leases = LeaseTable(ttl: settings.leaseTTLS)
         self.balancer = PartitionBalancer(
             partitions: settings.partitions, offset: Int(UInt64(workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
@@ -208,7 +203,9 @@ final class WorkerLoop: @unchecked Sendable {
     static func newSchedule(_ settings: WorkerSettings) -> LoopSchedule {
         // Rows a live worker is about to publish are younger than the sweep's 5 s; older ones
         // were left by a worker that died between commit and confirm.
-        LoopSchedule(rebalance: settings.rebalanceIntervalS, outboxSweep: 5, timerSweep: settings.timerIntervalS, status: 0.2)
+        LoopSchedule(
+            renewLeases: settings.leaseTTLS / 3, rebalance: settings.rebalanceIntervalS, outboxSweep: 5,
+            timerSweep: settings.timerIntervalS, status: 0.2)
     }
 
     /// Monotonic seconds, for the schedule.
@@ -223,6 +220,7 @@ final class WorkerLoop: @unchecked Sendable {
             var wasUp = false
             do {
                 try session(wasUp: &wasUp)
+                leaveMembership()
                 return
             } catch let error as TopologyMismatch {
                 close()
@@ -230,10 +228,11 @@ final class WorkerLoop: @unchecked Sendable {
                 throw error
             } catch {
                 let node = Self.nodeName(nodes.url)
-                // What this session held, or had still to take back when it ended early.
-                if wasUp { heldAtLoss = (balancer.owned.union(reclaim), nodes.current) }
                 close()
-                if stop.isSet { return }
+                if stop.isSet {
+                    leaveMembership()
+                    return
+                }
                 let delay = wasUp ? nodes.sessionEnded() : nodes.connectFailed()
                 logger.warning(wasUp ? "connection lost, reconnecting" : "cannot connect", metadata: [
                     "error": "\(error)", "node": .string(node), "next_node": .string(Self.nodeName(nodes.url)),
@@ -260,14 +259,7 @@ final class WorkerLoop: @unchecked Sendable {
         try declareTopology(conn)
         publisher = try conn.openChannel()
         try conn.confirmSelect(channel: publisher)
-        try joinPresence(conn)
         wasUp = true
-        // Quorum queues keep counting the consumers of a node that went away (suspected down)
-        // until it is back, so a worker that had to move to another node would find its own
-        // partitions taken: it takes them back regardless (single active consumer keeps one
-        // consumer at a time even if another worker holds one meanwhile).
-        if let held = heldAtLoss, topology.queueType == .quorum, held.node != nodes.current { reclaim = held.partitions }
-        heldAtLoss = nil
         status.connected = true
         status.counters.connections += 1
         statusDirty = true
@@ -276,7 +268,6 @@ final class WorkerLoop: @unchecked Sendable {
             "broker": "\(config)", "prefix": "\(topology.prefix)", "queue_type": "\(topology.queueType.rawValue)",
         ])
 
-        try sweepOutbox(olderThan: 0)
         while !stop.isSet {
             try step(conn)
         }
@@ -290,9 +281,6 @@ final class WorkerLoop: @unchecked Sendable {
         conn?.close()
         conn = nil
         channels = [:]
-        presence = 0
-        presenceJoined = false
-        reclaim = []
         balancer.reset()
         // Unacked deliveries go back to their queues with the connection; unconfirmed events
         // stay in the outbox for the next sweep.
@@ -302,6 +290,9 @@ final class WorkerLoop: @unchecked Sendable {
         status.ready = false
         status.partitions = []
         statusDirty = true
+        // Without its consumers the worker cannot serve its partitions: let others take them
+        // at once rather than after the ttl.
+        releaseLeases()
     }
 
     /// Declares the exchanges and the dead-letter and partition queues (idempotent, from any
@@ -328,44 +319,6 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Presence: every live worker consumes `<prefix>.workers`, so its consumer count is the
-    /// head count. It is a classic queue, on one node of a cluster: while that node is down it
-    /// can be neither declared nor counted, and the worker goes on with the last count it read
-    /// (and tries again at each rebalance) rather than stop serving its partitions.
-    private func joinPresence(_ conn: BlockingConnection) throws {
-        if presence == 0 || !conn.isChannelOpen(presence) { presence = try conn.openChannel() }
-        do {
-            _ = try conn.queueDeclare(channel: presence, name: topology.presenceQueue, durable: true)
-            _ = try conn.consume(channel: presence, queue: topology.presenceQueue, noAck: true)
-            if !presenceJoined, status.connected { logger.info("presence queue available again") }
-            presenceJoined = true
-        } catch let error as AMQPError where !error.isConnectionLevel {
-            presenceLost(error)
-        }
-    }
-
-    private func presenceLost(_ error: Error) {
-        if let conn, !conn.isChannelOpen(presence) { presence = 0 }
-        guard presenceJoined || !status.connected else { return }  // said once
-        presenceJoined = false
-        logger.warning("presence queue unavailable; counting the workers last seen until it is back", metadata: [
-            "queue": .string(topology.presenceQueue), "workers": "\(knownWorkers)", "error": "\(error)",
-        ])
-    }
-
-    /// The live workers, from the presence queue's consumer count (`knownWorkers` while it
-    /// cannot be read).
-    private func countWorkers(_ conn: BlockingConnection) throws -> Int {
-        if !presenceJoined { try joinPresence(conn) }
-        guard presenceJoined else { return knownWorkers }
-        do {
-            knownWorkers = Int(try conn.queueDeclare(channel: presence, name: topology.presenceQueue, passive: true).consumerCount)
-        } catch let error as AMQPError where !error.isConnectionLevel {
-            presenceLost(error)
-        }
-        return knownWorkers
-    }
-
     // MARK: - The step
 
     /// One turn of the loop: wait for something to do, run the chores that are due, apply
@@ -383,6 +336,7 @@ final class WorkerLoop: @unchecked Sendable {
 
         for chore in schedule.due(at: Self.monotonic()) {
             switch chore {
+            case .renewLeases: try renewLeases(conn)
             case .rebalance: try rebalance(conn)
             case .outboxSweep: try sweepOutbox(olderThan: 5)
             case .timerSweep: try sweepTimers()
@@ -395,6 +349,12 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         guard !pipeline.isFull else { return }  // the next step waits for confirms
+        // A worker that stalled past the safe half of its leases asks the store first.
+        guard try confirmLeases() else {
+            pause(0.5)
+            return
+        }
+        guard !buffered.isEmpty else { return }  // what was read on lost partitions is gone
         let batch = Array(buffered.prefix(settings.batchSize * 2))
         buffered.removeFirst(batch.count)
 
@@ -406,9 +366,11 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         let started = DispatchTime.now().uptimeNanoseconds
+        let leased = leases.partitions
         switch try apply(batch.map { .command($0.command) }) {
         case .applied(let processed):
             let applied = DispatchTime.now().uptimeNanoseconds
+            guard try stillHolding(leased, after: batch) else { return }
             try publish(processed.messages, then: PublishedBatch(acks: Received.highestTags(batch), results: processed.results))
             stats.record(commands: batch.count, applyNs: applied - started,
                          publishNs: DispatchTime.now().uptimeNanoseconds - applied, inFlight: pipeline.count)
@@ -416,6 +378,8 @@ final class WorkerLoop: @unchecked Sendable {
         case .unavailable(let error):
             try drainPipeline()
             try requeue(batch, because: error, pause: 0.5)
+        case .fenced:
+            try leasesRefused(keeping: batch)
         case .failed:
             // Something in the batch cannot be applied: find it.
             try drainPipeline()
@@ -459,10 +423,8 @@ final class WorkerLoop: @unchecked Sendable {
                 throw AMQPError(.protocolError, "the broker refused (nacked) a published event")
             }
         case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
-            if channel == presence, presenceJoined {
-                // Its queue's node went away: count again once it is back (`countWorkers`).
-                presenceLost(AMQPError(.channelClosed, "the presence consumer was cancelled", channel: channel))
-            }
+            // The partition's lease stays until the next rebalance claims it again (same epoch)
+            // or gives it back.
             if let partition = channels.removeValue(forKey: channel) {
                 logger.warning("lost partition", metadata: ["partition": "\(partition)"])
                 balancer.lost(partition)
@@ -536,7 +498,10 @@ final class WorkerLoop: @unchecked Sendable {
                 continue
             }
             do {
-                try pump(timeout: 1)
+                try pump(timeout: 0.5)
+                // A store call that outlives the safe half of the leases (a database that does
+                // not answer): let the partitions go while it runs.
+                abandonStalePartitions()
             } catch {
                 // The connection died: let the store operation finish before the session is
                 // torn down, so no two operations of this worker overlap.
@@ -550,6 +515,8 @@ final class WorkerLoop: @unchecked Sendable {
         case applied(ProcessedBatch)
         /// The store is busy, down or contended: nothing was written; try again later.
         case unavailable(Error)
+        /// A partition lease is no longer this worker's: nothing was written.
+        case fenced
         /// Not an outage: the input (or a stored run) is the problem.
         case failed(Error)
     }
@@ -563,10 +530,19 @@ final class WorkerLoop: @unchecked Sendable {
             let published = Set(pipeline.pending.flatMap(\.outboxIDs))
             let remove = confirmedOutbox
             let applier = self.applier
+            let fence = (workerID: workerID, leases: leases.all)
             do {
-                let processed = try awaitStore { try await applier.apply(items, published: published, removeOutbox: remove) }
+                let processed = try awaitStore {
+                    try await applier.apply(items, published: published, removeOutbox: remove, fence: fence)
+                }
                 confirmedOutbox.removeFirst(remove.count)
+                status.counters.commits += 1
                 return .applied(processed)
+            } catch let error as StoreError where error.code == .leaseLost {
+                status.counters.fencedCommits += 1
+                statusDirty = true
+                logger.warning("the store refused a commit: a partition lease is lost", metadata: ["error": "\(error)"])
+                return .fenced
             } catch let error as StoreError where error.isTransient {
                 if attempt == 4 || stop.isSet { return .unavailable(error) }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
@@ -606,13 +582,23 @@ final class WorkerLoop: @unchecked Sendable {
                     continue
                 }
             }
+            guard try confirmLeases() else {
+                try requeue(rest, because: StoreError(.unavailable, "cannot confirm the partition leases"), pause: 0.5)
+                return
+            }
+            guard channels[r.channel] != nil else { continue }  // its partition was lost: back in its queue
+            let leased = leases.partitions
             switch try apply([.command(r.command)]) {
             case .applied(let processed):
+                guard try stillHolding(leased, after: rest) else { return }
                 try publish(processed.messages,
                             then: PublishedBatch(acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)], results: processed.results))
                 try drainPipeline()
             case .unavailable(let error):
                 try requeue(rest, because: error, pause: 0.5)
+                return
+            case .fenced:
+                try leasesRefused(keeping: rest)
                 return
             case .failed(let error):
                 let redelivered = r.redelivered
@@ -671,10 +657,11 @@ final class WorkerLoop: @unchecked Sendable {
 
     // MARK: - Partition ownership
 
-    /// Claims free partitions up to this worker's fair share and gives up extras.
+    /// Claims free partitions up to this worker's fair share and gives up extras. The store
+    /// decides who owns a partition (its lease); the broker's consumer follows the lease.
     private func rebalance(_ conn: BlockingConnection) throws {
         if !conn.isChannelOpen(control) { control = try conn.openChannel() }
-        let workers = try countWorkers(conn)
+        let workers = knownWorkers
         switch balancer.plan(liveWorkers: workers) {
         case .keep:
             break
@@ -692,34 +679,190 @@ final class WorkerLoop: @unchecked Sendable {
             partitionsChanged()
         case .claim(let candidates, let want):
             var claimed = 0
-            // Partitions to take back come first (see `reclaim`); the others only when free.
-            let ordered = candidates.filter(reclaim.contains) + candidates.filter { !reclaim.contains($0) }
-            for partition in ordered where claimed < want {
-                let queue = topology.partitionQueue(partition)
-                guard try reclaim.contains(partition)
-                    || conn.queueDeclare(channel: control, name: queue, passive: true).consumerCount == 0
-                else { continue }
+            for partition in candidates where claimed < want {
+                guard let lease = try acquireLease(partition) else { continue }
+                // The previous owner's committed but unconfirmed events go out before any new
+                // event of the partition's runs.
+                try sweepOutbox(olderThan: 0, partitions: [partition])
                 let channel = try conn.openChannel()
                 do {
                     try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                    _ = try conn.consume(channel: channel, queue: queue, exclusive: topology.exclusivePartitionConsumers)
+                    _ = try conn.consume(
+                        channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
                     channels[channel] = partition
                     balancer.claimed(partition)
                     claimed += 1
-                    logger.info("claimed partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
+                    logger.info("claimed partition", metadata: [
+                        "partition": "\(partition)", "epoch": "\(lease.epoch)", "workers": "\(workers)",
+                    ])
                 } catch let error as AMQPError where !error.isConnectionLevel {
-                    // Another worker claimed it first (403 in exclusive use): the broker closed the channel.
+                    // A stale consumer still holds the queue (403 in exclusive use: the previous
+                    // owner's connection is not closed yet). The lease goes back below; a later
+                    // rebalance tries again.
                     try? conn.closeChannel(channel)
+                    logger.info("partition leased but its queue is still in use", metadata: [
+                        "partition": "\(partition)", "error": "\(error)",
+                    ])
                 }
             }
-            reclaim = []
             if claimed > 0 { partitionsChanged() }
         }
+        // Leases without a consumer (released above, a failed consume, a consumer the broker
+        // cancelled and that was not claimed back) go back to the store.
+        let unused = leases.unused(consumed: balancer.owned)
+        if !unused.isEmpty { releaseLeases(unused) }
         if !status.ready {
             status.ready = true
             statusDirty = true
             logger.info("runworker ready", metadata: ["partitions": "\(balancer.owned.sorted())"])
         }
+    }
+
+    /// Takes `partition`'s lease: nil when another worker holds it (or the store cannot say).
+    private func acquireLease(_ partition: Int) throws -> PartitionLease? {
+        let store = self.store
+        let workerID = self.workerID
+        let ttl = settings.leaseTTLS
+        let started = Self.monotonic()
+        do {
+            guard let lease = try awaitStore({ try await store.acquireLease(partition: partition, workerID: workerID, ttl: ttl) })
+            else { return nil }
+            leases.acquired(lease, sentAt: started)
+            return lease
+        } catch let error as AMQPError {
+            throw error
+        } catch {
+            logger.warning("cannot take a partition lease", metadata: ["partition": "\(partition)", "error": "\(error)"])
+            return nil
+        }
+    }
+
+    /// The lease chore: a round trip to the broker, then this worker's heartbeat and its
+    /// leases renewed in the store. A worker cut off from the broker blocks in the round trip
+    /// and so stops renewing: its partitions move to workers that can serve them. Returns
+    /// whether the store answered; lost leases are dropped.
+    @discardableResult
+    private func renewLeases(_ conn: BlockingConnection) throws -> Bool {
+        let started = Self.monotonic()
+        if !conn.isChannelOpen(control) { control = try conn.openChannel() }
+        try conn.exchangeDeclare(
+            channel: control, name: topology.commandsExchange, type: AMQPExchangeType(Topology.commandsExchangeType), durable: true)
+        let store = self.store
+        let workerID = self.workerID
+        let ttl = settings.leaseTTLS
+        let held = leases.all
+        let live: [String]
+        let kept: [PartitionLease]
+        do {
+            (live, kept) = try awaitStore {
+                (try await store.heartbeat(workerID: workerID, ttl: ttl), try await store.renewLeases(held, workerID: workerID, ttl: ttl))
+            }
+        } catch let error as AMQPError {
+            throw error
+        } catch {
+            logger.warning("cannot renew partition leases", metadata: ["error": "\(error)"])
+            return false
+        }
+        if knownWorkers != live.count { logger.info("live workers", metadata: ["workers": "\(live.count)"]) }
+        knownWorkers = max(1, live.count)
+        let lost = leases.renewed(held: held, kept: kept, sentAt: started)
+        if !lost.isEmpty { try dropPartitions(lost) }
+        return true
+    }
+
+    /// Whether this worker may act on its partitions now: within the safe half of its leases,
+    /// or, past it, once the store has renewed them (lost ones are dropped).
+    private func confirmLeases() throws -> Bool {
+        guard !leases.isValid(at: Self.monotonic()) else { return true }
+        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        logger.warning("partition leases not renewed for half their ttl; checking them before going on")
+        if try renewLeases(conn) { return true }
+        abandonStalePartitions()
+        return false
+    }
+
+    /// Past the safe half of its leases without a renewal (the store is down, or a store call
+    /// hangs), the worker gives its partitions up on the broker: it closes their consumers, so
+    /// that the consumer of whoever takes the lease next can become active (single active
+    /// consumer hands a queue over only when the active one goes), and forgets the leases and
+    /// what it read. It takes partitions again, through the store, once the store answers.
+    func abandonStalePartitions() {
+        guard !leases.isEmpty, !leases.isValid(at: Self.monotonic()) else { return }
+        logger.warning("cannot confirm partition leases with the store; giving the partitions up", metadata: [
+            "partitions": "\(balancer.owned.sorted())",
+        ])
+        status.counters.leasesLost += leases.removeAll()
+        for (channel, partition) in channels {
+            try? conn?.closeChannel(channel)
+            balancer.lost(partition)
+        }
+        channels = [:]
+        buffered = []
+        schedule.soon(.rebalance)
+        partitionsChanged()
+    }
+
+    /// After a commit, before its events go out: true when every lease is still held. If one
+    /// is not (the worker stalled between commit and publish), nothing of the batch is
+    /// published or acked: its events stay in the outbox for whoever owns each partition now,
+    /// and its deliveries on partitions still held are applied again (answered as duplicates,
+    /// with the events republished in order).
+    private func stillHolding(_ leased: Set<Int>, after batch: [Received]) throws -> Bool {
+        let confirmed = try confirmLeases()
+        guard confirmed, leased.isSubset(of: leases.partitions) else {
+            buffered = batch.filter { channels[$0.channel] != nil } + buffered
+            if !confirmed { pause(0.5) }
+            return false
+        }
+        return true
+    }
+
+    /// The store refused a fenced commit: find out which leases are gone, drop them, and put
+    /// the batch's deliveries on partitions still held back at the head of the line.
+    private func leasesRefused(keeping batch: [Received]) throws {
+        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        if !(try renewLeases(conn)) { pause(0.5) }
+        buffered = batch.filter { channels[$0.channel] != nil } + buffered
+    }
+
+    /// Stops working on partitions whose lease is gone: closes their consumers (the broker
+    /// returns their unacked deliveries to the queue, for the new owner) and forgets what was
+    /// read from them. Batches already published on them were committed under the lease.
+    private func dropPartitions(_ partitions: Set<Int>) throws {
+        leases.remove(partitions)
+        for partition in partitions.sorted() {
+            status.counters.leasesLost += 1
+            logger.warning("partition lease lost; dropping the partition", metadata: ["partition": "\(partition)"])
+            guard let channel = channels.first(where: { $0.value == partition })?.key else { continue }
+            channels[channel] = nil
+            balancer.lost(partition)
+            buffered.removeAll { $0.channel == channel }
+            try? conn?.closeChannel(channel)
+        }
+        schedule.soon(.rebalance)
+        partitionsChanged()
+    }
+
+    /// Gives leases back to the store (expired at once) so that other workers can take the
+    /// partitions without waiting for the ttl; best effort: they expire anyway.
+    private func releaseLeases(_ released: [PartitionLease]? = nil) {
+        let give = released ?? leases.all
+        guard !give.isEmpty else { return }
+        leases.remove(give.map(\.partition))
+        let store = self.store
+        let workerID = self.workerID
+        do {
+            try awaitStore { for lease in give { try await store.releaseLease(lease, workerID: workerID) } }
+        } catch {
+            logger.warning("could not give back partition leases; they expire after lease_ttl_s", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// A graceful stop: this worker is no longer counted among the live ones.
+    private func leaveMembership() {
+        let store = self.store
+        let workerID = self.workerID
+        try? awaitStore { try await store.leave(workerID: workerID) }
     }
 
     private func partitionsChanged() {
@@ -734,7 +877,7 @@ final class WorkerLoop: @unchecked Sendable {
     /// of a run's partition fires it, inside the same loop as that partition's commands, so a
     /// timer never races a command; the store's version check makes a second firing a no-op.
     private func sweepTimers() throws {
-        guard !balancer.owned.isEmpty, !pipeline.isFull else { return }
+        guard !balancer.owned.isEmpty, !pipeline.isFull, try confirmLeases() else { return }
         let store = self.store
         let now = applier.clock()
         let partitions = balancer.owned.sorted()
@@ -749,9 +892,17 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         guard !due.isEmpty else { return }
+        let leased = leases.partitions
         switch try apply(due.map { .timer(runID: $0) }) {
         case .applied(let processed):
+            // Stalled since the commit and a lease lost: the events wait in the outbox for the
+            // partition's owner (or this worker's next sweep).
+            guard try confirmLeases(), leased.isSubset(of: leases.partitions) else { return }
             try publish(processed.messages, then: PublishedBatch(results: processed.results))
+        case .fenced:
+            guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+            try renewLeases(conn)
+            return
         case .unavailable(let error), .failed(let error):
             logger.warning("timer sweep failed, will retry", metadata: ["error": "\(error)"])
             return
@@ -760,16 +911,20 @@ final class WorkerLoop: @unchecked Sendable {
         if due.count == limit { schedule.soon(.timerSweep) }
     }
 
-    /// Publishes outbox rows older than `seconds` (all of them at 0): events committed by a
-    /// worker that died before the broker confirmed them.
-    private func sweepOutbox(olderThan seconds: Double) throws {
+    /// Publishes outbox rows older than `seconds` (all of them at 0) of the runs of
+    /// `partitions` (default: those this worker holds): events committed by a worker that
+    /// died, stalled or lost its connection before the broker confirmed them. Never another
+    /// worker's partitions: their owner may be publishing newer events of the same runs.
+    private func sweepOutbox(olderThan seconds: Double, partitions only: [Int]? = nil) throws {
+        let partitions = only ?? leases.partitions.sorted()
+        guard !partitions.isEmpty else { return }
         let store = self.store
         let cutoff = applier.clock().adding(seconds: -seconds)
         while true {
             let skip = Set(pipeline.pending.flatMap(\.outboxIDs)).union(confirmedOutbox)
             let rows: [OutboxMessage]
             do {
-                rows = try awaitStore { try await store.pendingOutbox(writtenBefore: cutoff, limit: 500) }
+                rows = try awaitStore { try await store.pendingOutbox(writtenBefore: cutoff, partitions: partitions, limit: 500) }
             } catch let error as AMQPError {
                 throw error
             } catch {
@@ -777,7 +932,7 @@ final class WorkerLoop: @unchecked Sendable {
                 return
             }
             let fresh = rows.filter { !skip.contains($0.id) }
-            guard !fresh.isEmpty else { return }
+            guard !fresh.isEmpty, try confirmLeases(), leases.partitions.isSuperset(of: partitions) else { return }
             logger.info("publishing events left in the outbox", metadata: ["count": "\(fresh.count)"])
             status.counters.outboxRepublished += fresh.count
             try publish(fresh.map(OutboundMessage.init(outbox:)), then: PublishedBatch(outboxIDs: []))
@@ -843,6 +998,7 @@ final class WorkerLoop: @unchecked Sendable {
 
     private func writeStatus(force: Bool = false) {
         guard let path = settings.statusFile, statusDirty || force else { return }
+        if let postgres = store as? PostgresRunStore { status.counters.storeRoundTrips = postgres.roundTrips }
         do {
             try status.write(to: path)
             statusDirty = false

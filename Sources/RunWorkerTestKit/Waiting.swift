@@ -14,6 +14,8 @@ public struct TestKitError: Error, CustomStringConvertible, Sendable {
         public static let exited = Code("exited")
         /// The broker did not confirm every published message.
         public static let notConfirmed = Code("not_confirmed")
+        /// A helper program could not be started.
+        public static let process = Code("process")
     }
 
     public var code: Code

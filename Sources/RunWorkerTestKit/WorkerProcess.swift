@@ -104,6 +104,7 @@ public final class WorkerProcess: @unchecked Sendable {
     public func terminate(grace: Double = 15) -> Int32 {
         if process.isRunning {
             process.terminate()
+            resume()  // a suspended process handles SIGTERM only once continued
             if !process.waitForExit(timeout: grace) { kill() }
         }
         return process.terminationStatus
@@ -167,5 +168,9 @@ extension WorkerStatus {
         counters.requeued = n("requeued")
         counters.connections = n("connections")
         counters.outboxRepublished = n("outbox_republished")
+        counters.leasesLost = n("leases_lost")
+        counters.fencedCommits = n("fenced_commits")
+        counters.commits = n("commits")
+        counters.storeRoundTrips = n("store_round_trips")
     }
 }

@@ -227,13 +227,8 @@ final class Subscriber: @unchecked Sendable {
     }
 
     private func consume() throws {
-        let conn = try BlockingConnection(url: url)
+        let conn = try subscribeToEvents(url: url, exchange: exchange)
         defer { conn.close() }
-        let ch = try conn.openChannel()
-        try conn.exchangeDeclare(channel: ch, name: exchange, type: .topic, durable: true)
-        let q = try conn.queueDeclare(channel: ch, name: "", exclusive: true, autoDelete: true).name
-        try conn.queueBind(channel: ch, queue: q, exchange: exchange, routingKey: "run.#")
-        _ = try conn.consume(channel: ch, queue: q, noAck: true)
         ready.signal()
 
         var r = SubscriberResult()
@@ -289,5 +284,21 @@ final class Subscriber: @unchecked Sendable {
         let n = min(load.chunk, load.runs.count - base)
         let k = c * 4 * load.chunk + step * n + (rel - base)
         return k < load.commandCount ? k : nil
+    }
+}
+
+/// A connection consuming (auto-ack) an exclusive queue bound to every event of `exchange`.
+func subscribeToEvents(url: String, exchange: String) throws -> BlockingConnection {
+    let conn = try BlockingConnection(url: url)
+    do {
+        let ch = try conn.openChannel()
+        try conn.exchangeDeclare(channel: ch, name: exchange, type: .topic, durable: true)
+        let q = try conn.queueDeclare(channel: ch, name: "", exclusive: true, autoDelete: true).name
+        try conn.queueBind(channel: ch, queue: q, exchange: exchange, routingKey: "run.#")
+        _ = try conn.consume(channel: ch, queue: q, noAck: true)
+        return conn
+    } catch {
+        conn.close()
+        throw error
     }
 }

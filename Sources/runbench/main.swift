@@ -16,8 +16,9 @@ struct RunBench: ParsableCommand {
         abstract: "Measure runworker against the broker's echo ceiling on this machine.",
         discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib.")
 
-    @Option(help: "The release runworker binary.")
-    var runworker: String
+    @Option(help: "The release runworker binary (not needed by the stream phase).")
+    var runworker = ""
+
 
     @Option(name: .customLong("amqp-url"))
     var amqpURL = ProcessInfo.processInfo.environment["RUNWORKER_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
@@ -25,7 +26,7 @@ struct RunBench: ParsableCommand {
     @Flag(help: "Small loads (under a minute), for development.")
     var quick = false
 
-    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one').")
+    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one'), scale (1, 2 and 4 workers); or stream (alone).")
     var phases = "ceiling,one,two,latency"
 
     @Option(help: "Runs (4 commands each) of the throughput phases; default 10000 (quick: 2000).")
@@ -74,6 +75,26 @@ struct RunBench: ParsableCommand {
     @Flag(name: .customLong("keep-temp"), help: "Keep the temporary directory (worker logs, SQLite files).")
     var keepTemp = false
 
+    // The `stream` phase (scripts/cluster-demo): workers started elsewhere, faults injected.
+
+    @Option(help: "Phase 'stream': the prefix the running workers serve.")
+    var prefix: String?
+
+    @Option(name: .customLong("queue-type"), help: "Phase 'stream': classic or quorum, as the workers declared them.")
+    var queueType = "classic"
+
+    @Option(name: .customLong("stream-rate"), help: "Phase 'stream': commands per second.")
+    var streamRate = 200.0
+
+    @Option(name: .customLong("fault"), help: "Phase 'stream': SECONDS:[LABEL=]COMMAND, run with bash that long after the first publish (repeatable).")
+    var faults: [String] = []
+
+    @Option(name: .customLong("bad-messages"), help: "Phase 'stream': malformed messages sent first (each must be dead-lettered).")
+    var badMessages = 10
+
+    @Option(name: .customLong("quiet-timeout"), help: "Phase 'stream': give up when no run finished for this many seconds.")
+    var quietTimeout = 90.0
+
     mutating func run() throws {
         guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store is sqlite or postgres") }
         let bench = Bench(options: self)
@@ -98,6 +119,7 @@ final class Bench {
     var p99 = Double.nan
     var peakMiB = Double.nan
     var failures: [String] = []
+    var scaleLine = ""
 
     init(options: RunBench) {
         o = options
@@ -123,6 +145,12 @@ final class Bench {
         if phases.contains("one") { try phaseOne() }
         if phases.contains("two") { try phaseTwo() }
         if phases.contains("latency") { try phaseLatency() }
+        if phases.contains("scale") { try phaseScale() }
+        if phases.contains("stream") {
+            try phaseStream()
+            if !failures.isEmpty { throw BenchError(failures.joined(separator: "; ")) }
+            return
+        }
         printSummary()
     }
 
@@ -244,6 +272,46 @@ final class Bench {
             + "max \(fmt(ms.last ?? .nan, 2)) ms over \(ms.count) commands; cpu \(cpuText(usage))")
     }
 
+    /// 1, 2 and 4 worker processes on the same load: the speed-up, the workers' CPU per
+    /// command, and (PostgreSQL) the database round trips per batch, from the workers' own
+    /// counters, so that scaling can be judged where cores are not the limit.
+    func phaseScale() throws {
+        var base = Double.nan
+        var figures: [String] = []
+        for n in [1, 2, 4] {
+            let t = Topology(prefix: "\(runID)-scale\(n)", partitions: o.partitions)
+            defer { deleteTopology(t, url: o.amqpURL) }
+            let w = try startWorkers(t, count: n)
+            let load = RunLoad(runs: 0..<runs)
+            say("scale: \(n) worker(s), \(load.commandCount) commands; partitions \(w.map { $0.ownedPartitions.sorted() })")
+            let cpu = CPUMeter(["workers": w.map(\.pid), "broker": brokerPIDs, "runbench": [getpid()]])
+            let r: Outcome
+            do {
+                r = try drive(t, load, eventsPerRun: 5)
+            } catch {
+                stopWorkers(w, "scale \(n)")
+                throw error
+            }
+            let usage = cpu.cores()
+            stopWorkers(w, "scale \(n)")  // their last status (counters) is written at exit
+            check("scale \(n)", r, load: load, eventsPerRun: 5)
+            let counters = w.compactMap { $0.status?.counters }
+            let commits = counters.map(\.commits).reduce(0, +)
+            let trips = counters.map(\.storeRoundTrips).reduce(0, +)
+            if n == 1 { base = r.rate }
+            let usPerCommand = (usage["workers"] ?? .nan) / r.rate * 1e6
+            let perBatch = o.store == "postgres" ? "\(fmt(Double(trips) / Double(max(1, commits)), 1)) round trips/batch, " : ""
+            rows.append(("6 scale: \(n) worker(s), \(o.store)", "\(load.runs.count) runs, \(load.commandCount) cmds",
+                         "\(fmt(r.rate)) cmd/s (x\(fmt(r.rate / base, 2)))",
+                         "workers \(fmt(usPerCommand)) µs/cmd, \(perBatch)\(fmt(Double(load.commandCount) / Double(max(1, commits)), 1)) cmds/batch; "
+                            + cpuText(usage)))
+            say("scale: \(n) worker(s) \(fmt(r.rate)) cmd/s (x\(fmt(r.rate / base, 2)) of one), workers \(fmt(usPerCommand)) µs/cmd, "
+                + "\(perBatch)\(commits) batches; cpu \(cpuText(usage))")
+            figures.append("scale_\(n) \(fmt(r.rate))")
+        }
+        scaleLine = figures.joined(separator: " ")
+    }
+
     // MARK: helpers
 
     struct Outcome {
@@ -363,7 +431,7 @@ final class Bench {
         print(failures.isEmpty ? "checks: ok (no command_rejected, 5 events per run, no nacks)"
               : "checks FAILED: " + failures.joined(separator: "; "))
         print("ratio \(fmt(ratio, 2)) worker \(fmt(one)) ceiling \(fmt(ceiling)) two_workers \(fmt(two)) "
-              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))")
+              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))" + (scaleLine.isEmpty ? "" : " " + scaleLine))
     }
 }
 

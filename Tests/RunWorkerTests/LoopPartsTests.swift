@@ -1,4 +1,5 @@
 import RunContract
+import RunStore
 import Testing
 
 @testable import RunWorker
@@ -141,19 +142,20 @@ import Testing
 @Suite struct LoopScheduleTests {
     /// Every chore is due at the start; then each comes back one interval after it ran.
     @Test func choresComeDue() {
-        var s = LoopSchedule(rebalance: 1, outboxSweep: 5, timerSweep: 0.1, status: 0.2)
-        #expect(s.due(at: 100) == [.rebalance, .outboxSweep, .timerSweep, .status])
+        var s = LoopSchedule(renewLeases: 3, rebalance: 1, outboxSweep: 5, timerSweep: 0.1, status: 0.2)
+        #expect(s.due(at: 100) == [.renewLeases, .rebalance, .outboxSweep, .timerSweep, .status])
         #expect(s.due(at: 100.05).isEmpty)
         #expect(s.due(at: 100.1) == [.timerSweep])
         #expect(s.due(at: 100.2) == [.timerSweep, .status])
         #expect(s.due(at: 101) == [.rebalance, .timerSweep, .status])
+        #expect(s.due(at: 103) == [.renewLeases, .rebalance, .timerSweep, .status])
         #expect(s.due(at: 105) == [.rebalance, .outboxSweep, .timerSweep, .status])
     }
 
     /// The loop waits until the earliest chore (never negative, never past the limit), and a
     /// chore asked for `soon` is due at once.
     @Test func waitsAndSoon() {
-        var s = LoopSchedule(rebalance: 1, outboxSweep: 5, timerSweep: 0.5, status: 0.2)
+        var s = LoopSchedule(renewLeases: 3, rebalance: 1, outboxSweep: 5, timerSweep: 0.5, status: 0.2)
         _ = s.due(at: 10)
         #expect(abs(s.wait(at: 10, limit: 1) - 0.2) < 1e-9)
         #expect(s.wait(at: 10, limit: 0.1) == 0.1)
@@ -185,5 +187,50 @@ import Testing
             Ack(channel: 2, tag: 5, multiple: true), Ack(channel: 3, tag: 9, multiple: true),
         ])
         #expect(Received.highestTags([]).isEmpty)
+    }
+}
+
+@Suite struct LeaseTableTests {
+    func lease(_ p: Int, _ e: Int64) -> PartitionLease { PartitionLease(partition: p, epoch: e) }
+
+    /// Leases are trusted for half their ttl from when the call that took them was sent;
+    /// holding none, there is nothing to protect.
+    @Test func validForHalfTheTTLFromTheCall() {
+        var t = LeaseTable(ttl: 10)
+        #expect(t.isValid(at: 0))
+        t.acquired(lease(0, 1), sentAt: 100)
+        #expect(t.isValid(at: 104.9))
+        #expect(!t.isValid(at: 105))
+        // A later acquisition does not extend the older lease's trust.
+        t.acquired(lease(1, 3), sentAt: 103)
+        #expect(!t.isValid(at: 105))
+        #expect(t.partitions == [0, 1])
+    }
+
+    /// A renewal restarts the safe half from when it was sent, forgets and returns what the
+    /// store did not keep, and leaves alone a lease taken again meanwhile (another epoch).
+    @Test func renewalDropsWhatWasLost() {
+        var t = LeaseTable(ttl: 10)
+        t.acquired(lease(0, 1), sentAt: 0)
+        t.acquired(lease(1, 1), sentAt: 0)
+        t.acquired(lease(2, 1), sentAt: 0)
+        let held = t.all
+        t.remove([2])
+        t.acquired(lease(2, 5), sentAt: 1)
+        let lost = t.renewed(held: held, kept: [lease(0, 1)], sentAt: 3)
+        #expect(lost == [1])
+        #expect(t.all == [lease(0, 1), lease(2, 5)])
+        #expect(t.isValid(at: 7.9) && !t.isValid(at: 8))
+    }
+
+    /// Giving everything up empties the table (and it is trivially valid again); unused leases
+    /// are those without a consumer.
+    @Test func removeAllAndUnused() {
+        var t = LeaseTable(ttl: 4)
+        t.acquired(lease(0, 1), sentAt: 0)
+        t.acquired(lease(3, 2), sentAt: 0)
+        #expect(t.unused(consumed: [0]) == [lease(3, 2)])
+        #expect(t.removeAll() == 2)
+        #expect(t.isEmpty && t.isValid(at: 100))
     }
 }

@@ -2,7 +2,10 @@
 /// seconds passed in by the driver (tests move it by hand); nothing here reads a clock.
 struct LoopSchedule: Sendable, Equatable {
     enum Chore: Int, Sendable, CaseIterable, Comparable {
-        /// Count the live workers; claim or release partitions.
+        /// Prove the broker connection alive, then heartbeat this worker and renew its
+        /// partition leases in the store (first, so that a rebalance counts fresh members).
+        case renewLeases
+        /// Claim or release partitions for this worker's fair share.
         case rebalance
         /// Publish outbox rows a dead worker left behind.
         case outboxSweep
@@ -18,8 +21,10 @@ struct LoopSchedule: Sendable, Equatable {
     private var next: [Chore: Double] = [:]
 
     /// Every chore is due at once on the first call.
-    init(rebalance: Double, outboxSweep: Double, timerSweep: Double, status: Double) {
-        intervals = [.rebalance: rebalance, .outboxSweep: outboxSweep, .timerSweep: timerSweep, .status: status]
+    init(renewLeases: Double, rebalance: Double, outboxSweep: Double, timerSweep: Double, status: Double) {
+        intervals = [
+            .renewLeases: renewLeases, .rebalance: rebalance, .outboxSweep: outboxSweep, .timerSweep: timerSweep, .status: status,
+        ]
     }
 
     /// The chores due at `now`, in a fixed order; each is scheduled again one interval later.

@@ -26,6 +26,15 @@ public struct WorkerStatus: Sendable, Equatable {
         public var connections = 0
         /// Outbox rows published by the sweep (left behind by a worker that died).
         public var outboxRepublished = 0
+        /// Partitions whose lease this worker found taken or expired (it had stalled, or lost
+        /// the store or the broker for longer than the lease).
+        public var leasesLost = 0
+        /// Commits the store refused because a lease was no longer held (nothing was written).
+        public var fencedCommits = 0
+        /// Batches committed (commands and fired timers), whether or not they changed a run.
+        public var commits = 0
+        /// Statements sent to a PostgreSQL store (each one round trip); 0 on other stores.
+        public var storeRoundTrips = 0
     }
 
     public var workerID: String
@@ -47,6 +56,8 @@ public struct WorkerStatus: Sendable, Equatable {
                 "timers_fired": .int(Int64(c.timersFired)), "command_failures": .int(Int64(c.commandFailures)),
                 "poison_dead_lettered": .int(Int64(c.poisonDeadLettered)), "requeued": .int(Int64(c.requeued)),
                 "connections": .int(Int64(c.connections)), "outbox_republished": .int(Int64(c.outboxRepublished)),
+                "leases_lost": .int(Int64(c.leasesLost)), "fenced_commits": .int(Int64(c.fencedCommits)),
+                "commits": .int(Int64(c.commits)), "store_round_trips": .int(Int64(c.storeRoundTrips)),
             ]),
         ]
     }

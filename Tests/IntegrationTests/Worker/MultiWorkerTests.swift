@@ -34,8 +34,9 @@ func publishLifecycles(_ client: ContractClient, runs: Range<Int>, steps: Range<
     }
 }
 
-/// Checks every run's events: the lifecycle in order, seq gapless from 1, duplicates (same
-/// seq) identical; no command was refused. Returns how many events came more than once.
+/// Checks every run's events: the lifecycle in order, seq gapless from 1, each seq first seen
+/// after the one before it, duplicates (same seq) identical; no command was refused. Returns
+/// how many events came more than once.
 @discardableResult
 func checkLifecycles(events: [RunEvent], rejections: [CommandRejected], runs: Int) -> Int {
     #expect(rejections.isEmpty, "rejections: \(rejections.prefix(3))")
@@ -45,6 +46,9 @@ func checkLifecycles(events: [RunEvent], rejections: [CommandRejected], runs: In
         if let seen = byRun[e.runID]?[e.seq] {
             repeats += 1
             #expect(seen == e, "a repeated seq must be the same event: \(e.runID) seq \(e.seq)")
+        } else {
+            let highest = byRun[e.runID]?.keys.max() ?? 0
+            #expect(e.seq == highest + 1, "\(e.runID): seq \(e.seq) first seen after seq \(highest)")
         }
         byRun[e.runID, default: [:]][e.seq] = e
     }

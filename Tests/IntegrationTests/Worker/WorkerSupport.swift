@@ -14,34 +14,25 @@ func tempStore(_ prefix: String) -> String {
 
 extension WorkerProcess {
     /// A test worker: the built `runworker`, 4 partitions, quick rebalancing, debug logs.
-    convenience init(prefix: String, store: String, extraEnv: [String: String] = [:], arguments: [String] = []) throws {
+    convenience init(
+        prefix: String, store: String, extraEnv: [String: String] = [:], arguments: [String] = [],
+        amqpURL url: String = amqpURL
+    ) throws {
         var env: [String: String?] = [
             "RUNWORKER_SQLITE_SYNCHRONOUS": "NORMAL", "RUNWORKER_REBALANCE_INTERVAL_S": "0.2", "RUNWORKER_PARTITIONS": "4",
+            "RUNWORKER_LEASE_TTL_S": "3",
         ]
         for (k, v) in extraEnv { env[k] = v }
-        try self.init(binary: binDir.appendingPathComponent("runworker").path, amqpURL: amqpURL, prefix: prefix,
+        try self.init(binary: binDir.appendingPathComponent("runworker").path, amqpURL: url, prefix: prefix,
                       store: store, environment: env, arguments: arguments)
     }
 }
 
-/// Runs a program to completion, bounded by `timeout` (killed after it), with its output in a
+/// Runs a program to completion, bounded by `timeout` (stopped after it), with its output in a
 /// file rather than a pipe (a pipe blocks a chatty child and its end-of-file waits for every
-/// holder of the write end). Returns the exit status and the combined output.
+/// holder of the write end). Returns the exit status and the combined output. See `runCommand`.
 @discardableResult
 func runProgram(_ path: String, _ arguments: [String], environment: [String: String]? = nil,
                 timeout: Double) throws -> (status: Int32, output: String) {
-    let out = NSTemporaryDirectory() + "cmd-\(UUID().uuidString.prefix(8)).out"
-    _ = FileManager.default.createFile(atPath: out, contents: nil)
-    defer { try? FileManager.default.removeItem(atPath: out) }
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = arguments
-    if let environment { p.environment = environment }
-    let handle = FileHandle(forWritingAtPath: out)!
-    defer { try? handle.close() }
-    p.standardOutput = handle
-    p.standardError = handle
-    try p.run()
-    let status = try p.waitForExitOrKill("\(path) \(arguments.joined(separator: " "))", timeout: timeout)
-    return (status, (try? String(contentsOfFile: out, encoding: .utf8)) ?? "")
+    try runCommand(path, arguments, environment: environment, timeout: timeout)
 }
