@@ -83,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "runbench",
             dependencies: [
-                "AMQPClient", "RunContract", "RunWorker", "RunWorkerTestKit",
+                "AMQPClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

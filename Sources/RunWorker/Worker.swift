@@ -531,12 +531,18 @@ final class WorkerLoop: @unchecked Sendable {
             let remove = confirmedOutbox
             let applier = self.applier
             let fence = (workerID: workerID, leases: leases.all)
+            // Nothing else calls the store meanwhile (chores wait for this thread): the
+            // difference is this batch's round trips.
+            let tripsBefore = (store as? PostgresRunStore)?.roundTrips
             do {
                 let processed = try awaitStore {
                     try await applier.apply(items, published: published, removeOutbox: remove, fence: fence)
                 }
                 confirmedOutbox.removeFirst(remove.count)
                 status.counters.commits += 1
+                if let tripsBefore, let postgres = store as? PostgresRunStore {
+                    status.counters.batchRoundTrips += postgres.roundTrips - tripsBefore
+                }
                 return .applied(processed)
             } catch let error as StoreError where error.code == .leaseLost {
                 status.counters.fencedCommits += 1

@@ -172,5 +172,6 @@ extension WorkerStatus {
         counters.fencedCommits = n("fenced_commits")
         counters.commits = n("commits")
         counters.storeRoundTrips = n("store_round_trips")
+        counters.batchRoundTrips = n("batch_round_trips")
     }
 }

@@ -1,6 +1,7 @@
 import AMQPClient
 import Foundation
 import RunContract
+import RunStore
 import RunWorker
 import RunWorkerTestKit
 import Synchronization
@@ -223,6 +224,12 @@ extension Bench {
             }
         }
         wrong += r.conflicting
+        // The store agrees: every run completed, at the version its events counted.
+        if let url = o.checkStore {
+            let mismatched = try storeMismatches(url: url, load: load, record: r)
+            if mismatched > 0 { say("stream: \(mismatched) stored runs disagree with their events") }
+            wrong += mismatched
+        }
         if p.nacked > 0 { say("stream: \(p.nacked) commands nacked by the broker") }
         let deadAfter = try deadLetterCount(t)
         let dead = deadAfter.map { a in deadBefore.map { a - $0 } ?? a }
@@ -262,3 +269,32 @@ extension Bench {
     }
 }
 
+
+extension Bench {
+    /// Stored runs of the load that are not completed at the version their events reached.
+    func storeMismatches(url: String, load: RunLoad, record: StreamRecord) throws -> Int {
+        let box = Mutex<Result<Int, Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            let result: Result<Int, Error>
+            do {
+                let store = try openRunStore(url: url)
+                let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+                defer { client?.cancel() }
+                var bad = 0
+                for run in load.runs {
+                    let events = record.seqs[run - load.runs.lowerBound]
+                    let stored = try await store.run(RunLoad.runID(run))
+                    if stored?.status != .completed || stored?.version != Int64(events.count) { bad += 1 }
+                }
+                result = .success(bad)
+            } catch {
+                result = .failure(error)
+            }
+            box.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        return try box.withLock { $0! }.get()
+    }
+}

@@ -95,6 +95,9 @@ struct RunBench: ParsableCommand {
     @Option(name: .customLong("quiet-timeout"), help: "Phase 'stream': give up when no run finished for this many seconds.")
     var quietTimeout = 90.0
 
+    @Option(name: .customLong("check-store"), help: "Phase 'stream': the workers' store URL, to check every run's stored status and version too.")
+    var checkStore: String?
+
     mutating func run() throws {
         guard ["sqlite", "postgres"].contains(store) else { throw ValidationError("--store is sqlite or postgres") }
         let bench = Bench(options: self)
@@ -284,7 +287,10 @@ final class Bench {
             let w = try startWorkers(t, count: n)
             let load = RunLoad(runs: 0..<runs)
             say("scale: \(n) worker(s), \(load.commandCount) commands; partitions \(w.map { $0.ownedPartitions.sorted() })")
-            let cpu = CPUMeter(["workers": w.map(\.pid), "broker": brokerPIDs, "runbench": [getpid()]])
+            // PostgreSQL's server processes (its backends for these workers exist by now) count too.
+            var groups = ["workers": w.map(\.pid), "broker": brokerPIDs, "runbench": [getpid()]]
+            if o.store == "postgres" { groups["postgres"] = Proc.pids(named: "postgres") }
+            let cpu = CPUMeter(groups)
             let r: Outcome
             do {
                 r = try drive(t, load, eventsPerRun: 5)
@@ -297,10 +303,12 @@ final class Bench {
             check("scale \(n)", r, load: load, eventsPerRun: 5)
             let counters = w.compactMap { $0.status?.counters }
             let commits = counters.map(\.commits).reduce(0, +)
-            let trips = counters.map(\.storeRoundTrips).reduce(0, +)
+            let trips = counters.map(\.batchRoundTrips).reduce(0, +)
+            let allTrips = counters.map(\.storeRoundTrips).reduce(0, +)
             if n == 1 { base = r.rate }
             let usPerCommand = (usage["workers"] ?? .nan) / r.rate * 1e6
-            let perBatch = o.store == "postgres" ? "\(fmt(Double(trips) / Double(max(1, commits)), 1)) round trips/batch, " : ""
+            let perBatch = o.store == "postgres"
+                ? "\(fmt(Double(trips) / Double(max(1, commits)), 2)) round trips/batch (\(allTrips) statements in all), " : ""
             rows.append(("6 scale: \(n) worker(s), \(o.store)", "\(load.runs.count) runs, \(load.commandCount) cmds",
                          "\(fmt(r.rate)) cmd/s (x\(fmt(r.rate / base, 2)))",
                          "workers \(fmt(usPerCommand)) µs/cmd, \(perBatch)\(fmt(Double(load.commandCount) / Double(max(1, commits)), 1)) cmds/batch; "

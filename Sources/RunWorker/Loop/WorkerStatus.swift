@@ -35,6 +35,8 @@ public struct WorkerStatus: Sendable, Equatable {
         public var commits = 0
         /// Statements sent to a PostgreSQL store (each one round trip); 0 on other stores.
         public var storeRoundTrips = 0
+        /// Of those, the ones sent by batch commits (loads and commits, not chores).
+        public var batchRoundTrips = 0
     }
 
     public var workerID: String
@@ -58,6 +60,7 @@ public struct WorkerStatus: Sendable, Equatable {
                 "connections": .int(Int64(c.connections)), "outbox_republished": .int(Int64(c.outboxRepublished)),
                 "leases_lost": .int(Int64(c.leasesLost)), "fenced_commits": .int(Int64(c.fencedCommits)),
                 "commits": .int(Int64(c.commits)), "store_round_trips": .int(Int64(c.storeRoundTrips)),
+                "batch_round_trips": .int(Int64(c.batchRoundTrips)),
             ]),
         ]
     }
