@@ -367,7 +367,7 @@ final class WorkerLoop: @unchecked Sendable {
         }
         let started = DispatchTime.now().uptimeNanoseconds
         let leased = leases.partitions
-        switch try apply(batch.map { .command($0.command) }) {
+        switch try apply(batch.map { .command($0.command) }, partitions: Set(batch.compactMap(\.command.partition))) {
         case .applied(let processed):
             let applied = DispatchTime.now().uptimeNanoseconds
             guard try stillHolding(leased, after: batch) else { return }
@@ -425,10 +425,9 @@ final class WorkerLoop: @unchecked Sendable {
         case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
             // The partition's lease stays until the next rebalance claims it again (same epoch)
             // or gives it back.
-            if let partition = channels.removeValue(forKey: channel) {
+            if let partition = channels[channel] {
                 logger.warning("lost partition", metadata: ["partition": "\(partition)"])
-                balancer.lost(partition)
-                buffered.removeAll { $0.channel == channel }
+                closeConsumer(channel)
                 schedule.soon(.rebalance)
                 partitionsChanged()
             }
@@ -484,7 +483,11 @@ final class WorkerLoop: @unchecked Sendable {
     /// heartbeats go out, confirms are counted (and their batches acked), deliveries are
     /// buffered. A long transaction (a busy SQLite file, a slow database) therefore never
     /// stalls the connection.
-    func awaitStore<T: Sendable>(_ operation: @escaping @Sendable () async throws -> T) throws -> T {
+    ///
+    /// Without a connection it just waits, for at most `offlineLimit` seconds when given (a
+    /// best-effort call while the session ends must not hold up a stop or a reconnect when
+    /// the database does not answer).
+    func awaitStore<T: Sendable>(offlineLimit: Double? = nil, _ operation: @escaping @Sendable () async throws -> T) throws -> T {
         let box = ResultBox<T>()
         let waker = self.waker
         Task {
@@ -494,7 +497,11 @@ final class WorkerLoop: @unchecked Sendable {
         while true {
             if let result = box.take() { return try result.get() }
             if conn == nil {
-                box.wait()
+                if let offlineLimit {
+                    guard box.wait(seconds: offlineLimit) else { throw StoreError(.unavailable, "no answer within \(offlineLimit) s") }
+                } else {
+                    box.wait()
+                }
                 continue
             }
             do {
@@ -524,13 +531,20 @@ final class WorkerLoop: @unchecked Sendable {
     /// The one apply path, for commands and timers: load, decide, commit through the
     /// applier, retrying an unavailable store a few times with backoff (serving the
     /// connection meanwhile).
-    private func apply(_ items: [WorkItem]) throws -> Applied {
+    private func apply(_ items: [WorkItem], partitions: Set<Int>) throws -> Applied {
         var delay = 0.05
         for attempt in 1...4 {
+            // The fence holds the lease of every partition the items belong to; one missing
+            // (lost while this waited) means nothing may be written for them.
+            let fenceLeases = partitions.compactMap { leases.leases[$0] }
+            guard fenceLeases.count == partitions.count else {
+                status.counters.fencedCommits += 1
+                return .fenced
+            }
             let published = Set(pipeline.pending.flatMap(\.outboxIDs))
             let remove = confirmedOutbox
             let applier = self.applier
-            let fence = (workerID: workerID, leases: leases.all)
+            let fence = (workerID: workerID, leases: fenceLeases)
             // Nothing else calls the store meanwhile (chores wait for this thread): the
             // difference is this batch's round trips.
             let tripsBefore = (store as? PostgresRunStore)?.roundTrips
@@ -572,6 +586,12 @@ final class WorkerLoop: @unchecked Sendable {
             let key = r.key
             let store = self.store
             let now = applier.clock()
+            // Nothing, not even the poison count, for a partition this worker no longer holds.
+            guard try confirmLeases() else {
+                try requeue(rest, because: StoreError(.unavailable, "cannot confirm the partition leases"), pause: 0.5)
+                return
+            }
+            guard channels[r.channel] != nil else { continue }  // its partition was lost: back in its queue
             if r.redelivered {
                 let attempts: Int
                 do {
@@ -588,13 +608,9 @@ final class WorkerLoop: @unchecked Sendable {
                     continue
                 }
             }
-            guard try confirmLeases() else {
-                try requeue(rest, because: StoreError(.unavailable, "cannot confirm the partition leases"), pause: 0.5)
-                return
-            }
-            guard channels[r.channel] != nil else { continue }  // its partition was lost: back in its queue
+            guard channels[r.channel] != nil else { continue }  // lost while its attempts were counted
             let leased = leases.partitions
-            switch try apply([.command(r.command)]) {
+            switch try apply([.command(r.command)], partitions: Set([r.command.partition].compactMap { $0 })) {
             case .applied(let processed):
                 guard try stillHolding(leased, after: rest) else { return }
                 try publish(processed.messages,
@@ -648,6 +664,8 @@ final class WorkerLoop: @unchecked Sendable {
     }
 
     private func deadLetterPoison(_ r: Received, attempts: Int, lastError: String) throws {
+        // Lost meanwhile: the partition's owner counts and decides from now on.
+        guard channels[r.channel] != nil, try confirmLeases(), channels[r.channel] != nil else { return }
         let headers = RunError(RunError.Code(rawValue: "delivery_limit_exceeded"), lastError)
             .deadLetterHeaders(originalRoutingKey: r.command.routingKey, deliveryAttempts: attempts)
         let message = OutboundMessage(
@@ -685,11 +703,18 @@ final class WorkerLoop: @unchecked Sendable {
             partitionsChanged()
         case .claim(let candidates, let want):
             var claimed = 0
-            for partition in candidates where claimed < want {
-                guard let lease = try acquireLease(partition) else { continue }
+            claiming: for partition in candidates where claimed < want && !stop.isSet {
+                let lease: PartitionLease
+                switch try acquireLease(partition) {
+                case .taken(let taken): lease = taken
+                case .heldByAnother: continue claiming
+                case .storeFailed: break claiming  // the next rebalance tries again
+                }
                 // The previous owner's committed but unconfirmed events go out before any new
                 // event of the partition's runs.
                 try sweepOutbox(olderThan: 0, partitions: [partition])
+                // Given up while the sweep waited on the store (see abandonStalePartitions).
+                guard leases.leases[partition] == lease else { continue }
                 let channel = try conn.openChannel()
                 do {
                     try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
@@ -724,22 +749,28 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Takes `partition`'s lease: nil when another worker holds it (or the store cannot say).
-    private func acquireLease(_ partition: Int) throws -> PartitionLease? {
+    enum AcquireOutcome {
+        case taken(PartitionLease)
+        case heldByAnother
+        case storeFailed
+    }
+
+    /// Takes `partition`'s lease, unless another worker holds it or the store cannot say.
+    private func acquireLease(_ partition: Int) throws -> AcquireOutcome {
         let store = self.store
         let workerID = self.workerID
         let ttl = settings.leaseTTLS
         let started = Self.monotonic()
         do {
             guard let lease = try awaitStore({ try await store.acquireLease(partition: partition, workerID: workerID, ttl: ttl) })
-            else { return nil }
+            else { return .heldByAnother }
             leases.acquired(lease, sentAt: started)
-            return lease
+            return .taken(lease)
         } catch let error as AMQPError {
             throw error
         } catch {
             logger.warning("cannot take a partition lease", metadata: ["partition": "\(partition)", "error": "\(error)"])
-            return nil
+            return .storeFailed
         }
     }
 
@@ -798,11 +829,7 @@ final class WorkerLoop: @unchecked Sendable {
             "partitions": "\(balancer.owned.sorted())",
         ])
         status.counters.leasesLost += leases.removeAll()
-        for (channel, partition) in channels {
-            try? conn?.closeChannel(channel)
-            balancer.lost(partition)
-        }
-        channels = [:]
+        for channel in Array(channels.keys) { closeConsumer(channel) }
         buffered = []
         schedule.soon(.rebalance)
         partitionsChanged()
@@ -828,7 +855,24 @@ final class WorkerLoop: @unchecked Sendable {
     private func leasesRefused(keeping batch: [Received]) throws {
         guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
         if !(try renewLeases(conn)) { pause(0.5) }
+        closeUnleasedConsumers()
         buffered = batch.filter { channels[$0.channel] != nil } + buffered
+    }
+
+    /// Closes a partition's consumer channel and forgets what was read from it and the acks
+    /// of its batches still in flight: the broker returns the unacked deliveries to the queue,
+    /// and a channel opened later may reuse the number.
+    private func closeConsumer(_ channel: UInt16) {
+        guard let partition = channels.removeValue(forKey: channel) else { return }
+        balancer.lost(partition)
+        buffered.removeAll { $0.channel == channel }
+        pipeline.updatePending { $0.acks.removeAll { $0.channel == channel } }
+        try? conn?.closeChannel(channel)
+    }
+
+    /// Consumers whose partition has no lease (lost while a store call ran) stop.
+    private func closeUnleasedConsumers() {
+        for (channel, partition) in channels where leases.leases[partition] == nil { closeConsumer(channel) }
     }
 
     /// Stops working on partitions whose lease is gone: closes their consumers (the broker
@@ -839,11 +883,7 @@ final class WorkerLoop: @unchecked Sendable {
         for partition in partitions.sorted() {
             status.counters.leasesLost += 1
             logger.warning("partition lease lost; dropping the partition", metadata: ["partition": "\(partition)"])
-            guard let channel = channels.first(where: { $0.value == partition })?.key else { continue }
-            channels[channel] = nil
-            balancer.lost(partition)
-            buffered.removeAll { $0.channel == channel }
-            try? conn?.closeChannel(channel)
+            if let channel = channels.first(where: { $0.value == partition })?.key { closeConsumer(channel) }
         }
         schedule.soon(.rebalance)
         partitionsChanged()
@@ -858,7 +898,7 @@ final class WorkerLoop: @unchecked Sendable {
         let store = self.store
         let workerID = self.workerID
         do {
-            try awaitStore { for lease in give { try await store.releaseLease(lease, workerID: workerID) } }
+            try awaitStore(offlineLimit: 2) { for lease in give { try await store.releaseLease(lease, workerID: workerID) } }
         } catch {
             logger.warning("could not give back partition leases; they expire after lease_ttl_s", metadata: ["error": "\(error)"])
         }
@@ -868,7 +908,7 @@ final class WorkerLoop: @unchecked Sendable {
     private func leaveMembership() {
         let store = self.store
         let workerID = self.workerID
-        try? awaitStore { try await store.leave(workerID: workerID) }
+        _ = try? awaitStore(offlineLimit: 2) { try await store.leave(workerID: workerID) }
     }
 
     private func partitionsChanged() {
@@ -899,11 +939,16 @@ final class WorkerLoop: @unchecked Sendable {
         }
         guard !due.isEmpty else { return }
         let leased = leases.partitions
-        switch try apply(due.map { .timer(runID: $0) }) {
+        switch try apply(due.map { .timer(runID: $0) }, partitions: Set(partitions)) {
         case .applied(let processed):
             // Stalled since the commit and a lease lost: the events wait in the outbox for the
             // partition's owner (or this worker's next sweep).
-            guard try confirmLeases(), leased.isSubset(of: leases.partitions) else { return }
+            guard try confirmLeases(), leased.isSubset(of: leases.partitions) else {
+                // Before any newer event of the runs still held (the command path re-applies
+                // its deliveries instead).
+                try sweepOutbox(olderThan: 0, partitions: leased.intersection(leases.partitions).sorted())
+                return
+            }
             try publish(processed.messages, then: PublishedBatch(results: processed.results))
         case .fenced:
             guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
@@ -1064,6 +1109,13 @@ final class ResultBox<T: Sendable>: Sendable {
     func wait() {
         done.wait()
         done.signal()
+    }
+
+    /// Like `wait()`, for at most `seconds`; whether the result is there.
+    func wait(seconds: Double) -> Bool {
+        guard done.wait(timeout: .now() + seconds) == .success else { return false }
+        done.signal()
+        return true
     }
 }
 

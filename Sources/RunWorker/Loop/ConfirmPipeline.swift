@@ -53,6 +53,12 @@ struct ConfirmPipeline<Completion: Sendable>: Sendable {
         return batches.prefix(n).map(\.completion)
     }
 
+    /// Changes what the batches in flight will do once confirmed (a consumer channel closed
+    /// meanwhile: its acks must not reach whatever reuses the channel number).
+    mutating func updatePending(_ change: (inout Completion) -> Void) {
+        for i in batches.indices { change(&batches[i].completion) }
+    }
+
     /// The connection is gone: nothing in flight will be confirmed.
     mutating func reset() { batches = [] }
 }
