@@ -86,11 +86,13 @@ public final class PostgresRunStore: RunStore, Service {
     // MARK: - Schema
 
     /// Creates or migrates the schema. Safe when several workers start at once: migrations run
-    /// under a transaction-scoped advisory lock, and each step is recorded.
+    /// under a transaction-scoped advisory lock, and each step is recorded. The lock is the
+    /// schema's own, so stores in other schemas of the database never wait for each other.
     public func prepare() async throws {
+        let lockName = "runworker:" + (schema ?? "")
         try await mapErrors {
             try await client.withTransaction(logger: logger) { conn in
-                try await conn.query("SELECT pg_advisory_xact_lock(7208349187)", logger: logger)
+                try await conn.query("SELECT pg_advisory_xact_lock(720834, hashtext(\(lockName)))", logger: logger)
                 if let schema {
                     try await conn.query(PostgresQuery(unsafeSQL: "CREATE SCHEMA IF NOT EXISTS \(schema)"), logger: logger)
                 }

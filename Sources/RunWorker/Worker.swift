@@ -74,7 +74,9 @@ public final class Worker: Service {
         var delay = 0.2
         while !stopFlag.isSet {
             do {
+                logger.debug("preparing the store (creating or migrating its schema)")
                 try await store.prepare()
+                logger.debug("store ready")
                 return
             } catch let error as StoreError where error.isTransient {
                 logger.warning("store not ready, retrying", metadata: ["error": "\(error)", "retry_in_s": "\(delay)"])

@@ -84,7 +84,7 @@ import Testing
         defer { if let schema { dropSchema(schema) } }
         let noHeartbeat = amqpURL + (amqpURL.contains("?") ? "&" : "?") + "heartbeat=0"
         let a = try WorkerProcess(prefix: prefix, store: store, extraEnv: Self.isolatedEnvironment, amqpURL: noHeartbeat)
-        try a.waitReady()
+        try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
         let b = try WorkerProcess(prefix: prefix, store: store, extraEnv: Self.leaseEnvironment)
         try WorkerProcess.waitBalanced([a, b], partitions: 4, timeout: 30)
@@ -135,7 +135,7 @@ import Testing
         let a = try WorkerProcess(
             prefix: prefix, store: store, extraEnv: Self.isolatedEnvironment,
             amqpURL: Self.heartbeatURL(relay?.url(replacing: amqpURL) ?? amqpURL))
-        try a.waitReady()
+        try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
 
         let runs = 400
