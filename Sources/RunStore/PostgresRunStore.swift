@@ -353,7 +353,7 @@ public final class PostgresRunStore: RunStore, Service {
         let ps = partitions.map(Int64.init)
         return try await outboxRows(
             """
-            SELECT \(unescaped: Self.outboxColumns.split(separator: ", ").map { "o." + $0 }.joined(separator: ", "))
+            SELECT \(unescaped: Self.outboxColumnsOfO)
             FROM outbox o JOIN runs r ON r.run_id = o.run_id
             WHERE o.written_at_ms <= \(writtenBefore.milliseconds) AND r.partition = ANY(\(ps)::bigint[])
             ORDER BY o.id LIMIT \(Int64(limit))
@@ -362,6 +362,8 @@ public final class PostgresRunStore: RunStore, Service {
     }
 
     static let outboxColumns = "id, run_id, seq, type, status, routing_key, message_id, body, written_at_ms"
+    /// The same columns of the outbox aliased `o`, for joins.
+    static let outboxColumnsOfO = outboxColumns.split(separator: ", ").map { "o." + $0 }.joined(separator: ", ")
 
     private func outboxRows(_ q: PostgresQuery) async throws -> [OutboxMessage] {
         try await mapErrors {

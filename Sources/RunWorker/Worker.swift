@@ -538,7 +538,7 @@ final class WorkerLoop: @unchecked Sendable {
         for attempt in 1...4 {
             // The fence holds the lease of every partition the items belong to; one missing
             // (lost while this waited) means nothing may be written for them.
-            let fenceLeases = partitions.compactMap { leases.leases[$0] }
+            let fenceLeases = partitions.compactMap { leases.lease(for: $0) }
             guard fenceLeases.count == partitions.count else {
                 status.counters.fencedCommits += 1
                 return .fenced
@@ -716,7 +716,7 @@ final class WorkerLoop: @unchecked Sendable {
                 // event of the partition's runs.
                 try sweepOutbox(olderThan: 0, partitions: [partition])
                 // Given up while the sweep waited on the store (see abandonStalePartitions).
-                guard leases.leases[partition] == lease else { continue }
+                guard leases.lease(for: partition) == lease else { continue }
                 let channel = try conn.openChannel()
                 do {
                     try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
@@ -874,7 +874,7 @@ final class WorkerLoop: @unchecked Sendable {
 
     /// Consumers whose partition has no lease (lost while a store call ran) stop.
     private func closeUnleasedConsumers() {
-        for (channel, partition) in channels where leases.leases[partition] == nil { closeConsumer(channel) }
+        for (channel, partition) in channels where leases.lease(for: partition) == nil { closeConsumer(channel) }
     }
 
     /// Stops working on partitions whose lease is gone: closes their consumers (the broker

@@ -256,7 +256,7 @@ final class Subscriber: @unchecked Sendable {
                 r.lastEventNs = t
                 // Latency counts the first event of each command, indexed in publish order.
                 if trackLatency, let (cr, step) = RunLoad.commandIDInBody(d.body), load.runs.contains(cr),
-                   let k = latencyIndex(run: cr, step: step), r.firstEventNs[k] == 0
+                   let k = load.index(run: cr, step: step), r.firstEventNs[k] == 0
                 {
                     r.firstEventNs[k] = t
                 }
@@ -274,16 +274,6 @@ final class Subscriber: @unchecked Sendable {
         var run = 0, i = prefix.count
         while i < rk.count, rk[i] >= 48, rk[i] <= 57 { run = run * 10 + Int(rk[i] - 48); i += 1 }
         return i > prefix.count && i < rk.count && rk[i] == UInt8(ascii: ".") ? run : nil
-    }
-
-    /// The producer's index of command (run, step): the inverse of `RunLoad.command`.
-    private func latencyIndex(run: Int, step: Int) -> Int? {
-        let rel = run - load.runs.lowerBound
-        let c = rel / load.chunk
-        let base = c * load.chunk
-        let n = min(load.chunk, load.runs.count - base)
-        let k = c * 4 * load.chunk + step * n + (rel - base)
-        return k < load.commandCount ? k : nil
     }
 }
 

@@ -10,7 +10,7 @@ import RunStore
 /// them up, so that nobody waits on a worker that cannot prove its ownership.
 struct LeaseTable: Sendable, Equatable {
     let ttl: Double
-    private(set) var leases: [Int: PartitionLease] = [:]
+    private var leases: [Int: PartitionLease] = [:]
     /// Until when (monotonic seconds) every held lease is surely live.
     private(set) var validUntil = -Double.infinity
 
@@ -20,6 +20,8 @@ struct LeaseTable: Sendable, Equatable {
     }
 
     var isEmpty: Bool { leases.isEmpty }
+    /// The lease held on `partition`, if any.
+    func lease(for partition: Int) -> PartitionLease? { leases[partition] }
     var partitions: Set<Int> { Set(leases.keys) }
     var all: [PartitionLease] { leases.values.sorted { $0.partition < $1.partition } }
 

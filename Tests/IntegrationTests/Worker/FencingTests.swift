@@ -26,7 +26,7 @@ import Testing
     /// drops a silent worker's connection (and its exclusive consumers) after two heartbeats.
     static let leaseEnvironment = ["RUNWORKER_LEASE_TTL_S": "2"]
     static let isolatedEnvironment = leaseEnvironment.merging(["RUNWORKER_BATCH_SIZE": "2", "RUNWORKER_PREFETCH": "16"]) { $1 }
-    static func heartbeatURL(_ url: String) -> String { url + (url.contains("?") ? "&" : "?") + "heartbeat=1" }
+    static func heartbeatURL(_ url: String, seconds: Int = 1) -> String { url + (url.contains("?") ? "&" : "?") + "heartbeat=\(seconds)" }
 
     /// A worker SIGSTOPped in the middle of a stream, holding every partition with deliveries
     /// in hand; a second worker takes the partitions over once the leases expire and finishes
@@ -82,7 +82,7 @@ import Testing
         defer { client.deleteTopology() }
         let (store, schema) = kind.make(prefix)
         defer { if let schema { dropSchema(schema) } }
-        let noHeartbeat = amqpURL + (amqpURL.contains("?") ? "&" : "?") + "heartbeat=0"
+        let noHeartbeat = Self.heartbeatURL(amqpURL, seconds: 0)
         let a = try WorkerProcess(prefix: prefix, store: store, extraEnv: Self.isolatedEnvironment, amqpURL: noHeartbeat)
         try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
