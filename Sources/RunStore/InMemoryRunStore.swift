@@ -17,7 +17,11 @@ public final class InMemoryRunStore: RunStore {
         var runs: [String: StoredRun] = [:]
         var attempts: [String: (count: Int, error: String?)] = [:]
         var outcomes: [CommandKey: CommandOutcome] = [:]
+        /// When each outcome was recorded (retention of the de-duplication window).
+        var outcomeTimes: [CommandKey: Timestamp] = [:]
+        /// Every outbox row, in id order; `published` holds the ids the broker confirmed.
         var outbox: [OutboxMessage] = []
+        var published: Set<Int64> = []
         var nextOutboxID: Int64 = 1
         var leases: [Int: LeaseRow] = [:]
         /// Worker id → when its heartbeat expires.
@@ -69,7 +73,10 @@ public final class InMemoryRunStore: RunStore {
                     run: write.run, nextDeadline: write.run.status.isTerminal ? nil : write.nextDeadline,
                     partition: partition)
             }
-            for (key, outcome) in batch.outcomes { state.outcomes[key] = outcome }
+            for (key, outcome) in batch.outcomes {
+                state.outcomes[key] = outcome
+                state.outcomeTimes[key] = now
+            }
             Self.remove(batch.removeOutbox, from: &state)
             return batch.outbox.map { message in
                 var m = message
@@ -82,13 +89,13 @@ public final class InMemoryRunStore: RunStore {
     }
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
-        state.withLock { state in state.outbox.filter { runIDs.contains($0.runID) } }
+        state.withLock { state in state.outbox.filter { runIDs.contains($0.runID) && !state.published.contains($0.id) } }
     }
 
     public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
         state.withLock { state in
             Array(state.outbox.filter { row in
-                guard row.writtenAt <= writtenBefore else { return false }
+                guard row.writtenAt <= writtenBefore, !state.published.contains(row.id) else { return false }
                 guard let partitions else { return true }
                 return state.runs[row.runID]?.partition.map(partitions.contains) ?? false
             }.prefix(limit))
@@ -100,9 +107,7 @@ public final class InMemoryRunStore: RunStore {
     }
 
     private static func remove(_ ids: [Int64], from state: inout State) {
-        guard !ids.isEmpty else { return }
-        let remove = Set(ids)
-        state.outbox.removeAll { remove.contains($0.id) }
+        state.published.formUnion(ids)
     }
 
     public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
@@ -140,6 +145,63 @@ public final class InMemoryRunStore: RunStore {
                 .filter { (status == nil || $0.status == status) && (agentID == nil || $0.agentID == agentID) }
                 .sorted { ($0.updatedAt, $1.runID) > ($1.updatedAt, $0.runID) }
                 .prefix(limit).map { $0 }
+        }
+    }
+
+    public func listRuns(_ query: RunQuery) async throws -> RunPage {
+        state.withLock { state in
+            let rows = state.runs.values.map(\.run)
+                .filter { run in query.matches(run) && (query.after.map { RunCursor(run) < $0 } ?? true) }
+                .sorted { RunCursor($0) > RunCursor($1) }
+                .prefix(query.limit + 1)
+            return RunPage(rows: Array(rows), limit: query.limit)
+        }
+    }
+
+    public func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage] {
+        state.withLock { state in
+            Array(state.outbox.filter { $0.runID == runID && $0.seq > afterSeq }.prefix(limit))
+        }
+    }
+
+    public func runCounts() async throws -> [RunStatus: Int] {
+        state.withLock { state in
+            state.runs.values.reduce(into: [:]) { counts, entry in counts[entry.run.status, default: 0] += 1 }
+        }
+    }
+
+    public func outboxDepth() async throws -> Int {
+        state.withLock { state in state.outbox.count { !state.published.contains($0.id) } }
+    }
+
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+        state.withLock { state in
+            var result = PruneResult()
+            let finished = state.runs.values.filter { $0.run.status.isTerminal && $0.run.updatedAt < finishedBefore }
+                .sorted { $0.run.updatedAt < $1.run.updatedAt }.prefix(limit).map(\.run.runID)
+            let gone = Set(finished)
+            for id in finished { state.runs[id] = nil }
+            result.runs = finished.count
+            let before = state.outbox.count
+            state.outbox.removeAll { row in
+                guard gone.contains(row.runID) else { return false }
+                state.published.remove(row.id)
+                return true
+            }
+            result.events = before - state.outbox.count
+            var expired = state.outcomes.keys.filter { key in
+                gone.contains(key.runID)
+            }
+            result.commands = expired.count
+            let old = state.outcomeTimes.filter { !gone.contains($0.key.runID) && $0.value < commandsBefore }
+                .sorted { $0.value < $1.value }.prefix(limit).map(\.key)
+            result.commands += old.count
+            expired += old
+            for key in expired {
+                state.outcomes[key] = nil
+                state.outcomeTimes[key] = nil
+            }
+            return result
         }
     }
 

@@ -111,37 +111,8 @@ public final class PostgresRunStore: RunStore, Service {
         }
     }
 
-    /// Each migration is a list of statements (postgres-nio runs one statement per query).
-    static let migrations: [[String]] = [
-        [
-            """
-            CREATE TABLE runs (
-                run_id text PRIMARY KEY, status text NOT NULL, agent_id text, version bigint NOT NULL,
-                updated_at_ms bigint NOT NULL, next_deadline_ms bigint, partition bigint, body text NOT NULL)
-            """,
-            "CREATE INDEX runs_by_status ON runs (status, updated_at_ms)",
-            "CREATE INDEX runs_by_agent ON runs (agent_id, updated_at_ms)",
-            "CREATE INDEX runs_by_update ON runs (updated_at_ms)",
-            "CREATE INDEX runs_by_deadline ON runs (next_deadline_ms) WHERE next_deadline_ms IS NOT NULL",
-            """
-            CREATE TABLE delivery_attempts (
-                message_key text PRIMARY KEY, attempts bigint NOT NULL, last_error text, updated_at_ms bigint NOT NULL)
-            """,
-            """
-            CREATE TABLE outbox (
-                id bigserial PRIMARY KEY, run_id text NOT NULL, seq bigint NOT NULL, type text NOT NULL,
-                status text NOT NULL, routing_key text NOT NULL, message_id text NOT NULL,
-                written_at_ms bigint NOT NULL, body text NOT NULL)
-            """,
-            "CREATE INDEX outbox_by_run ON outbox (run_id, id)",
-            """
-            CREATE TABLE commands (
-                run_id text NOT NULL, command_id text NOT NULL, command text, error_code text, error_message text,
-                PRIMARY KEY (run_id, command_id))
-            """,
-            // One batch, one statement: deletions of confirmed outbox rows, version-checked run
-            // updates, run inserts, command outcomes, outbox rows (ids returned in order).
-            // Nullable values travel as sentinels (-1, '') because arrays carry no NULLs here.
+    /// `runworker_commit` as first created; later versions are derived from it (below).
+    static let commitFunctionV1 =
             """
             CREATE FUNCTION runworker_commit(
                 remove_ids bigint[],
@@ -200,7 +171,58 @@ public final class PostgresRunStore: RunStore, Service {
                 RETURNING id;
             END
             $$
+            """
+
+    /// Migration 3: confirmed outbox rows stay as history (marked published), and a new run
+    /// records its creation time (the batch's time, which is the run's `created_at`).
+    static let commitFunctionV3 = {
+        let v3 = commitFunctionV1
+            .replacingOccurrences(of: "CREATE FUNCTION", with: "CREATE OR REPLACE FUNCTION")
+            .replacingOccurrences(
+                of: "DELETE FROM outbox WHERE id = ANY(remove_ids);",
+                with: "UPDATE outbox SET published = true WHERE id = ANY(remove_ids) AND NOT published;")
+            .replacingOccurrences(
+                of: "INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)",
+                with: "INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)")
+            .replacingOccurrences(
+                of: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body\n",
+                with: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body, u.updated\n")
+        precondition(v3.contains("SET published = true") && v3.contains("u.body, u.updated\n"), "runworker_commit v3 not derived")
+        return v3
+    }()
+
+    /// Each migration is a list of statements (postgres-nio runs one statement per query).
+    static let migrations: [[String]] = [
+        [
+            """
+            CREATE TABLE runs (
+                run_id text PRIMARY KEY, status text NOT NULL, agent_id text, version bigint NOT NULL,
+                updated_at_ms bigint NOT NULL, next_deadline_ms bigint, partition bigint, body text NOT NULL)
             """,
+            "CREATE INDEX runs_by_status ON runs (status, updated_at_ms)",
+            "CREATE INDEX runs_by_agent ON runs (agent_id, updated_at_ms)",
+            "CREATE INDEX runs_by_update ON runs (updated_at_ms)",
+            "CREATE INDEX runs_by_deadline ON runs (next_deadline_ms) WHERE next_deadline_ms IS NOT NULL",
+            """
+            CREATE TABLE delivery_attempts (
+                message_key text PRIMARY KEY, attempts bigint NOT NULL, last_error text, updated_at_ms bigint NOT NULL)
+            """,
+            """
+            CREATE TABLE outbox (
+                id bigserial PRIMARY KEY, run_id text NOT NULL, seq bigint NOT NULL, type text NOT NULL,
+                status text NOT NULL, routing_key text NOT NULL, message_id text NOT NULL,
+                written_at_ms bigint NOT NULL, body text NOT NULL)
+            """,
+            "CREATE INDEX outbox_by_run ON outbox (run_id, id)",
+            """
+            CREATE TABLE commands (
+                run_id text NOT NULL, command_id text NOT NULL, command text, error_code text, error_message text,
+                PRIMARY KEY (run_id, command_id))
+            """,
+            // One batch, one statement: deletions of confirmed outbox rows, version-checked run
+            // updates, run inserts, command outcomes, outbox rows (ids returned in order).
+            // Nullable values travel as sentinels (-1, '') because arrays carry no NULLs here.
+            commitFunctionV1,
         ],
         // Membership and partition leases, expiring by the server's clock; a fenced commit.
         [
@@ -240,6 +262,18 @@ public final class PostgresRunStore: RunStore, Service {
             END
             $$
             """,
+        ],
+        // History and retention (see SQLiteRunStore's v3). Rows written before get
+        // approximations: creation = last update, recorded = the migration's time.
+        [
+            "ALTER TABLE runs ADD COLUMN created_at_ms bigint",
+            "UPDATE runs SET created_at_ms = updated_at_ms",
+            "CREATE INDEX runs_by_created ON runs (created_at_ms, run_id)",
+            "ALTER TABLE outbox ADD COLUMN published boolean NOT NULL DEFAULT false",
+            "CREATE INDEX outbox_pending ON outbox (id) WHERE NOT published",
+            "ALTER TABLE commands ADD COLUMN recorded_at_ms bigint NOT NULL DEFAULT (extract(epoch FROM now()) * 1000)::bigint",
+            "CREATE INDEX commands_by_time ON commands (recorded_at_ms)",
+            commitFunctionV3,
         ],
     ]
 
@@ -340,13 +374,13 @@ public final class PostgresRunStore: RunStore, Service {
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
         guard !runIDs.isEmpty else { return [] }
         let ids = Array(runIDs)
-        return try await outboxRows("SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = ANY(\(ids)::text[]) ORDER BY id")
+        return try await outboxRows("SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = ANY(\(ids)::text[]) AND NOT published ORDER BY id")
     }
 
     public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
         guard let partitions else {
             return try await outboxRows(
-                "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
+                "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE NOT published AND written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
             )
         }
         if partitions.isEmpty { return [] }
@@ -355,7 +389,7 @@ public final class PostgresRunStore: RunStore, Service {
             """
             SELECT \(unescaped: Self.outboxColumnsOfO)
             FROM outbox o JOIN runs r ON r.run_id = o.run_id
-            WHERE o.written_at_ms <= \(writtenBefore.milliseconds) AND r.partition = ANY(\(ps)::bigint[])
+            WHERE NOT o.published AND o.written_at_ms <= \(writtenBefore.milliseconds) AND r.partition = ANY(\(ps)::bigint[])
             ORDER BY o.id LIMIT \(Int64(limit))
             """
         )
@@ -381,7 +415,7 @@ public final class PostgresRunStore: RunStore, Service {
 
     public func removeOutbox(ids: [Int64]) async throws {
         guard !ids.isEmpty else { return }
-        try await mapErrors { _ = try await query("DELETE FROM outbox WHERE id = ANY(\(ids)::bigint[])") }
+        try await mapErrors { _ = try await query("UPDATE outbox SET published = true WHERE id = ANY(\(ids)::bigint[]) AND NOT published") }
     }
 
     public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
@@ -444,6 +478,85 @@ public final class PostgresRunStore: RunStore, Service {
                 return try Self.decodeRun(body)
             }
             return nil
+        }
+    }
+
+    public func listRuns(_ q: RunQuery) async throws -> RunPage {
+        let statuses = q.statuses.map(\.rawValue)
+        let limit = Int64(q.limit + 1)
+        let query: PostgresQuery = """
+            SELECT body FROM runs
+            WHERE (cardinality(\(statuses)::text[]) = 0 OR status = ANY(\(statuses)::text[]))
+              AND (\(q.agentID)::text IS NULL OR agent_id = \(q.agentID)::text)
+              AND (\(q.createdAfter?.milliseconds)::bigint IS NULL OR created_at_ms > \(q.createdAfter?.milliseconds)::bigint)
+              AND (\(q.createdBefore?.milliseconds)::bigint IS NULL OR created_at_ms < \(q.createdBefore?.milliseconds)::bigint)
+              AND (\(q.updatedAfter?.milliseconds)::bigint IS NULL OR updated_at_ms > \(q.updatedAfter?.milliseconds)::bigint)
+              AND (\(q.updatedBefore?.milliseconds)::bigint IS NULL OR updated_at_ms < \(q.updatedBefore?.milliseconds)::bigint)
+              AND (\(q.after?.createdAtMs)::bigint IS NULL OR created_at_ms < \(q.after?.createdAtMs)::bigint
+                   OR (created_at_ms = \(q.after?.createdAtMs)::bigint AND run_id < \(q.after?.runID)::text))
+            ORDER BY created_at_ms DESC, run_id DESC LIMIT \(limit)
+            """
+        let rows = try await mapErrors {
+            var out: [Run] = []
+            for try await body in try await self.query(query).decode(String.self) { out.append(try Self.decodeRun(body)) }
+            return out
+        }
+        return RunPage(rows: rows, limit: q.limit)
+    }
+
+    public func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage] {
+        try await outboxRows(
+            """
+            SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = \(runID) AND seq > \(afterSeq)
+            ORDER BY id LIMIT \(Int64(limit))
+            """)
+    }
+
+    public func runCounts() async throws -> [RunStatus: Int] {
+        try await mapErrors {
+            var counts: [RunStatus: Int] = [:]
+            for try await (status, n) in try await query("SELECT status, count(*) FROM runs GROUP BY status").decode((String, Int64).self) {
+                if let s = RunStatus(rawValue: status) { counts[s] = Int(n) }
+            }
+            return counts
+        }
+    }
+
+    public func outboxDepth() async throws -> Int {
+        try await mapErrors {
+            for try await n in try await query("SELECT count(*) FROM outbox WHERE NOT published").decode(Int64.self) {
+                return Int(n)
+            }
+            return 0
+        }
+    }
+
+    /// One statement: the run deletions and what hangs off them, then the expired command
+    /// records, each bounded by `limit`.
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+        let n = Int64(limit)
+        return try await mapErrors {
+            for try await (runs, events, commands, old) in try await query(
+                """
+                WITH gone AS (
+                    DELETE FROM runs WHERE run_id IN (
+                        SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled')
+                            AND updated_at_ms < \(finishedBefore.milliseconds) ORDER BY updated_at_ms LIMIT \(n))
+                    RETURNING run_id),
+                history AS (DELETE FROM outbox WHERE run_id IN (SELECT run_id FROM gone) RETURNING 1),
+                records AS (DELETE FROM commands WHERE run_id IN (SELECT run_id FROM gone) RETURNING 1),
+                expired AS (
+                    DELETE FROM commands WHERE (run_id, command_id) IN (
+                        SELECT run_id, command_id FROM commands WHERE recorded_at_ms < \(commandsBefore.milliseconds)
+                        ORDER BY recorded_at_ms LIMIT \(n))
+                    RETURNING 1)
+                SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM history), (SELECT count(*) FROM records),
+                    (SELECT count(*) FROM expired)
+                """
+            ).decode((Int64, Int64, Int64, Int64).self) {
+                return PruneResult(runs: Int(runs), events: Int(events), commands: Int(commands + old))
+            }
+            return PruneResult()
         }
     }
 

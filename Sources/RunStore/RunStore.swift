@@ -1,3 +1,4 @@
+import Foundation
 import RunContract
 
 /// An event (or other message) written in the same transaction as the state change that
@@ -124,6 +125,114 @@ public struct RunWrite: Sendable {
     }
 }
 
+/// Which runs to list (`RunStore.listRuns`): every filter is optional; statuses match any.
+public struct RunQuery: Sendable, Hashable {
+    public var statuses: [RunStatus]
+    public var agentID: String?
+    public var createdAfter: Timestamp?
+    public var createdBefore: Timestamp?
+    public var updatedAfter: Timestamp?
+    public var updatedBefore: Timestamp?
+    public var limit: Int
+    /// Where the previous page ended (exclusive).
+    public var after: RunCursor?
+
+    public init(
+        statuses: [RunStatus] = [], agentID: String? = nil, createdAfter: Timestamp? = nil, createdBefore: Timestamp? = nil,
+        updatedAfter: Timestamp? = nil, updatedBefore: Timestamp? = nil, limit: Int = 50, after: RunCursor? = nil
+    ) {
+        self.statuses = statuses
+        self.agentID = agentID
+        self.createdAfter = createdAfter
+        self.createdBefore = createdBefore
+        self.updatedAfter = updatedAfter
+        self.updatedBefore = updatedBefore
+        self.limit = limit
+        self.after = after
+    }
+
+    /// Whether `run` passes the filters (not the cursor): the in-memory store's query, and
+    /// the contract the other stores' SQL keeps.
+    public func matches(_ run: Run) -> Bool {
+        if !statuses.isEmpty && !statuses.contains(run.status) { return false }
+        if let agentID, run.agentID != agentID { return false }
+        let created = run.createdAt.milliseconds
+        let updated = run.updatedAt.milliseconds
+        if let t = createdAfter, created <= t.milliseconds { return false }
+        if let t = createdBefore, created >= t.milliseconds { return false }
+        if let t = updatedAfter, updated <= t.milliseconds { return false }
+        if let t = updatedBefore, updated >= t.milliseconds { return false }
+        return true
+    }
+}
+
+/// A position in the newest-first order of runs: (creation time, run id).
+public struct RunCursor: Sendable, Hashable, Comparable {
+    public var createdAtMs: Int64
+    public var runID: String
+    public init(createdAtMs: Int64, runID: String) {
+        self.createdAtMs = createdAtMs
+        self.runID = runID
+    }
+    public init(_ run: Run) { self.init(createdAtMs: run.createdAt.milliseconds, runID: run.runID) }
+
+    /// Ascending order; pages go in descending order.
+    public static func < (a: RunCursor, b: RunCursor) -> Bool {
+        a.createdAtMs != b.createdAtMs ? a.createdAtMs < b.createdAtMs : a.runID < b.runID
+    }
+
+    /// Opaque to clients: `<ms>.<run id>` in base64url without padding.
+    public var token: String {
+        Data("\(createdAtMs).\(runID)".utf8).base64EncodedString()
+            .replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_")
+            .replacingOccurrences(of: "=", with: "")
+    }
+
+    public init?(token: String) {
+        guard token.count <= 1024 else { return nil }
+        var b64 = token.replacingOccurrences(of: "-", with: "+").replacingOccurrences(of: "_", with: "/")
+        while b64.count % 4 != 0 { b64 += "=" }
+        guard let data = Data(base64Encoded: b64), let text = String(data: data, encoding: .utf8),
+            let dot = text.firstIndex(of: "."), let ms = Int64(text[..<dot])
+        else { return nil }
+        let id = String(text[text.index(after: dot)...])
+        guard !id.isEmpty else { return nil }
+        self.init(createdAtMs: ms, runID: id)
+    }
+}
+
+public struct RunPage: Sendable {
+    public var runs: [Run]
+    /// The cursor of the next page; nil on the last one.
+    public var next: RunCursor?
+    public init(runs: [Run], next: RunCursor?) {
+        self.runs = runs
+        self.next = next
+    }
+
+    /// A page from up to `limit + 1` rows in order: the extra row only says there is more.
+    public init(rows: [Run], limit: Int) {
+        if rows.count > limit {
+            self.init(runs: Array(rows.prefix(limit)), next: RunCursor(rows[limit - 1]))
+        } else {
+            self.init(runs: rows, next: nil)
+        }
+    }
+}
+
+/// What one retention pass removed.
+public struct PruneResult: Sendable, Hashable {
+    public var runs = 0
+    public var events = 0
+    public var commands = 0
+    public init(runs: Int = 0, events: Int = 0, commands: Int = 0) {
+        self.runs = runs
+        self.events = events
+        self.commands = commands
+    }
+    public var total: Int { runs + events + commands }
+}
+
 /// Everything one batch writes, committed together or not at all.
 public struct StoreCommit: Sendable {
     public var runs: [RunWrite]
@@ -132,8 +241,8 @@ public struct StoreCommit: Sendable {
     /// De-duplication records. A key already recorded is a conflict (`versionConflict`):
     /// another writer applied that command meanwhile.
     public var outcomes: [(key: CommandKey, outcome: CommandOutcome)]
-    /// Outbox rows of earlier batches that the broker confirmed, deleted in this
-    /// transaction rather than one of their own.
+    /// Outbox rows of earlier batches that the broker confirmed, marked published in this
+    /// transaction rather than one of their own (they stay as the run's history).
     public var removeOutbox: [Int64]
     /// When set, the commit checks in its own transaction that every listed lease is still
     /// held by `workerID` at its epoch and unexpired by the store's clock, and otherwise writes
@@ -199,7 +308,8 @@ public protocol RunStore: Sendable {
     /// `partitions` (all when nil): a worker publishes only the leftovers of partitions it
     /// holds, so it never races their owner's newer events.
     func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage]
-    /// Deletes outbox rows the broker confirmed (when no batch came along to carry them).
+    /// Marks outbox rows the broker confirmed as published (when no batch came along to carry
+    /// them); they stay as history until retention removes their run.
     func removeOutbox(ids: [Int64]) async throws
     /// Ids of non-terminal runs with a deadline at or before `time`, earliest first, among
     /// the runs of `partitions` (all runs when nil).
@@ -210,10 +320,24 @@ public protocol RunStore: Sendable {
     /// The last error recorded for a message, if any.
     func lastDeliveryError(key: String) async throws -> String?
 
-    // Reads for people and tools (runctl, later the HTTP API).
+    // Reads for people and tools (runctl, the HTTP API).
     func run(_ runID: String) async throws -> Run?
     /// Most recently updated first.
     func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run]
+    /// A page of runs, newest first (by creation, then run id descending), and the cursor of
+    /// the next page when there is one. Stable under writes: a run's place never moves.
+    func listRuns(_ query: RunQuery) async throws -> RunPage
+    /// A run's history: its outbox rows, published or not, with `seq` greater than `afterSeq`,
+    /// in `seq` order (the outbox keeps a row once the broker confirmed it, marked published).
+    func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage]
+    /// How many runs are in each status.
+    func runCounts() async throws -> [RunStatus: Int]
+    /// Outbox rows not yet confirmed by the broker.
+    func outboxDepth() async throws -> Int
+    /// Retention, in one small transaction: removes up to `limit` terminal runs last updated
+    /// before `finishedBefore`, with their history and command records, and up to `limit`
+    /// command records written before `commandsBefore` (the de-duplication window).
+    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult
 
     // Membership and partition ownership. The store is the authority, not the broker: live
     // workers are the rows not yet expired, and a partition belongs to the holder of its

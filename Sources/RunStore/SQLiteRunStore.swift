@@ -125,6 +125,25 @@ public final class SQLiteRunStore: RunStore {
                     );
                     """)
         }
+        // History and retention: the outbox keeps confirmed rows (marked published) as the
+        // runs' history; runs know when they were created (the list's order) and command
+        // records when they were written (the de-duplication window). Rows written before this
+        // migration get approximations: creation = last update, recorded = now.
+        m.registerMigration("v3") { db in
+            try db.execute(
+                sql: """
+                    ALTER TABLE runs ADD COLUMN created_at_ms INTEGER;
+                    UPDATE runs SET created_at_ms = updated_at_ms;
+                    CREATE INDEX runs_by_created ON runs(created_at_ms, run_id);
+                    ALTER TABLE outbox ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
+                    CREATE INDEX outbox_pending ON outbox(id) WHERE published = 0;
+                    ALTER TABLE commands ADD COLUMN recorded_at_ms INTEGER;
+                    CREATE INDEX commands_by_time ON commands(recorded_at_ms);
+                    """)
+            try db.execute(
+                sql: "UPDATE commands SET recorded_at_ms = ?",
+                arguments: [Timestamp(seconds: Date().timeIntervalSince1970).milliseconds])
+        }
         return m
     }
 
@@ -167,7 +186,7 @@ public final class SQLiteRunStore: RunStore {
 
     static func pendingOutbox(_ db: Database, runIDs: Set<String>) throws -> [OutboxMessage] {
         guard !runIDs.isEmpty else { return [] }
-        let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? ORDER BY id")
+        let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? AND published = 0 ORDER BY id")
         return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map(Self.outboxMessage) }
             .sorted { $0.id < $1.id }
     }
@@ -184,7 +203,10 @@ public final class SQLiteRunStore: RunStore {
         }
         try Self.deleteOutbox(db, batch.removeOutbox)
         for write in batch.runs { try Self.save(db, write) }
-        for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome) }
+        if !batch.outcomes.isEmpty {
+            let recordedAt = (clock?() ?? Timestamp(seconds: Date().timeIntervalSince1970)).milliseconds
+            for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome, at: recordedAt) }
+        }
         return try Self.appendOutbox(db, batch.outbox)
     }
 
@@ -233,13 +255,108 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
+    public func listRuns(_ q: RunQuery) async throws -> RunPage {
+        var clauses: [String] = []
+        var args: [(any DatabaseValueConvertible)?] = []
+        if !q.statuses.isEmpty {
+            clauses.append("status IN (\(q.statuses.map { _ in "?" }.joined(separator: ",")))")
+            args += q.statuses.map(\.rawValue)
+        }
+        if let agent = q.agentID {
+            clauses.append("agent_id = ?")
+            args.append(agent)
+        }
+        for (column, op, time) in [
+            ("created_at_ms", ">", q.createdAfter), ("created_at_ms", "<", q.createdBefore),
+            ("updated_at_ms", ">", q.updatedAfter), ("updated_at_ms", "<", q.updatedBefore),
+        ] {
+            guard let time else { continue }
+            clauses.append("\(column) \(op) ?")
+            args.append(time.milliseconds)
+        }
+        if let after = q.after {
+            clauses.append("(created_at_ms < ? OR (created_at_ms = ? AND run_id < ?))")
+            args += [after.createdAtMs, after.createdAtMs, after.runID]
+        }
+        var sql = "SELECT body FROM runs"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
+        args.append(q.limit + 1)
+        let (query, arguments) = (sql, StatementArguments(args))
+        let rows = try await mapErrors {
+            try await queue.read { db in
+                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun($0["body"]) }
+            }
+        }
+        return RunPage(rows: rows, limit: q.limit)
+    }
+
+    public func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage] {
+        try await mapErrors {
+            try await queue.read { db in
+                try Row.fetchAll(
+                    db, sql: "SELECT * FROM outbox WHERE run_id = ? AND seq > ? ORDER BY id LIMIT ?",
+                    arguments: [runID, afterSeq, limit]
+                ).map(Self.outboxMessage)
+            }
+        }
+    }
+
+    public func runCounts() async throws -> [RunStatus: Int] {
+        try await mapErrors {
+            try await queue.read { db in
+                var counts: [RunStatus: Int] = [:]
+                for row in try Row.fetchAll(db, sql: "SELECT status, count(*) AS n FROM runs GROUP BY status") {
+                    if let status = RunStatus(rawValue: row["status"]) { counts[status] = row["n"] }
+                }
+                return counts
+            }
+        }
+    }
+
+    public func outboxDepth() async throws -> Int {
+        try await mapErrors {
+            try await queue.read { db in try Int.fetchOne(db, sql: "SELECT count(*) FROM outbox WHERE published = 0") ?? 0 }
+        }
+    }
+
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+        try await writeImmediately { db in
+            var result = PruneResult()
+            let ids = try String.fetchAll(
+                db,
+                sql: """
+                    SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?
+                    ORDER BY updated_at_ms LIMIT ?
+                    """, arguments: [finishedBefore.milliseconds, limit])
+            let deleteRun = try db.cachedStatement(sql: "DELETE FROM runs WHERE run_id = ?")
+            let deleteHistory = try db.cachedStatement(sql: "DELETE FROM outbox WHERE run_id = ?")
+            let deleteCommands = try db.cachedStatement(sql: "DELETE FROM commands WHERE run_id = ?")
+            for id in ids {
+                try deleteRun.execute(arguments: [id])
+                result.runs += db.changesCount
+                try deleteHistory.execute(arguments: [id])
+                result.events += db.changesCount
+                try deleteCommands.execute(arguments: [id])
+                result.commands += db.changesCount
+            }
+            try db.execute(
+                sql: """
+                    DELETE FROM commands WHERE (run_id, command_id) IN (
+                        SELECT run_id, command_id FROM commands WHERE recorded_at_ms < ? ORDER BY recorded_at_ms LIMIT ?)
+                    """, arguments: [commandsBefore.milliseconds, limit])
+            result.commands += db.changesCount
+            return result
+        }
+    }
+
     public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
         if let partitions, partitions.isEmpty { return [] }
         var sql = "SELECT outbox.* FROM outbox"
         if let partitions {
             sql += " JOIN runs ON runs.run_id = outbox.run_id AND runs.partition IN (\(partitions.map(String.init).joined(separator: ",")))"
         }
-        sql += " WHERE outbox.written_at_ms <= ? ORDER BY outbox.id LIMIT ?"
+        sql += " WHERE outbox.published = 0 AND outbox.written_at_ms <= ? ORDER BY outbox.id LIMIT ?"
         let statement = sql
         return try await mapErrors {
             try await queue.read { db in
@@ -262,7 +379,7 @@ public final class SQLiteRunStore: RunStore {
 
     static func deleteOutbox(_ db: Database, _ ids: [Int64]) throws {
         guard !ids.isEmpty else { return }
-        let statement = try db.cachedStatement(sql: "DELETE FROM outbox WHERE id = ?")
+        let statement = try db.cachedStatement(sql: "UPDATE outbox SET published = 1 WHERE id = ?")
         for id in ids { try statement.execute(arguments: [id]) }
     }
 
@@ -485,12 +602,12 @@ public final class SQLiteRunStore: RunStore {
         } else {
             let statement = try db.cachedStatement(
                 sql: """
-                    INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                    INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
+                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
                     """)
             try statement.execute(arguments: [
                 run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                nextDeadline?.milliseconds, write.partition, body,
+                nextDeadline?.milliseconds, write.partition, body, run.createdAt.milliseconds,
             ])
             if db.changesCount != 1 {
                 throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
@@ -498,14 +615,14 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    static func recordOutcome(_ db: Database, _ key: CommandKey, _ outcome: CommandOutcome) throws {
+    static func recordOutcome(_ db: Database, _ key: CommandKey, _ outcome: CommandOutcome, at recordedAt: Int64) throws {
         let statement = try db.cachedStatement(
             sql: """
-                INSERT INTO commands (run_id, command_id, command, error_code, error_message)
-                VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
+                INSERT INTO commands (run_id, command_id, command, error_code, error_message, recorded_at_ms)
+                VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                 """)
         try statement.execute(arguments: [
-            key.runID, key.commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message,
+            key.runID, key.commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message, recordedAt,
         ])
         if db.changesCount != 1 {
             throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded by another writer")

@@ -1,3 +1,4 @@
+import Dispatch
 import RunContract
 import RunStateMachine
 import RunStore
@@ -63,12 +64,17 @@ public struct BatchApplier: Sendable {
                     now: clock())
                 var commit = d.commit
                 commit.fence = fence
-                return (commit, d)
+                var timed = d
+                timed.decidedAtNs = DispatchTime.now().uptimeNanoseconds
+                return (commit, timed)
             }
             decision = decided
             decision.assignOutboxIDs(ids)
         }
-        return ProcessedBatch(messages: decision.messages, results: decision.results)
+        let committed = DispatchTime.now().uptimeNanoseconds
+        return ProcessedBatch(
+            messages: decision.messages, results: decision.results, observations: decision.observations,
+            commitNs: decision.decidedAtNs == 0 ? 0 : committed &- decision.decidedAtNs)
     }
 
     /// Commands only (tests and tools).

@@ -126,6 +126,9 @@ public struct BatchDecision: Sendable {
     public var results: [CommandResult]
     /// Which message carries which row of `commit.outbox`.
     var outboxSlots: [(message: Int, row: Int)] = []
+    public var observations: [RunObservation] = []
+    /// When the decision was made (monotonic nanoseconds), to time the commit that follows.
+    public var decidedAtNs: UInt64 = 0
 
     public mutating func assignOutboxIDs(_ ids: [Int64]) {
         for (message, row) in outboxSlots { messages[message].outboxID = ids[row] }
@@ -136,6 +139,21 @@ public struct BatchDecision: Sendable {
 public struct ProcessedBatch: Sendable {
     public var messages: [OutboundMessage]
     public var results: [CommandResult]
+    /// What the batch did to runs, for metrics (counted once the batch is confirmed).
+    public var observations: [RunObservation] = []
+    /// Time spent in the store after the decision (the commit), in nanoseconds.
+    public var commitNs: UInt64 = 0
+}
+
+/// A fact about runs that metrics count: derived from the events a batch appended, so a
+/// repeated command (which appends none) is never counted twice.
+public enum RunObservation: Sendable, Hashable {
+    /// A run reached a terminal status; `durationS` from creation to that event.
+    case runFinished(status: RunStatus, stopReason: StopReason?, agentID: String?, durationS: Double, attempts: Int)
+    /// An action completed, failed or timed out; `durationS` from its request.
+    case actionFinished(agentID: String?, actionType: String, status: ActionStatus, durationS: Double)
+    /// A deadline fired `latenessS` after it was due.
+    case timerFired(latenessS: Double)
 }
 
 /// Decodes and decides batches: the contract's checks in order, de-duplication, the pure
@@ -323,6 +341,9 @@ private struct Decider {
 
     mutating func fireTimer(_ runID: String) {
         guard let run = current(runID), let fired = CommandProcessor.fireDue(machine, run, at: now) else { return }
+        if let due = RunStateMachine.nextDeadline(of: run) {
+            decision.observations.append(.timerFired(latenessS: Double(now.milliseconds - due.milliseconds) / 1000))
+        }
         runs[runID]!.run = fired.run
         appendEvents(fired.events)
         decision.results.append(CommandResult(runID: runID, commandID: nil, command: nil, kind: .timerFired(events: fired.events.count)))
@@ -336,12 +357,28 @@ private struct Decider {
 
     mutating func appendEvents(_ events: [RunEvent]) {
         for event in events {
+            observe(event)
             let row = OutboxMessage(
                 runID: event.runID, seq: event.seq, type: event.type.rawValue, status: event.status.rawValue,
                 routingKey: event.routingKey, messageID: event.eventID, body: event.encode(), writtenAt: now)
             decision.outboxSlots.append((decision.messages.count, decision.commit.outbox.count))
             decision.commit.outbox.append(row)
             decision.messages.append(OutboundMessage(outbox: row))
+        }
+    }
+
+    /// Metrics' view of an event: finished runs and actions.
+    mutating func observe(_ event: RunEvent) {
+        let run = runs[event.runID]?.run
+        if let action = event.action, event.type == .actionCompleted || event.type == .actionFailed {
+            decision.observations.append(.actionFinished(
+                agentID: run?.agentID, actionType: action.type.rawValue, status: action.status,
+                durationS: Double(event.occurredAt.milliseconds - action.requestedAt.milliseconds) / 1000))
+        }
+        if event.status.isTerminal, event.previousStatus?.isTerminal != true, let run {
+            decision.observations.append(.runFinished(
+                status: event.status, stopReason: event.stopReason ?? run.stopReason, agentID: run.agentID,
+                durationS: Double(event.occurredAt.milliseconds - run.createdAt.milliseconds) / 1000, attempts: run.attempt))
         }
     }
 

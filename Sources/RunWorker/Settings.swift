@@ -31,6 +31,16 @@ public struct WorkerSettings: Sendable, Equatable {
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
     /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
     public var statusFile: String? = nil
+    /// `host:port` of the HTTP listener (health, metrics, runs API, board); `off`: none.
+    public var httpAddress = "127.0.0.1:8080"
+    /// The bearer token the HTTP API asks for; required to listen beyond loopback.
+    public var httpToken: String? = nil
+    /// Seconds a finished run (with its history and command records) is kept; nil: forever.
+    public var retentionFinishedRunsS: Double? = 7 * 86_400
+    /// Seconds a command id is remembered for de-duplication; nil: forever.
+    public var retentionCommandIDsS: Double? = 86_400
+    /// Seconds between retention passes.
+    public var retentionIntervalS = 60.0
 
     public init() {}
 
@@ -58,6 +68,30 @@ public struct WorkerSettings: Sendable, Equatable {
             throw SettingsError("sqlite_synchronous must be FULL or NORMAL")
         }
         _ = try Self.decodeRunDefaults(runDefaults.jsonObject)
+        if let endpoint = try httpEndpoint(), !endpoint.isLoopback, (httpToken ?? "").isEmpty {
+            throw SettingsError(
+                "http_address \(httpAddress) is not a loopback address: set http_token (RUNWORKER_HTTP_TOKEN) so that the API asks for it, or listen on 127.0.0.1")
+        }
+        if let token = httpToken, !token.isEmpty, token.utf8.count < 16 {
+            throw SettingsError("http_token must be at least 16 characters")
+        }
+        if let s = retentionFinishedRunsS, s < 1 { throw SettingsError("retention.finished_runs must be at least 1s (or off)") }
+        // Shorter than this and a command redelivered after a worker died, or retried by its
+        // client, could be applied twice.
+        if let s = retentionCommandIDsS, s < 60 { throw SettingsError("retention.command_ids must be at least 60s (or off)") }
+        guard retentionIntervalS > 0 else { throw SettingsError("retention.interval_s must be > 0") }
+    }
+
+    /// Where to listen: nil when `http_address` is `off`.
+    public func httpEndpoint() throws(SettingsError) -> HTTPEndpoint? {
+        let text = httpAddress.trimmingCharacters(in: .whitespaces)
+        if text.lowercased() == "off" || text.isEmpty { return nil }
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port)
+        else { throw SettingsError("http_address must be host:port or off, got \(httpAddress)") }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { throw SettingsError("http_address needs a host, got \(httpAddress)") }
+        return HTTPEndpoint(host: host, port: port)
     }
 
     /// Applies a YAML document (the config file's format) over these settings. Every key must
@@ -233,6 +267,14 @@ extension WorkerSettings {
                 help: "a JSON file the worker rewrites with its readiness, partitions and counters, for tests and supervisors",
                 set: { (s, v) in s.statusFile = (v == nil || v == "" || v == "null") ? nil : v },
                 get: { $0.statusFile }),
+            text("http_address", \.httpAddress, "host:port of the HTTP API, metrics, health and board; off: none."),
+            SettingSpec(
+                key: "http_token", help: "bearer token the HTTP API asks for (required beyond loopback)",
+                set: { (s, v) in s.httpToken = (v == nil || v == "" || v == "null") ? nil : v },
+                get: { $0.httpToken == nil ? nil : "(set)" }),
+            duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
+            duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
+            number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),
             runDefault("timeout_s", "Default seconds for one attempt, start to finish (null: no limit)."),
             runDefault("start_timeout_s", "Default seconds from created to started (null: no limit)."),
             runDefault("action_timeout_s", "Default seconds per action (null: no limit)."),
@@ -281,6 +323,35 @@ extension WorkerSettings {
             get: { String($0[keyPath: path]) })
     }
 
+    /// A duration: a number of seconds, or a number with s, m, h or d; off (or null) for none.
+    private static func duration(_ key: String, _ path: WritableKeyPath<WorkerSettings, Double?>, _ help: String) -> SettingSpec {
+        SettingSpec(
+            key: key, help: help,
+            set: { (s, v) throws(SettingsError) in
+                let text = (v ?? "off").trimmingCharacters(in: .whitespaces).lowercased()
+                if text == "off" || text == "null" || text == "" {
+                    s[keyPath: path] = nil
+                    return
+                }
+                let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86_400]
+                var number = Substring(text)
+                var unit = 1.0
+                if let last = text.last, let u = units[last] {
+                    unit = u
+                    number = number.dropLast()
+                }
+                guard let n = Double(number), n.isFinite, n >= 0 else {
+                    throw SettingsError("\(key) must be a duration like 7d, 12h, 30m, 90s or off, got \(v ?? "null")")
+                }
+                s[keyPath: path] = n * unit
+            },
+            get: { s in s[keyPath: path].map { seconds in
+                seconds.truncatingRemainder(dividingBy: 86_400) == 0 ? "\(Int(seconds / 86_400))d"
+                    : seconds.truncatingRemainder(dividingBy: 3600) == 0 ? "\(Int(seconds / 3600))h"
+                    : seconds.truncatingRemainder(dividingBy: 1) == 0 ? "\(Int(seconds))s" : "\(seconds)s"
+            } ?? "off" })
+    }
+
     /// A field of `run_defaults`, which is a run `config`: the value is written into the config's
     /// JSON form and the whole config decoded again with the contract's own rules, so a default
     /// is refused exactly when a command's `config` would be (`run_defaults.timeout_s must be ...`).
@@ -327,5 +398,19 @@ extension JSONObject {
         var inner = self[first]?.objectValue ?? JSONObject()
         inner.setValue(value, at: path.dropFirst())
         self[first] = .object(inner)
+    }
+}
+
+/// A host and port to listen on.
+public struct HTTPEndpoint: Sendable, Hashable {
+    public var host: String
+    public var port: Int
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+    /// 127.0.0.0/8, ::1 and localhost: reachable from this host only.
+    public var isLoopback: Bool {
+        host == "localhost" || host == "::1" || host.hasPrefix("127.")
     }
 }

@@ -1,4 +1,5 @@
 import AMQPClient
+import CoreMetrics
 import Foundation
 import Logging
 import RunContract
@@ -13,18 +14,24 @@ import Synchronization
 public final class Worker: Service {
     public let settings: WorkerSettings
     let logger: Logger
-    let store: any RunStore
+    public let store: any RunStore
     let clock: @Sendable () -> Timestamp
     private let stopFlag = StopFlag()
     private let waker: Waker
+    private let metricsFactory: any MetricsFactory
+    /// The loop's latest status, for the HTTP side (readiness, partitions, counters).
+    public let shared = SharedStatus(workerID: String(UInt64.random(in: 0...UInt64.max), radix: 36))
 
+    /// - metricsFactory: where the worker's metrics go (the HTTP side passes its Prometheus
+    ///   registry's); the process-wide `MetricsSystem` by default.
     public init(
         settings: WorkerSettings, logger: Logger, store: (any RunStore)? = nil,
-        clock: @escaping @Sendable () -> Timestamp = Worker.systemClock
+        clock: @escaping @Sendable () -> Timestamp = Worker.systemClock, metricsFactory: (any MetricsFactory)? = nil
     ) throws {
         self.settings = settings
         self.logger = logger
         self.clock = clock
+        self.metricsFactory = metricsFactory ?? MetricsSystem.factory
         self.waker = try Waker()
         self.store = try store ?? openRunStore(
             url: settings.store, sqliteSynchronous: settings.sqliteSynchronous == "NORMAL" ? .normal : .full)
@@ -45,7 +52,11 @@ public final class Worker: Service {
             store: store,
             processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
             clock: clock)
-        let loop = WorkerLoop(settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier)
+        let metrics = WorkerMetrics(factory: metricsFactory)
+        let loop = WorkerLoop(
+            settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier, metrics: metrics, shared: shared)
+        let housekeeping = Housekeeping(
+            store: store, settings: settings, shared: shared, clock: clock, logger: logger, factory: metricsFactory)
         // SIGTERM (graceful shutdown) or cancellation stops the loop after the batch in flight,
         // and also ends a wait for a store that is not reachable yet.
         try await withTaskCancellationHandler {
@@ -58,7 +69,10 @@ public final class Worker: Service {
                     }
                     defer { group.cancelAll() }
                     try await prepareStore()
-                    if !stopFlag.isSet { try await runLoopThread(loop) }
+                    if !stopFlag.isSet {
+                        group.addTask { await housekeeping.run() }
+                        try await runLoopThread(loop)
+                    }
                 }
             } onGracefulShutdown: {
                 self.stop()
@@ -139,6 +153,9 @@ struct PublishedBatch: Sendable {
     var acks: [Ack] = []
     var outboxIDs: [Int64] = []
     var results: [CommandResult] = []
+    var observations: [RunObservation] = []
+    /// When its last message went out (monotonic nanoseconds): the confirm wait starts here.
+    var publishedAtNs: UInt64 = 0
 }
 
 /// The driver: the only code here that performs I/O. It runs on one thread, which owns the
@@ -156,7 +173,7 @@ final class WorkerLoop: @unchecked Sendable {
     let waker: Waker
     let applier: BatchApplier
     var store: any RunStore { applier.store }
-    let workerID = String(UInt64.random(in: 0...UInt64.max), radix: 36)
+    var workerID: String { shared.workerID }
     let poison: PoisonGuard
     /// The broker nodes (`amqp_url`) and which one to connect to next.
     var nodes: NodeRotation
@@ -181,9 +198,17 @@ final class WorkerLoop: @unchecked Sendable {
     var buffered: [Received] = []
     var status: WorkerStatus
     var statusDirty = true
+    let metrics: WorkerMetrics
+    /// Where the HTTP side reads this loop's status (readiness, partitions, counters).
+    let shared: SharedStatus
     var stats = LoopStats()
 
-    init(settings: WorkerSettings, logger: Logger, stop: StopFlag, waker: Waker, applier: BatchApplier) {
+    init(
+        settings: WorkerSettings, logger: Logger, stop: StopFlag, waker: Waker, applier: BatchApplier,
+        metrics: WorkerMetrics, shared: SharedStatus
+    ) {
+        self.metrics = metrics
+        self.shared = shared
         self.settings = settings
         self.topology = settings.topology
         self.logger = logger
@@ -195,11 +220,11 @@ final class WorkerLoop: @unchecked Sendable {
         self.nodes = NodeRotation(urls: (try? settings.amqpURLs()) ?? [settings.amqpURL])
         self.leases = LeaseTable(ttl: settings.leaseTTLS)
         self.balancer = PartitionBalancer(
-            partitions: settings.partitions, offset: Int(UInt64(workerID, radix: 36)! % UInt64(settings.partitions)))
+            partitions: settings.partitions, offset: Int(UInt64(shared.workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
         self.schedule = Self.newSchedule(settings)
-        self.status = WorkerStatus(workerID: workerID)
-        self.logger[metadataKey: "worker"] = .string(workerID)
+        self.status = WorkerStatus(workerID: shared.workerID)
+        self.logger[metadataKey: "worker"] = .string(shared.workerID)
     }
 
     static func newSchedule(_ settings: WorkerSettings) -> LoopSchedule {
@@ -264,6 +289,7 @@ final class WorkerLoop: @unchecked Sendable {
         wasUp = true
         status.connected = true
         status.counters.connections += 1
+        if status.counters.connections > 1 { metrics.reconnects.increment() }
         statusDirty = true
         schedule = Self.newSchedule(settings)
         logger.info("connected", metadata: [
@@ -373,7 +399,13 @@ final class WorkerLoop: @unchecked Sendable {
         case .applied(let processed):
             let applied = DispatchTime.now().uptimeNanoseconds
             guard try stillHolding(leased, after: batch) else { return }
-            try publish(processed.messages, then: PublishedBatch(acks: Received.highestTags(batch), results: processed.results))
+            try publish(processed.messages, then: PublishedBatch(
+                acks: Received.highestTags(batch), results: processed.results, observations: processed.observations))
+            let published = DispatchTime.now().uptimeNanoseconds
+            metrics.batchSize.record(batch.count)
+            metrics.applySeconds.recordNanoseconds(Int64(applied - started))
+            metrics.commitSeconds.recordNanoseconds(Int64(processed.commitNs))
+            metrics.publishSeconds.recordNanoseconds(Int64(published - applied))
             stats.record(commands: batch.count, applyNs: applied - started,
                          publishNs: DispatchTime.now().uptimeNanoseconds - applied, inFlight: pipeline.count)
             if let line = stats.report() { logger.debug("loop stats", metadata: line) }
@@ -450,6 +482,10 @@ final class WorkerLoop: @unchecked Sendable {
             }
             confirmedOutbox += done.outboxIDs
             status.count(done.results)
+            metrics.count(done.results, done.observations)
+            if done.publishedAtNs > 0 {
+                metrics.confirmSeconds.recordNanoseconds(Int64(DispatchTime.now().uptimeNanoseconds &- done.publishedAtNs))
+            }
             statusDirty = true
             log(done.results)
         }
@@ -616,7 +652,9 @@ final class WorkerLoop: @unchecked Sendable {
             case .applied(let processed):
                 guard try stillHolding(leased, after: rest) else { return }
                 try publish(processed.messages,
-                            then: PublishedBatch(acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)], results: processed.results))
+                            then: PublishedBatch(
+                                acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)], results: processed.results,
+                                observations: processed.observations))
                 try drainPipeline()
             case .unavailable(let error):
                 try requeue(rest, because: error, pause: 0.5)
@@ -676,6 +714,7 @@ final class WorkerLoop: @unchecked Sendable {
         try publish([message], then: PublishedBatch(acks: [Ack(channel: r.channel, tag: r.tag, multiple: false)]))
         try drainPipeline()
         status.counters.poisonDeadLettered += 1
+        metrics.deadLettered(reason: "delivery_limit_exceeded")
         logger.error("poison message dead-lettered", metadata: [
             "attempts": "\(attempts)", "routing_key": .string(r.command.routingKey), "error": .string(lastError),
         ])
@@ -830,7 +869,9 @@ final class WorkerLoop: @unchecked Sendable {
         logger.warning("cannot confirm partition leases with the store; giving the partitions up", metadata: [
             "partitions": "\(balancer.owned.sorted())",
         ])
-        status.counters.leasesLost += leases.removeAll()
+        let lost = leases.removeAll()
+        status.counters.leasesLost += lost
+        metrics.leasesLost.increment(by: Int64(lost))
         for channel in Array(channels.keys) { closeConsumer(channel) }
         buffered = []
         schedule.soon(.rebalance)
@@ -884,6 +925,7 @@ final class WorkerLoop: @unchecked Sendable {
         leases.remove(partitions)
         for partition in partitions.sorted() {
             status.counters.leasesLost += 1
+            metrics.leasesLost.increment()
             logger.warning("partition lease lost; dropping the partition", metadata: ["partition": "\(partition)"])
             if let channel = channels.first(where: { $0.value == partition })?.key { closeConsumer(channel) }
         }
@@ -915,6 +957,7 @@ final class WorkerLoop: @unchecked Sendable {
 
     private func partitionsChanged() {
         status.partitions = balancer.owned.sorted()
+        metrics.partitionsOwned.record(status.partitions.count)
         statusDirty = true
         writeStatus()
     }
@@ -951,7 +994,7 @@ final class WorkerLoop: @unchecked Sendable {
                 try sweepOutbox(olderThan: 0, partitions: leased.intersection(leases.partitions).sorted())
                 return
             }
-            try publish(processed.messages, then: PublishedBatch(results: processed.results))
+            try publish(processed.messages, then: PublishedBatch(results: processed.results, observations: processed.observations))
         case .fenced:
             guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
             try renewLeases(conn)
@@ -1043,6 +1086,7 @@ final class WorkerLoop: @unchecked Sendable {
             if first == nil { first = tag }
             last = tag
         }
+        completion.publishedAtNs = DispatchTime.now().uptimeNanoseconds
         pipeline.published(tags: first.map { $0...last }, completion: completion)
         try completeConfirmed()
     }
@@ -1050,8 +1094,17 @@ final class WorkerLoop: @unchecked Sendable {
     // MARK: - Reporting
 
     private func writeStatus(force: Bool = false) {
-        guard let path = settings.statusFile, statusDirty || force else { return }
+        if let http = shared.httpAddress, status.httpAddress != http {
+            status.httpAddress = http
+            statusDirty = true
+        }
+        guard statusDirty || force else { return }
         if let postgres = store as? PostgresRunStore { status.counters.storeRoundTrips = postgres.roundTrips }
+        shared.update(status)
+        guard let path = settings.statusFile else {
+            statusDirty = false
+            return
+        }
         do {
             try status.write(to: path)
             statusDirty = false

@@ -46,6 +46,9 @@ public final class WorkerProcess: @unchecked Sendable {
         env["RUNWORKER_PREFIX"] = prefix
         env["RUNWORKER_STORE"] = store
         env["RUNWORKER_STATUS_FILE"] = statusPath
+        // Many workers share this host in tests: each HTTP listener takes a free port (the
+        // status file says which).
+        env["RUNWORKER_HTTP_ADDRESS"] = "127.0.0.1:0"
         for (k, v) in environment { env[k] = v }
         process.environment = env
         let log = FileHandle(forWritingAtPath: logPath)!
@@ -65,6 +68,9 @@ public final class WorkerProcess: @unchecked Sendable {
               let json = try? JSONValue.parse(Array(data)) else { return nil }
         return WorkerStatus(json)
     }
+
+    /// `http://host:port` of the worker's HTTP listener, once its status file says where.
+    public var httpBase: String? { status?.httpAddress.map { "http://" + $0 } }
 
     /// The partitions this worker holds, from its status file.
     public var ownedPartitions: Set<Int> { Set(status?.partitions ?? []) }
@@ -157,6 +163,7 @@ extension WorkerStatus {
         ready = json["ready"]?.boolValue ?? false
         connected = json["connected"]?.boolValue ?? false
         partitions = (json["partitions"]?.arrayValue ?? []).compactMap { $0.intValue.map(Int.init) }
+        httpAddress = json["http_address"]?.stringValue
         func n(_ key: String) -> Int { Int(c[key]?.intValue ?? 0) }
         counters.applied = n("applied")
         counters.refused = n("refused")

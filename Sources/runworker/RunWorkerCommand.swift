@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
 import Logging
+import Prometheus
+import RunHTTP
 import RunWorker
 import ServiceLifecycle
 
@@ -36,10 +38,19 @@ struct RunWorkerCommand: AsyncParsableCommand {
             return handler
         }
         let logger = Logger(label: "runworker")
-        let worker = try Worker(settings: settings, logger: logger)
+        // The worker's metrics go to one Prometheus registry, which /metrics exports.
+        let registry = PrometheusCollectorRegistry()
+        let worker = try Worker(settings: settings, logger: logger, metricsFactory: RunHTTPServer.metricsFactory(registry))
+        var services: [any Service] = [worker]
+        if let endpoint = try settings.httpEndpoint() {
+            services.append(try RunHTTPServer(worker: worker, endpoint: endpoint, registry: registry, logger: logger))
+        }
+        // Graceful shutdown runs in reverse order: the HTTP side stops first, then the worker
+        // finishes its batch in flight.
         let group = ServiceGroup(
             configuration: .init(
-                services: [worker], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
+                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
+                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
         try await group.run()
     }
 }

@@ -39,6 +39,15 @@ final class InterferingStore: RunStore {
     func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run] {
         try await inner.runs(status: status, agentID: agentID, limit: limit)
     }
+    func listRuns(_ query: RunQuery) async throws -> RunPage { try await inner.listRuns(query) }
+    func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage] {
+        try await inner.history(runID: runID, afterSeq: afterSeq, limit: limit)
+    }
+    func runCounts() async throws -> [RunStatus: Int] { try await inner.runCounts() }
+    func outboxDepth() async throws -> Int { try await inner.outboxDepth() }
+    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+        try await inner.prune(finishedBefore: finishedBefore, commandsBefore: commandsBefore, limit: limit)
+    }
 }
 
 @Suite struct BatchApplierTests {

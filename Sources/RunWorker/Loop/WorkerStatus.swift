@@ -1,5 +1,6 @@
 import Foundation
 import RunJSON
+import Synchronization
 
 /// What a worker can tell about itself: readiness, the partitions it holds, and counters.
 /// Written to the `status_file` (JSON) for tests and supervisors, so they read numbers, not
@@ -43,6 +44,9 @@ public struct WorkerStatus: Sendable, Equatable {
     public var ready = false
     public var connected = false
     public var partitions: [Int] = []
+    /// Where the HTTP listener is bound (`host:port`, the real port when 0 was asked); nil
+    /// when it is off or not bound yet.
+    public var httpAddress: String? = nil
     public var counters = Counters()
 
     public init(workerID: String) { self.workerID = workerID }
@@ -52,6 +56,7 @@ public struct WorkerStatus: Sendable, Equatable {
         return [
             "worker_id": .string(workerID), "ready": .bool(ready), "connected": .bool(connected),
             "partitions": .array(partitions.map { .int(Int64($0)) }),
+            "http_address": httpAddress.map(JSONValue.string) ?? .null,
             "counters": .object([
                 "applied": .int(Int64(c.applied)), "refused": .int(Int64(c.refused)),
                 "duplicates": .int(Int64(c.duplicates)), "dead_lettered": .int(Int64(c.deadLettered)),
@@ -87,4 +92,22 @@ public struct WorkerStatus: Sendable, Equatable {
             throw CocoaError(.fileWriteUnknown, userInfo: [NSFilePathErrorKey: path])
         }
     }
+}
+
+/// The loop's latest status, where other threads (the HTTP side, housekeeping) read it.
+public final class SharedStatus: Sendable {
+    private let state: Mutex<(status: WorkerStatus, httpAddress: String?)>
+    public let workerID: String
+
+    public init(workerID: String) {
+        self.workerID = workerID
+        state = Mutex((WorkerStatus(workerID: workerID), nil))
+    }
+
+    public var status: WorkerStatus { state.withLock { $0.status } }
+    public var httpAddress: String? { state.withLock { $0.httpAddress } }
+
+    func update(_ status: WorkerStatus) { state.withLock { $0.status = status } }
+    /// Set by the HTTP listener once bound; the loop copies it into the status file.
+    public func setHTTPAddress(_ address: String?) { state.withLock { $0.httpAddress = address } }
 }

@@ -1,0 +1,127 @@
+import AMQPClient
+import Foundation
+import Logging
+import RunContract
+import Synchronization
+
+/// A live event, as the broker delivered it: enough to filter without parsing the body.
+struct LiveEvent: Sendable {
+    var runID: String
+    var type: String
+    var status: String
+    var eventID: String
+    var body: [UInt8]
+}
+
+/// Which live events a subscriber wants (each list empty: all).
+struct EventFilter: Sendable {
+    var runIDs: Set<String> = []
+    var types: Set<String> = []
+    var statuses: Set<String> = []
+
+    func matches(_ e: LiveEvent) -> Bool {
+        (runIDs.isEmpty || runIDs.contains(e.runID)) && (types.isEmpty || types.contains(e.type))
+            && (statuses.isEmpty || statuses.contains(e.status))
+    }
+}
+
+/// The events exchange, live, for server-sent-event subscribers: every worker's events, not
+/// only this one's partitions, so any worker's board shows the whole deployment.
+///
+/// It consumes from the broker only while someone listens: the first subscriber starts a
+/// thread with its own connection (librabbitmq blocks) and a server-named, exclusive,
+/// auto-delete queue bound to every routing key; the last one leaving stops it. Delivery to a
+/// subscriber is best effort: a slow one loses the oldest of what it has not read (its
+/// `seq` gaps say so; the history endpoint fills them).
+final class EventFeed: Sendable {
+    private struct State {
+        var subscribers: [UInt64: (EventFilter, AsyncStream<LiveEvent>.Continuation)] = [:]
+        var nextID: UInt64 = 0
+        var running = false
+    }
+
+    private let state = Mutex(State())
+    private let amqpURL: String
+    private let exchange: String
+    private let logger: Logger
+    /// Events buffered per subscriber before the oldest are dropped.
+    static let bufferPerSubscriber = 2048
+
+    init(amqpURL: String, exchange: String, logger: Logger) {
+        self.amqpURL = amqpURL
+        self.exchange = exchange
+        self.logger = logger
+    }
+
+    var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
+    func subscribe(_ filter: EventFilter) -> AsyncStream<LiveEvent> {
+        let (stream, continuation) = AsyncStream<LiveEvent>.makeStream(
+            bufferingPolicy: .bufferingNewest(Self.bufferPerSubscriber))
+        let start = state.withLock { state -> Bool in
+            let id = state.nextID
+            state.nextID += 1
+            state.subscribers[id] = (filter, continuation)
+            continuation.onTermination = { [weak self] _ in
+                self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
+            }
+            if state.running { return false }
+            state.running = true
+            return true
+        }
+        if start { startThread() }
+        return stream
+    }
+
+    private func broadcast(_ event: LiveEvent) {
+        let targets = state.withLock { state in state.subscribers.values.filter { $0.0.matches(event) }.map(\.1) }
+        for continuation in targets { continuation.yield(event) }
+    }
+
+    /// Whether to keep consuming; clears `running` under the lock when nobody listens, so a
+    /// subscriber arriving right after starts a new thread.
+    private func keepRunning() -> Bool {
+        state.withLock { state in
+            if state.subscribers.isEmpty { state.running = false }
+            return state.running
+        }
+    }
+
+    private func startThread() {
+        let thread = Thread { [self] in
+            while keepRunning() {
+                do {
+                    try consume()
+                } catch {
+                    logger.warning("event stream: broker connection failed, retrying", metadata: ["error": "\(error)"])
+                    Thread.sleep(forTimeInterval: 1)
+                }
+            }
+        }
+        thread.name = "runworker-event-feed"
+        thread.start()
+    }
+
+    private func consume() throws {
+        var config = try AMQPConfiguration(url: amqpURL)
+        config.connectionName = "runworker-event-stream"
+        let conn = try BlockingConnection(configuration: config)
+        defer { conn.close() }
+        let channel = try conn.openChannel()
+        try conn.exchangeDeclare(channel: channel, name: exchange, type: .topic, durable: true)
+        let queue = try conn.queueDeclare(channel: channel, exclusive: true, autoDelete: true).name
+        try conn.queueBind(channel: channel, queue: queue, exchange: exchange, routingKey: "#")
+        _ = try conn.consume(channel: channel, queue: queue, noAck: true)
+        while keepRunning() {
+            guard let event = try conn.nextEvent(timeout: 0.5) else { continue }
+            guard case .delivery(let d) = event else { continue }
+            let h = d.properties.headers
+            let runID = h?["run_id"]?.stringValue ?? ""
+            let type = h?["type"]?.stringValue ?? d.properties.type ?? ""
+            let status = h?["status"]?.stringValue ?? ""
+            broadcast(LiveEvent(
+                runID: runID, type: type, status: status, eventID: d.properties.messageID ?? "", body: d.body))
+        }
+    }
+}
+

@@ -1,0 +1,159 @@
+import Foundation
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import RunContract
+import RunStore
+import RunWorker
+import ServiceLifecycle
+
+/// The worker's HTTP side, one listener per worker: health, Prometheus metrics, the
+/// read-only runs API over the worker's store (either kind), the live event stream and the run
+/// board. docs/openapi.yaml describes it. Run it in the worker's `ServiceGroup`.
+public struct RunHTTPServer: Service {
+    let application: Application<RouterResponder<BasicRequestContext>>
+
+    /// - registry: the Prometheus registry the worker's metrics factory writes to (what
+    ///   `/metrics` exports).
+    public init(worker: Worker, endpoint: HTTPEndpoint, registry: PrometheusCollectorRegistry, logger: Logger) throws {
+        let settings = worker.settings
+        let api = RunsAPI(
+            store: worker.store, shared: worker.shared, registry: registry,
+            feed: EventFeed(
+                amqpURL: (try? settings.amqpURLs().first) ?? settings.amqpURL,
+                exchange: settings.topology.eventsExchange, logger: logger),
+            board: try Board.load())
+        let router = Router(context: BasicRequestContext.self)
+        router.add(middleware: APIErrorMiddleware(token: settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }, logger: logger))
+        api.register(on: router)
+        let shared = worker.shared
+        application = Application(
+            router: router,
+            configuration: .init(address: .hostname(endpoint.host, port: endpoint.port), serverName: "runworker"),
+            onServerRunning: { channel in
+                let port = channel.localAddress?.port ?? endpoint.port
+                let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
+                shared.setHTTPAddress("\(host):\(port)")
+                logger.info("HTTP listening", metadata: ["address": "\(host):\(port)"])
+            },
+            logger: logger)
+    }
+
+    public func run() async throws {
+        try await application.run()
+    }
+
+    /// A Prometheus factory with buckets for what the worker measures: sub-millisecond stage
+    /// times, batch sizes, and run and action durations from seconds to hours.
+    public static func metricsFactory(_ registry: PrometheusCollectorRegistry) -> PrometheusMetricsFactory {
+        var factory = PrometheusMetricsFactory(registry: registry)
+        factory.defaultDurationHistogramBuckets = [
+            .microseconds(100), .microseconds(250), .microseconds(500), .milliseconds(1), .microseconds(2500),
+            .milliseconds(5), .milliseconds(10), .milliseconds(25), .milliseconds(50), .milliseconds(100),
+            .milliseconds(250), .milliseconds(500), .seconds(1), .milliseconds(2500), .seconds(5), .seconds(10),
+        ]
+        let long: [Double] = [0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 4 * 3600, 24 * 3600]
+        factory.valueHistogramBuckets = [
+            "runworker_batch_size": [1, 2, 4, 8, 16, 32, 64, 128, 256, 512],
+            "runworker_run_attempts": [1, 2, 3, 5, 10],
+            "runworker_timer_lateness_seconds": [0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 60],
+            "runworker_run_duration_seconds": long,
+            "runworker_action_duration_seconds": long,
+        ]
+        return factory
+    }
+}
+
+/// The static files of the run board, read once at start from the module's resources.
+struct Board: Sendable {
+    var files: [String: (contentType: String, bytes: [UInt8])]
+
+    static func load() throws -> Board {
+        var files: [String: (String, [UInt8])] = [:]
+        for (name, type) in [
+            ("index.html", "text/html; charset=utf-8"), ("board.js", "application/javascript; charset=utf-8"),
+            ("board.css", "text/css; charset=utf-8"),
+        ] {
+            guard let url = Bundle.module.url(forResource: name, withExtension: nil, subdirectory: "Board") else {
+                throw BoardMissing(name: name)
+            }
+            files[name] = (type, [UInt8](try Data(contentsOf: url)))
+        }
+        return Board(files: files)
+    }
+
+    struct BoardMissing: Error, CustomStringConvertible {
+        var name: String
+        var description: String { "the run board's \(name) is missing from the installed resources" }
+    }
+}
+
+/// An API error: the contract's error shape, `{"error": {"code", "message"}}`.
+struct APIError: Error {
+    var status: HTTPResponse.Status
+    var code: String
+    var message: String
+
+    static func validation(_ message: String) -> APIError { APIError(status: .badRequest, code: "validation_error", message: message) }
+
+    var response: Response {
+        let body: JSONObject = ["error": .object(["code": .string(code), "message": .string(message)])]
+        var headers: HTTPFields = [.contentType: "application/json"]
+        if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.serialized())))
+    }
+}
+
+/// Every answer that is not a success carries a JSON error body with a contract code; the
+/// bearer token is checked here (health and the board's files need none); only GET and HEAD
+/// are served; oversized query strings are refused before routing.
+struct APIErrorMiddleware: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let token: String?
+    let logger: Logger
+    static let maxQueryBytes = 4096
+    static let open: Set<String> = ["/healthz", "/readyz", "/", "/index.html", "/board.js", "/board.css"]
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            guard request.method == .get || request.method == .head else {
+                throw APIError(status: .methodNotAllowed, code: "method_not_allowed", message: "only GET is served")
+            }
+            if request.uri.query.map({ $0.utf8.count > Self.maxQueryBytes }) == true {
+                throw APIError(status: .uriTooLong, code: "payload_too_large", message: "the query string is longer than \(Self.maxQueryBytes) bytes")
+            }
+            if let token, !Self.open.contains(request.uri.path) { try check(request, token: token) }
+            return try await next(request, context)
+        } catch let error as APIError {
+            return error.response
+        } catch let error as HTTPError where error.status == .notFound {
+            return APIError(status: .notFound, code: "not_found", message: "no such endpoint: \(request.uri.path)").response
+        } catch let error as StoreError {
+            logger.warning("HTTP: store error", metadata: ["error": "\(error)", "path": .string(request.uri.path)])
+            return APIError(status: .serviceUnavailable, code: "unavailable", message: "the store did not answer: \(error.code)").response
+        } catch let error as HTTPError {
+            return APIError(status: error.status, code: "validation_error", message: error.body ?? "\(error.status)").response
+        } catch {
+            logger.error("HTTP: unexpected error", metadata: ["error": "\(error)", "path": .string(request.uri.path)])
+            return APIError(status: .internalServerError, code: "internal_error", message: "unexpected error").response
+        }
+    }
+
+    private func check(_ request: Request, token: String) throws {
+        var given = request.headers[.authorization].flatMap { h -> String? in
+            h.lowercased().hasPrefix("bearer ") ? String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces) : nil
+        }
+        if given == nil, let q = request.uri.queryParameters.get("access_token") { given = q }
+        guard let given, Self.constantTimeEqual(given, token) else {
+            throw APIError(status: .unauthorized, code: "unauthorized", message: "a valid bearer token is required")
+        }
+    }
+
+    static func constantTimeEqual(_ a: String, _ b: String) -> Bool {
+        let x = Array(a.utf8), y = Array(b.utf8)
+        var diff = UInt8(x.count == y.count ? 0 : 1)
+        for i in 0..<max(x.count, y.count) { diff |= (i < x.count ? x[i] : 0) ^ (i < y.count ? y[i] : 0) }
+        return diff == 0
+    }
+}

@@ -1,0 +1,269 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import Prometheus
+import RunContract
+import RunStore
+import RunWorker
+
+/// The endpoints. Reads go to the store the worker uses, so every worker of a deployment
+/// answers for every run (PostgreSQL), or for every run of its host (SQLite).
+struct RunsAPI: Sendable {
+    let store: any RunStore
+    let shared: SharedStatus
+    let registry: PrometheusCollectorRegistry
+    let feed: EventFeed
+    let board: Board
+
+    static let maxRunIDBytes = 256
+    static let defaultPageSize = 50
+    static let maxPageSize = 500
+    static let maxHistoryPage = 1000
+    /// A comment line on an idle stream, so that proxies keep it open and a gone client is noticed.
+    static let keepaliveSeconds = 15.0
+
+    func register(on router: Router<BasicRequestContext>) {
+        router.get("/healthz") { _, _ in json(["status": "ok"]) }
+        router.get("/readyz") { _, _ in try await ready() }
+        router.get("/metrics") { _, _ in metrics() }
+        router.get("/v1/runs") { request, _ in try await listRuns(request) }
+        router.get("/v1/runs/:id") { _, context in try await getRun(try runID(context)) }
+        router.get("/v1/runs/:id/events") { request, context in try await history(try runID(context), request) }
+        router.get("/v1/counts") { _, _ in try await counts() }
+        router.get("/v1/events/stream") { request, _ in try stream(request) }
+        router.get("/") { _, _ in file("index.html") }
+        router.get("/index.html") { _, _ in file("index.html") }
+        router.get("/board.js") { _, _ in file("board.js") }
+        router.get("/board.css") { _, _ in file("board.css") }
+    }
+
+    // MARK: - Health
+
+    func ready() async throws -> Response {
+        let status = shared.status
+        var checks: [(String, String)] = []
+        checks.append(("broker", status.connected ? "ok" : "not connected to the broker"))
+        checks.append(("store", await storeAnswers()))
+        checks.append(("partitions", status.ready ? "ok" : "partitions not claimed yet"))
+        let failing = checks.first { $0.1 != "ok" }
+        var body: JSONObject = [
+            "ready": .bool(failing == nil),
+            "checks": .object(JSONObject(checks.map { ($0.0, JSONValue.string($0.1)) })),
+        ]
+        if let failing { body["reason"] = .string("\(failing.0): \(failing.1)") }
+        return json(body, status: failing == nil ? .ok : .serviceUnavailable)
+    }
+
+    /// One cheap read (a primary-key lookup), bounded to 2 s.
+    private func storeAnswers() async -> String {
+        let store = self.store
+        return await withTaskGroup(of: String.self) { group in
+            group.addTask {
+                do {
+                    _ = try await store.run("")
+                    return "ok"
+                } catch {
+                    return "the store did not answer: \(error)"
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(2))
+                return "the store did not answer within 2 s"
+            }
+            let first = await group.next() ?? "no answer"
+            group.cancelAll()
+            return first
+        }
+    }
+
+    func metrics() -> Response {
+        var buffer: [UInt8] = []
+        registry.emit(into: &buffer)
+        return Response(
+            status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+            body: .init(byteBuffer: ByteBuffer(bytes: buffer)))
+    }
+
+    // MARK: - Runs
+
+    func listRuns(_ request: Request) async throws -> Response {
+        let q = request.uri.queryParameters
+        var query = RunQuery()
+        query.statuses = try list(q, "status").map { text in
+            guard let s = RunStatus(rawValue: text) else {
+                throw APIError.validation("status must be one of \(RunStatus.allCases.map(\.rawValue).joined(separator: ", ")), got \(text)")
+            }
+            return s
+        }
+        if let agent = q.get("agent_id") {
+            guard !agent.isEmpty, agent.utf8.count <= Self.maxRunIDBytes else {
+                throw APIError.validation("agent_id must be 1 to \(Self.maxRunIDBytes) bytes")
+            }
+            query.agentID = agent
+        }
+        query.createdAfter = try time(q, "created_after")
+        query.createdBefore = try time(q, "created_before")
+        query.updatedAfter = try time(q, "updated_after")
+        query.updatedBefore = try time(q, "updated_before")
+        query.limit = try integer(q, "limit", in: 1...Int64(Self.maxPageSize)).map(Int.init) ?? Self.defaultPageSize
+        if let cursor = q.get("cursor") {
+            guard let c = RunCursor(token: cursor) else { throw APIError.validation("cursor is not one this API gave out") }
+            query.after = c
+        }
+        let page = try await store.listRuns(query)
+        return json([
+            "runs": .array(page.runs.map { .object($0.snapshotJSON) }),
+            "next_cursor": page.next.map { .string($0.token) } ?? .null,
+        ])
+    }
+
+    func getRun(_ id: String) async throws -> Response {
+        guard let run = try await store.run(id) else { throw notFound(id) }
+        return json(run.snapshotJSON)
+    }
+
+    /// The run's history: the stored bodies, exactly as published, spliced into the answer.
+    func history(_ id: String, _ request: Request) async throws -> Response {
+        let q = request.uri.queryParameters
+        let after = try integer(q, "after_seq", in: 0...Int64.max) ?? 0
+        let limit = try integer(q, "limit", in: 1...Int64(Self.maxHistoryPage)).map(Int.init) ?? Self.maxHistoryPage
+        let rows = try await store.history(runID: id, afterSeq: after, limit: limit)
+        if rows.isEmpty, try await store.run(id) == nil { throw notFound(id) }
+        var out: [UInt8] = Array(#"{"run_id":"#.utf8)
+        out += JSONValue.string(id).serialized()
+        out += Array(#","events":["#.utf8)
+        for (i, row) in rows.enumerated() {
+            if i > 0 { out.append(UInt8(ascii: ",")) }
+            out += row.body
+        }
+        out += Array("]}".utf8)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
+    }
+
+    func counts() async throws -> Response {
+        let counts = try await store.runCounts()
+        let total = counts.values.reduce(0, +)
+        return json([
+            "runs_by_status": .object(JSONObject(RunStatus.allCases.map { ($0.rawValue, JSONValue.int(Int64(counts[$0] ?? 0))) })),
+            "total": .int(Int64(total)),
+        ])
+    }
+
+    // MARK: - Live events
+
+    static let eventTypes: Set<String> = Set(EventType.allCases.map(\.rawValue)).union([CommandRejected.type])
+
+    func stream(_ request: Request) throws -> Response {
+        let q = request.uri.queryParameters
+        var filter = EventFilter()
+        filter.runIDs = Set(try list(q, "run_id").map { id in
+            guard id.utf8.count <= Self.maxRunIDBytes else { throw APIError.validation("run_id is longer than \(Self.maxRunIDBytes) bytes") }
+            return id
+        })
+        filter.types = Set(try list(q, "type").map { t in
+            guard Self.eventTypes.contains(t) else { throw APIError.validation("type must be an event type, got \(t)") }
+            return t
+        })
+        filter.statuses = Set(try list(q, "status").map { s in
+            guard RunStatus(rawValue: s) != nil else { throw APIError.validation("status must be a run status, got \(s)") }
+            return s
+        })
+        let events = feed.subscribe(filter)
+        return Response(
+            status: .ok,
+            headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
+            body: ResponseBody { writer in
+                try await writer.write(ByteBuffer(string: ": connected\n\n"))
+                // Events and keepalives, merged: a keepalive goes out when no event did for a while.
+                try await withThrowingTaskGroup(of: Void.self) { group in
+                    let (ticks, tick) = AsyncStream<Void>.makeStream()
+                    group.addTask {
+                        while !Task.isCancelled {
+                            try await Task.sleep(for: .seconds(Self.keepaliveSeconds))
+                            tick.yield()
+                        }
+                    }
+                    let merged = AsyncStream<ByteBuffer> { out in
+                        let a = Task {
+                            for await e in events { out.yield(Self.frame(e)) }
+                            out.finish()
+                        }
+                        let b = Task {
+                            for await _ in ticks { out.yield(ByteBuffer(string: ": keepalive\n\n")) }
+                        }
+                        out.onTermination = { _ in
+                            a.cancel()
+                            b.cancel()
+                        }
+                    }
+                    for await buffer in merged { try await writer.write(buffer) }
+                    group.cancelAll()
+                }
+                try await writer.finish(nil)
+            })
+    }
+
+    /// One server-sent event: id, event type, and the body on one `data:` line (the bodies
+    /// are compact JSON, without newlines).
+    static func frame(_ e: LiveEvent) -> ByteBuffer {
+        var b = ByteBuffer()
+        b.writeString("id: \(e.eventID)\nevent: \(e.type)\ndata: ")
+        b.writeBytes(e.body)
+        b.writeString("\n\n")
+        return b
+    }
+
+    // MARK: - Board
+
+    func file(_ name: String) -> Response {
+        guard let f = board.files[name] else { return APIError(status: .notFound, code: "not_found", message: name).response }
+        return Response(
+            status: .ok, headers: [.contentType: f.contentType, .cacheControl: "no-cache"],
+            body: .init(byteBuffer: ByteBuffer(bytes: f.bytes)))
+    }
+
+    // MARK: - Parameters
+
+    private func runID(_ context: BasicRequestContext) throws -> String {
+        let raw = context.parameters.get("id") ?? ""
+        let id = raw.removingPercentEncoding ?? raw
+        guard !id.isEmpty else { throw APIError.validation("run_id is empty") }
+        guard id.utf8.count <= Self.maxRunIDBytes else {
+            throw APIError(status: .badRequest, code: "payload_too_large", message: "run_id is longer than \(Self.maxRunIDBytes) bytes")
+        }
+        return id
+    }
+
+    private func notFound(_ id: String) -> APIError {
+        APIError(
+            status: .notFound, code: "run_not_found",
+            message: "run \(id) is unknown (never created, or finished and removed by retention)")
+    }
+
+    /// Every value of a parameter that may repeat or be comma-separated.
+    private func list(_ q: Parameters, _ name: String) throws -> [String] {
+        q.getAll(name).flatMap { $0.split(separator: ",", omittingEmptySubsequences: true) }.map {
+            $0.trimmingCharacters(in: .whitespaces)
+        }
+    }
+
+    private func time(_ q: Parameters, _ name: String) throws -> Timestamp? {
+        guard let text = q.get(name) else { return nil }
+        guard let t = Timestamp(rfc3339: text) else {
+            throw APIError.validation("\(name) must be an RFC 3339 time like 2026-11-23T08:00:00.000Z, got \(text)")
+        }
+        return t
+    }
+
+    private func integer(_ q: Parameters, _ name: String, in range: ClosedRange<Int64>) throws -> Int64? {
+        guard let text = q.get(name) else { return nil }
+        guard let n = Int64(text), range.contains(n) else {
+            throw APIError.validation("\(name) must be an integer from \(range.lowerBound) to \(range.upperBound), got \(text)")
+        }
+        return n
+    }
+}
+
+func json(_ object: JSONObject, status: HTTPResponse.Status = .ok) -> Response {
+    Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: object.serialized())))
+}

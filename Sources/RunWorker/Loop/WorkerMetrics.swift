@@ -1,0 +1,108 @@
+import CoreMetrics
+import RunContract
+
+/// The worker's metrics, through swift-metrics: the HTTP side exports them in Prometheus'
+/// format (`/metrics`); any other backend works the same way. Names follow Prometheus'
+/// conventions (`_total` counters, base units, `_seconds`).
+///
+/// Used from the loop's thread only (the handlers themselves are thread-safe); labelled
+/// metrics are created on first use and kept, so the hot path does no registry lookups.
+final class WorkerMetrics {
+    private let factory: any MetricsFactory
+    private var counters: [String: Counter] = [:]
+    private var recorders: [String: Recorder] = [:]
+
+    let batchSize: Recorder
+    let applySeconds: Timer
+    let commitSeconds: Timer
+    let publishSeconds: Timer
+    let confirmSeconds: Timer
+    let partitionsOwned: Gauge
+    let leasesLost: Counter
+    let reconnects: Counter
+    let timerLateness: Recorder
+    let runAttempts: Recorder
+
+    init(factory: any MetricsFactory) {
+        self.factory = factory
+        batchSize = Recorder(label: "runworker_batch_size", factory: factory)
+        applySeconds = Timer(label: "runworker_apply_seconds", factory: factory)
+        commitSeconds = Timer(label: "runworker_commit_seconds", factory: factory)
+        publishSeconds = Timer(label: "runworker_publish_seconds", factory: factory)
+        confirmSeconds = Timer(label: "runworker_confirm_seconds", factory: factory)
+        partitionsOwned = Gauge(label: "runworker_partitions_owned", factory: factory)
+        leasesLost = Counter(label: "runworker_leases_lost_total", factory: factory)
+        reconnects = Counter(label: "runworker_reconnects_total", factory: factory)
+        timerLateness = Recorder(label: "runworker_timer_lateness_seconds", factory: factory)
+        runAttempts = Recorder(label: "runworker_run_attempts", factory: factory)
+    }
+
+    private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
+        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        if let c = counters[key] { return c }
+        let c = Counter(label: label, dimensions: dimensions, factory: factory)
+        counters[key] = c
+        return c
+    }
+
+    private func recorder(_ label: String, _ dimensions: [(String, String)]) -> Recorder {
+        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
+        if let r = recorders[key] { return r }
+        let r = Recorder(label: label, dimensions: dimensions, factory: factory)
+        recorders[key] = r
+        return r
+    }
+
+    /// A confirmed batch: what each item did, and what happened to runs.
+    func count(_ results: [CommandResult], _ observations: [RunObservation]) {
+        for r in results {
+            switch r.kind {
+            case .applied:
+                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "applied")]).increment()
+            case .refused(let error):
+                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "refused")]).increment()
+                counter("runworker_refusals_total", [("code", error.code.rawValue)]).increment()
+            case .duplicate:
+                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "duplicate")]).increment()
+            case .deadLettered(let error):
+                counter("runworker_dead_letters_total", [("reason", error.code.rawValue)]).increment()
+            case .timerFired:
+                counter("runworker_timers_fired_total", []).increment()
+            }
+        }
+        for o in observations {
+            switch o {
+            case .runFinished(let status, let stopReason, let agentID, let duration, let attempts):
+                counter("runworker_runs_finished_total", [
+                    ("status", status.rawValue), ("stop_reason", stopReason?.rawValue ?? "none"),
+                ]).increment()
+                recorder("runworker_run_duration_seconds", [("agent_id", label(agentID))]).record(duration)
+                runAttempts.record(attempts)
+            case .actionFinished(let agentID, let type, let status, let duration):
+                recorder("runworker_action_duration_seconds", [
+                    ("agent_id", label(agentID)), ("action_type", type), ("status", status.rawValue),
+                ]).record(duration)
+            case .timerFired(let lateness):
+                timerLateness.record(max(0, lateness))
+            }
+        }
+    }
+
+    func deadLettered(reason: String) {
+        counter("runworker_dead_letters_total", [("reason", reason)]).increment()
+    }
+
+    /// Agent ids are the users' own: a run without one is labelled `none`, and past
+    /// `maxAgentLabels` distinct ids the rest share `other`, so a flood of ids cannot grow the
+    /// metrics without bound.
+    private var agentLabels: Set<String> = []
+    static let maxAgentLabels = 200
+
+    func label(_ agentID: String?) -> String {
+        guard let id = agentID, !id.isEmpty else { return "none" }
+        if agentLabels.contains(id) { return id }
+        guard agentLabels.count < Self.maxAgentLabels else { return "other" }
+        agentLabels.insert(id)
+        return id
+    }
+}
