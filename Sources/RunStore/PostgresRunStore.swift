@@ -174,7 +174,7 @@ public final class PostgresRunStore: RunStore, Service {
             """
 
     /// Migration 3: confirmed outbox rows stay as history (marked published), and a new run
-    /// records its creation time (the batch's time, which is the run's `created_at`).
+    /// records its creation time (from the stored body, read once at insert).
     static let commitFunctionV3 = {
         let v3 = commitFunctionV1
             .replacingOccurrences(of: "CREATE FUNCTION", with: "CREATE OR REPLACE FUNCTION")
@@ -186,8 +186,8 @@ public final class PostgresRunStore: RunStore, Service {
                 with: "INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)")
             .replacingOccurrences(
                 of: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body\n",
-                with: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body, u.updated\n")
-        precondition(v3.contains("SET published = true") && v3.contains("u.body, u.updated\n"), "runworker_commit v3 not derived")
+                with: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body, (u.body::jsonb->>'created_at')::bigint\n")
+        precondition(v3.contains("SET published = true") && v3.contains("u.body, (u.body::jsonb"), "runworker_commit v3 not derived")
         return v3
     }()
 
@@ -263,11 +263,11 @@ public final class PostgresRunStore: RunStore, Service {
             $$
             """,
         ],
-        // History and retention (see SQLiteRunStore's v3). Rows written before get
-        // approximations: creation = last update, recorded = the migration's time.
+        // History and retention (see SQLiteRunStore's v3). Command records written before
+        // count as recorded at the migration.
         [
             "ALTER TABLE runs ADD COLUMN created_at_ms bigint",
-            "UPDATE runs SET created_at_ms = updated_at_ms",
+            "UPDATE runs SET created_at_ms = (body::jsonb->>'created_at')::bigint",
             "CREATE INDEX runs_by_created ON runs (created_at_ms, run_id)",
             "ALTER TABLE outbox ADD COLUMN published boolean NOT NULL DEFAULT false",
             "CREATE INDEX outbox_pending ON outbox (id) WHERE NOT published",

@@ -127,13 +127,13 @@ public final class SQLiteRunStore: RunStore {
         }
         // History and retention: the outbox keeps confirmed rows (marked published) as the
         // runs' history; runs know when they were created (the list's order) and command
-        // records when they were written (the de-duplication window). Rows written before this
-        // migration get approximations: creation = last update, recorded = now.
+        // records when they were written (the de-duplication window). Command records written
+        // before this migration count as recorded now.
         m.registerMigration("v3") { db in
             try db.execute(
                 sql: """
                     ALTER TABLE runs ADD COLUMN created_at_ms INTEGER;
-                    UPDATE runs SET created_at_ms = updated_at_ms;
+                    UPDATE runs SET created_at_ms = json_extract(CAST(body AS TEXT), '$.created_at');
                     CREATE INDEX runs_by_created ON runs(created_at_ms, run_id);
                     ALTER TABLE outbox ADD COLUMN published INTEGER NOT NULL DEFAULT 0;
                     CREATE INDEX outbox_pending ON outbox(id) WHERE published = 0;

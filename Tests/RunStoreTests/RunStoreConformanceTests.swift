@@ -1,3 +1,4 @@
+import Foundation
 import RunContract
 import Testing
 
@@ -319,6 +320,102 @@ import Testing
             _ = try await store.commit(StoreCommit(runs: [update(sampleRun("r1", status: .running, version: 3, agent: "a", updated: 9), from: 2)]))
             #expect(try await store.runs(status: nil, agentID: nil, limit: 2).map(\.runID) == ["r1", "r3"])
             #expect(try await store.run("r1")?.updatedAt == ms(9))
+        }
+    }
+
+    // MARK: history, listing pages, counts, retention
+
+    /// Confirmed rows stay as history (no longer pending); history reads a run's rows in
+    /// `seq` order after a given `seq`, up to a limit; the depth counts only unconfirmed rows.
+    @Test(arguments: StoreKind.allCases) func historyKeepsConfirmedRows(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            let ids = try await store.commit(StoreCommit(outbox: [outboxRow("r1", 1), outboxRow("r2", 1), outboxRow("r1", 2)]))
+            _ = try await store.commit(StoreCommit(outbox: [outboxRow("r1", 3)], removeOutbox: [ids[0]]))
+            try await store.removeOutbox(ids: [ids[2]])
+            #expect(try await store.history(runID: "r1", afterSeq: 0, limit: 100).map(\.seq) == [1, 2, 3])
+            #expect(try await store.history(runID: "r1", afterSeq: 1, limit: 100).map(\.seq) == [2, 3])
+            #expect(try await store.history(runID: "r1", afterSeq: 0, limit: 2).map(\.seq) == [1, 2])
+            #expect(try await store.history(runID: "r1", afterSeq: 0, limit: 1).first?.body == outboxRow("r1", 1).body)
+            #expect(try await store.history(runID: "nope", afterSeq: 0, limit: 100).isEmpty)
+            #expect(try await store.pendingOutbox(runIDs: ["r1"]).map(\.seq) == [3])
+            #expect(try await store.outboxDepth() == 2)
+        }
+    }
+
+    /// Pages come newest first by creation (ties by run id, descending), filtered; walking the
+    /// cursors visits every matching run exactly once, even when runs change in between.
+    @Test(arguments: StoreKind.allCases) func listRunsPages(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            func run(_ id: String, created: Int64, status: RunStatus = .running, agent: String? = "a", updated: Int64 = 5_000) -> Run {
+                var r = sampleRun(id, status: status, agent: agent, updated: updated)
+                r.createdAt = ms(created)
+                return r
+            }
+            _ = try await store.commit(StoreCommit(runs: [
+                create(run("r1", created: 100)), create(run("r2", created: 200, status: .completed)),
+                create(run("r3", created: 200, agent: "b")), create(run("r4", created: 300, updated: 9_000)),
+                create(run("r5", created: 400, status: .failed, agent: nil)),
+            ]))
+            #expect(try await store.listRuns(RunQuery()).runs.map(\.runID) == ["r5", "r4", "r3", "r2", "r1"])
+            #expect(try await store.listRuns(RunQuery(statuses: [.completed, .failed])).runs.map(\.runID) == ["r5", "r2"])
+            #expect(try await store.listRuns(RunQuery(agentID: "a")).runs.map(\.runID) == ["r4", "r2", "r1"])
+            #expect(try await store.listRuns(RunQuery(createdAfter: ms(100), createdBefore: ms(400))).runs.map(\.runID) == ["r4", "r3", "r2"])
+            #expect(try await store.listRuns(RunQuery(updatedAfter: ms(5_000))).runs.map(\.runID) == ["r4"])
+            #expect(try await store.listRuns(RunQuery(updatedBefore: ms(9_000))).runs.count == 4)
+
+            var seen: [String] = []
+            var page = try await store.listRuns(RunQuery(limit: 2))
+            seen += page.runs.map(\.runID)
+            // A change between pages does not move a run.
+            _ = try await store.commit(StoreCommit(runs: [update(run("r1", created: 100, status: .completed, updated: 99_999), from: 2)]))
+            while let next = page.next {
+                let cursor = try #require(RunCursor(token: next.token))
+                #expect(cursor == next)
+                page = try await store.listRuns(RunQuery(limit: 2, after: cursor))
+                seen += page.runs.map(\.runID)
+            }
+            #expect(seen == ["r5", "r4", "r3", "r2", "r1"])
+            #expect(try await store.listRuns(RunQuery(limit: 5)).next == nil)
+            #expect(try await store.runCounts() == [.running: 2, .completed: 2, .failed: 1])
+        }
+    }
+
+    /// Retention removes finished runs last changed before the cutoff, with their history
+    /// and command records, never a live run; then command records older than their own
+    /// cutoff; each bounded by the limit.
+    @Test(arguments: StoreKind.allCases) func pruneRemovesFinishedRunsAndOldCommandIDs(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            _ = try await store.commit(StoreCommit(
+                runs: [
+                    create(sampleRun("old-done", status: .completed, updated: 1_000)),
+                    create(sampleRun("old-failed", status: .failed, updated: 1_500)),
+                    create(sampleRun("new-done", status: .cancelled, updated: 50_000)),
+                    create(sampleRun("old-live", status: .running, updated: 1_000)),
+                ],
+                outbox: [outboxRow("old-done", 1), outboxRow("old-done", 2), outboxRow("old-failed", 1), outboxRow("old-live", 1)],
+                outcomes: [(key("old-done", "c1"), started), (key("old-live", "c1"), started), (key("new-done", "c1"), started)]))
+            // Nothing is old enough.
+            #expect(try await store.prune(finishedBefore: ms(500), commandsBefore: Timestamp(milliseconds: .min), limit: 10) == PruneResult())
+            // One finished run per pass at limit 1, oldest first.
+            let first = try await store.prune(finishedBefore: ms(10_000), commandsBefore: Timestamp(milliseconds: .min), limit: 1)
+            #expect(first == PruneResult(runs: 1, events: 2, commands: 1))
+            let second = try await store.prune(finishedBefore: ms(10_000), commandsBefore: Timestamp(milliseconds: .min), limit: 10)
+            #expect(second == PruneResult(runs: 1, events: 1, commands: 0))
+            #expect(try await store.run("old-done") == nil)
+            #expect(try await store.run("old-failed") == nil)
+            #expect(try await store.history(runID: "old-done", afterSeq: 0, limit: 10).isEmpty)
+            #expect(try await store.run("old-live") != nil)
+            #expect(try await store.run("new-done") != nil)
+            #expect(try await store.history(runID: "old-live", afterSeq: 0, limit: 10).count == 1)
+            let kept = try await store.load(runIDs: [], commands: [key("old-done", "c1"), key("old-live", "c1"), key("new-done", "c1")])
+            #expect(Set(kept.outcomes.keys) == [key("old-live", "c1"), key("new-done", "c1")])
+            // Command ids expire by their own cutoff (far ahead: all of them), live runs untouched.
+            let future = Timestamp(seconds: Date().timeIntervalSince1970 + 86_400)
+            let ids = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 1)
+            #expect(ids == PruneResult(runs: 0, events: 0, commands: 1))
+            _ = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 10)
+            #expect(try await store.load(runIDs: [], commands: [key("old-live", "c1"), key("new-done", "c1")]).outcomes.isEmpty)
+            #expect(try await store.run("old-live") != nil)
         }
     }
 }
