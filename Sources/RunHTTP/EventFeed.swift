@@ -73,6 +73,16 @@ final class EventFeed: Sendable {
         return stream
     }
 
+    /// Ends every subscriber's stream (a graceful shutdown: open streams must not hold the
+    /// server), and stops consuming.
+    func finishAll() {
+        let all = state.withLock { state in
+            defer { state.subscribers = [:] }
+            return state.subscribers.values.map(\.1)
+        }
+        for continuation in all { continuation.finish() }
+    }
+
     private func broadcast(_ event: LiveEvent) {
         let targets = state.withLock { state in state.subscribers.values.filter { $0.0.matches(event) }.map(\.1) }
         for continuation in targets { continuation.yield(event) }

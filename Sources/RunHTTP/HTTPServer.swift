@@ -13,17 +13,16 @@ import ServiceLifecycle
 /// board. docs/openapi.yaml describes it. Run it in the worker's `ServiceGroup`.
 public struct RunHTTPServer: Service {
     let application: Application<RouterResponder<BasicRequestContext>>
+    let feed: EventFeed
 
     /// - registry: the Prometheus registry the worker's metrics factory writes to (what
     ///   `/metrics` exports).
     public init(worker: Worker, endpoint: HTTPEndpoint, registry: PrometheusCollectorRegistry, logger: Logger) throws {
         let settings = worker.settings
-        let api = RunsAPI(
-            store: worker.store, shared: worker.shared, registry: registry,
-            feed: EventFeed(
-                amqpURL: (try? settings.amqpURLs().first) ?? settings.amqpURL,
-                exchange: settings.topology.eventsExchange, logger: logger),
-            board: try Board.load())
+        feed = EventFeed(
+            amqpURL: (try? settings.amqpURLs().first) ?? settings.amqpURL, exchange: settings.topology.eventsExchange,
+            logger: logger)
+        let api = RunsAPI(store: worker.store, shared: worker.shared, registry: registry, feed: feed, board: try Board.load())
         let router = Router(context: BasicRequestContext.self)
         router.add(middleware: APIErrorMiddleware(token: settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }, logger: logger))
         api.register(on: router)
@@ -41,7 +40,13 @@ public struct RunHTTPServer: Service {
     }
 
     public func run() async throws {
-        try await application.run()
+        let feed = self.feed
+        // Open event streams would hold the server past a graceful shutdown: end them first.
+        try await withGracefulShutdownHandler {
+            try await application.run()
+        } onGracefulShutdown: {
+            feed.finishAll()
+        }
     }
 
     /// A Prometheus factory with buckets for what the worker measures: sub-millisecond stage

@@ -5,7 +5,7 @@ enum Refusal {
     static func runNotFound(_ command: Command) -> RunError {
         RunError(
             .runNotFound,
-            "run \"\(command.runID)\" does not exist: \(command.kind.name) needs an existing run (send create or start first)")
+            "run \"\(command.runID)\" does not exist: \(command.kind.name) needs an existing run (send create or start first; a finished run is removed once its retention period has passed)")
     }
 
     static func runExists(_ run: Run) -> RunError {

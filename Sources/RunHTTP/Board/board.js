@@ -114,17 +114,29 @@
   // --- state --------------------------------------------------------------------------------
   var state = {
     runs: new Map(),     // run_id -> {run_id, status, attempt, version, created_at, updated_at}
-    agents: new Map(),   // run_id -> agent_id (or null): outlives re-queries, used by filters
+    known: new Map(),    // run_id -> {agent_id, created_at}: what never changes, kept across reloads
     filter: { status: "", agent: "" },
     loading: null,       // events received while v1/runs is in flight, replayed over its answer
     loadGen: 0,
     open: null,          // the run shown in the detail panel
   };
-  var lookups = new Set(); // run ids whose snapshot is being fetched
+  var MAX_KNOWN = 5000;
+
+  function remember(id, agentID, createdAt) {
+    var k = state.known.get(id);
+    if (!k) {
+      if (state.known.size >= MAX_KNOWN) state.known.delete(state.known.keys().next().value);
+      k = {};
+      state.known.set(id, k);
+    }
+    k.agent_id = agentID == null ? null : agentID;
+    if (createdAt) k.created_at = createdAt;
+  }
+  function agentOf(id) { var k = state.known.get(id); return k ? k.agent_id : undefined; }
 
   function mergeSnapshot(s) {
     if (!s || typeof s.run_id !== "string") return;
-    state.agents.set(s.run_id, s.agent_id == null ? null : s.agent_id);
+    remember(s.run_id, s.agent_id, s.created_at);
     var r = state.runs.get(s.run_id);
     if (!r) {
       r = { run_id: s.run_id, version: -1 };
@@ -141,13 +153,14 @@
 
   function applyEventToRuns(ev) {
     if (typeof ev.seq !== "number") return; // command_rejected changes nothing
-    if (ev.type === "created") state.agents.set(ev.run_id, ev.agent_id == null ? null : ev.agent_id);
+    if (ev.type === "created") remember(ev.run_id, ev.agent_id, ev.occurred_at);
     var version = typeof ev.version === "number" ? ev.version : ev.seq;
     var r = state.runs.get(ev.run_id);
     if (!r) {
-      r = { run_id: ev.run_id, version: -1, created_at: ev.type === "created" ? ev.occurred_at : null };
+      var k = state.known.get(ev.run_id);
+      r = { run_id: ev.run_id, version: -1, created_at: k ? k.created_at : null };
       state.runs.set(ev.run_id, r);
-      if (!state.agents.has(ev.run_id) || !r.created_at) lookup(ev.run_id);
+      if (!k || !k.created_at) lookup(ev.run_id);
     }
     if (version <= r.version) return; // a repeat or an older event
     r.status = ev.status;
@@ -156,14 +169,31 @@
     r.updated_at = ev.occurred_at;
   }
 
-  // A run first seen through a later event: its agent and creation time come from its snapshot.
+  // A run first seen through a later event (created before the board's first query): its agent
+  // and creation time come from its snapshot. Two at a time, so that a burst of such runs
+  // cannot hold up the board's other requests.
+  var lookups = { queued: [], ids: new Set(), active: 0 };
   function lookup(id) {
-    if (lookups.has(id)) return;
-    lookups.add(id);
+    if (lookups.ids.has(id)) return;
+    lookups.ids.add(id);
+    lookups.queued.push(id);
+    nextLookup();
+  }
+  function nextLookup() {
+    if (lookups.active >= 2 || lookups.queued.length === 0) return;
+    var id = lookups.queued.shift();
+    var gen = state.loadGen;
+    lookups.active++;
     api("v1/runs/" + encodeURIComponent(id)).then(function (s) {
-      mergeSnapshot(s);
+      // After a reload that dropped this run, the answer may be older than events since missed.
+      if (gen === state.loadGen || state.runs.has(id)) mergeSnapshot(s);
     }, function () { /* it shows without an agent; the next reload fills it in */ })
-      .then(function () { lookups.delete(id); scheduleRender(); });
+      .then(function () {
+        lookups.active--;
+        lookups.ids.delete(id);
+        scheduleRender();
+        nextLookup();
+      });
   }
 
   function prune() {
@@ -175,7 +205,7 @@
   function matches(r) {
     if (state.filter.status && r.status !== state.filter.status) return false;
     if (state.filter.agent) {
-      if (!state.agents.has(r.run_id) || state.agents.get(r.run_id) !== state.filter.agent) return false;
+      if (agentOf(r.run_id) !== state.filter.agent) return false;
     }
     return true;
   }
@@ -304,7 +334,7 @@
   }
 
   function fillRow(tr, r) {
-    var agent = state.agents.has(r.run_id) ? state.agents.get(r.run_id) : undefined;
+    var agent = agentOf(r.run_id);
     setCell(tr, "agent_id", agent == null ? (agent === null ? "—" : "…") : agent, agent || "");
     var st = tr.querySelector('td[data-field="status"]');
     if (st.textContent !== r.status) {

@@ -1,0 +1,226 @@
+import Foundation
+import RunContract
+import RunWorkerTestKit
+import Synchronization
+import Testing
+
+/// The store a test worker uses: a SQLite file, or a schema of the test PostgreSQL.
+enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
+    case sqlite, postgres
+    var testDescription: String { rawValue }
+
+    /// The store URL and its clean-up.
+    func make(_ prefix: String) throws -> (url: String, cleanUp: () -> Void) {
+        switch self {
+        case .sqlite:
+            let url = tempStore(prefix)
+            return (url, { try? FileManager.default.removeItem(atPath: String(url.dropFirst("sqlite://".count))) })
+        case .postgres:
+            guard postgresAvailable else { throw TestKitError(.process, "no PostgreSQL at \(postgresURL)") }
+            let (url, schema) = postgresStore(prefix)
+            return (url, { dropSchema(schema) })
+        }
+    }
+
+    static var available: [HTTPStoreKind] { postgresAvailable ? allCases : [.sqlite] }
+}
+
+/// The worker's own HTTP side against a real worker process, broker and store: health,
+/// metrics, the runs API with history, the live stream, bad input, the token, retention.
+@Suite(.serialized, .requiresBroker) struct HTTPTests {
+    static func get(_ base: String, _ path: String, headers: [String: String] = [:]) throws -> HTTPProbe.Answer {
+        try HTTPProbe.request(base, path, headers: headers)
+    }
+
+    static func json(_ answer: HTTPProbe.Answer) throws -> JSONValue { try JSONValue.parse(answer.body) }
+
+    /// Three runs go through their lives while an event stream is open: the stream shows them
+    /// live, the API answers snapshots, history (the same events as published, in seq order),
+    /// pages, filters and counts, the metrics count what happened, and bad input gets a 4xx
+    /// with a contract code, on either store.
+    @Test(arguments: HTTPStoreKind.available) func runsAPIAndStream(kind: HTTPStoreKind) throws {
+        let prefix = uniquePrefix("http")
+        let (store, cleanUp) = try kind.make(prefix)
+        defer { cleanUp() }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store)
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase, "the status file names the HTTP address")
+
+        #expect(try Self.get(base, "/healthz").status == 200)
+        let ready = try Self.get(base, "/readyz")
+        let readyBody = try Self.json(ready)
+        #expect(ready.status == 200 && readyBody["ready"] == .bool(true), "\(ready.text)")
+
+        func call(_ command: JSONValue, _ id: String) throws -> CommandReply { try client.call(command, id: id) }
+        var streamed: [String] = []
+        var dataLines: [JSONValue] = []
+        let sawAll = try HTTPProbe.stream(base, "/v1/events/stream?run_id=r-a,r-b", timeout: 30, onOpen: {
+            // The stream subscribes to the broker before answering; give the binding a moment.
+            Thread.sleep(forTimeInterval: 0.5)
+            _ = try call(["command": "start", "run_id": "r-a", "agent_id": "agent-x", "input": ["q": 1]], "a1")
+            _ = try call(["command": "require_action", "run_id": "r-a",
+                          "action": ["id": "act-1", "type": "tool_call", "tool": "calc", "args": ["x": 2]]], "a2")
+            _ = try call(["command": "complete_action", "run_id": "r-a", "action_id": "act-1", "result": 4], "a3")
+            _ = try call(["command": "complete", "run_id": "r-a", "result": "4"], "a4")
+            _ = try call(["command": "start", "run_id": "r-b", "agent_id": "agent-y"], "b1")
+            _ = try call(["command": "fail", "run_id": "r-b", "error": ["message": "boom", "code": "tool_error"]], "b2")
+            _ = try call(["command": "create", "run_id": "r-c", "agent_id": "agent-x"], "c1")
+            _ = try call(["command": "cancel", "run_id": "r-c"], "c2")
+            let refused = try call(["command": "complete", "run_id": "r-c"], "c3")
+            #expect(refused.error?.code == .invalidTransition)
+        }) { line in
+            if line.hasPrefix("event: ") { streamed.append(String(line.dropFirst(7))) }
+            if line.hasPrefix("data: ") { dataLines.append(try JSONValue.parse(Array(line.dropFirst(6).utf8))) }
+            return streamed.filter { $0 != "command_rejected" }.count >= 8
+        }
+        #expect(sawAll, "streamed: \(streamed)")
+        #expect(streamed == ["created", "started", "action_required", "action_completed", "completed", "created", "started", "failed"])
+        #expect(!dataLines.contains { $0["run_id"] == "r-c" }, "the run_id filter keeps r-c out")
+
+        // The snapshot, as replies carry it.
+        let a = try Self.get(base, "/v1/runs/r-a")
+        #expect(a.status == 200)
+        let snapshot = try Self.json(a)
+        #expect(snapshot["status"] == "completed" && snapshot["version"] == .int(5) && snapshot["agent_id"] == "agent-x")
+
+        // History: the published events, in seq order, the same bodies the subscriber saw.
+        try client.waitForEvents(timeout: 20) { _ in client.runEvents.count >= 10 }
+        let history = try Self.json(try Self.get(base, "/v1/runs/r-a/events"))
+        let events = try #require(history["events"]?.arrayValue)
+        #expect(events.map { $0["type"]?.stringValue ?? "" } == ["created", "started", "action_required", "action_completed", "completed"])
+        #expect(events.map { $0["seq"]?.intValue ?? 0 } == [1, 2, 3, 4, 5])
+        let published = client.runEvents.filter { $0.runID == "r-a" }.sorted { $0.seq < $1.seq }
+        #expect(try events.map { try RunEvent.decode($0.serialized()) } == published)
+        let after = try Self.json(try Self.get(base, "/v1/runs/r-a/events?after_seq=3"))
+        #expect(after["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } == [4, 5])
+        let failed = try Self.json(try Self.get(base, "/v1/runs/r-b/events"))
+        #expect(failed["events"]?.arrayValue?.last?["error"]?["message"] == "boom")
+
+        // Lists: newest first, filters, cursor pages.
+        let all = try Self.json(try Self.get(base, "/v1/runs"))
+        #expect(all["runs"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "" } == ["r-c", "r-b", "r-a"])
+        let done = try Self.json(try Self.get(base, "/v1/runs?status=completed,failed"))
+        #expect(done["runs"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "" } == ["r-b", "r-a"])
+        let agent = try Self.json(try Self.get(base, "/v1/runs?agent_id=agent-x&status=cancelled"))
+        #expect(agent["runs"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "" } == ["r-c"])
+        var paged: [String] = []
+        var cursor: String? = nil
+        repeat {
+            let page = try Self.json(try Self.get(base, "/v1/runs?limit=1" + (cursor.map { "&cursor=\($0)" } ?? "")))
+            paged += page["runs"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "" } ?? []
+            cursor = page["next_cursor"]?.stringValue
+        } while cursor != nil && paged.count < 10
+        #expect(paged == ["r-c", "r-b", "r-a"])
+        let counts = try Self.json(try Self.get(base, "/v1/counts"))
+        #expect(counts["total"] == .int(3) && counts["runs_by_status"]?["cancelled"] == .int(1))
+
+        // Bad input: a 4xx with a contract code, and the worker keeps serving.
+        for (path, status, code) in [
+            ("/v1/runs?limit=0", 400, "validation_error"), ("/v1/runs?limit=abc", 400, "validation_error"),
+            ("/v1/runs?status=bogus", 400, "validation_error"), ("/v1/runs?cursor=%%%", 400, "validation_error"),
+            ("/v1/runs?created_after=yesterday", 400, "validation_error"),
+            ("/v1/runs/" + String(repeating: "x", count: 300), 400, "payload_too_large"),
+            ("/v1/runs/nobody", 404, "run_not_found"), ("/v1/runs/nobody/events", 404, "run_not_found"),
+            ("/v1/runs/r-a/events?after_seq=-1", 400, "validation_error"),
+            ("/v1/events/stream?type=bogus", 400, "validation_error"), ("/nope", 404, "not_found"),
+            ("/v1/runs?agent_id=" + String(repeating: "a", count: 5000), 414, "payload_too_large"),
+        ] {
+            let answer = try Self.get(base, path)
+            #expect(answer.status == status, "\(path): \(answer.status) \(answer.text)")
+            #expect((try? Self.json(answer))?["error"]?["code"]?.stringValue == code, "\(path): \(answer.text)")
+        }
+        let post = try HTTPProbe.request(base, "/v1/runs", method: "POST")
+        let postBody = try Self.json(post)
+        #expect(post.status == 405 && postBody["error"]?["code"] == "method_not_allowed")
+
+        // Metrics: what happened, counted once, in Prometheus' text format.
+        let metrics = try Self.get(base, "/metrics")
+        #expect(metrics.status == 200 && metrics.headers["content-type"]?.hasPrefix("text/plain") == true)
+        func value(_ name: String, _ labels: [String]) -> Double? {
+            metrics.text.split(separator: "\n").first { line in
+                line.hasPrefix(name + "{") && labels.allSatisfy { line.contains($0) } || (labels.isEmpty && line.hasPrefix(name + " "))
+            }.flatMap { Double($0.split(separator: " ").last ?? "") }
+        }
+        #expect(value("runworker_commands_total", [#"command="start""#, #"outcome="applied""#]) == 2, "\(metrics.text)")
+        #expect(value("runworker_commands_total", [#"command="complete""#, #"outcome="refused""#]) == 1)
+        #expect(value("runworker_refusals_total", [#"code="invalid_transition""#]) == 1)
+        #expect(value("runworker_runs_finished_total", [#"status="completed""#, #"stop_reason="completed""#]) == 1)
+        #expect(value("runworker_runs_finished_total", [#"status="failed""#, #"stop_reason="error""#]) == 1)
+        #expect(value("runworker_runs_finished_total", [#"status="cancelled""#]) == 1)
+        #expect(value("runworker_action_duration_seconds_count", [#"agent_id="agent-x""#, #"action_type="tool_call""#]) == 1)
+        #expect(value("runworker_run_duration_seconds_count", [#"agent_id="agent-x""#]) == 2)
+        #expect((value("runworker_batch_size_count", []) ?? 0) >= 1)
+        #expect((value("runworker_commit_seconds_count", []) ?? 0) >= 1)
+        #expect(value("runworker_partitions_owned", []) == 4)
+        #expect(worker.terminate() == 0)
+    }
+
+    /// Beyond loopback the worker refuses to start without a token; with one, every endpoint
+    /// but health and the board asks for it (header, or `access_token` for the stream).
+    @Test func tokenGuardsTheAPI() throws {
+        let prefix = uniquePrefix("httptoken")
+        let store = tempStore(prefix)
+        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+
+        let refused = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_ADDRESS": "0.0.0.0:0"])
+        try waitUntil("the worker refuses a non-loopback address without a token", timeout: 30, explain: { refused.log }) {
+            !refused.isRunning
+        }
+        #expect(refused.process.terminationStatus != 0 && refused.log.contains("http_token"), "\(refused.log)")
+
+        let token = "s3cret-token-of-24-chars"
+        let worker = try WorkerProcess(
+            prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_ADDRESS": "0.0.0.0:0", "RUNWORKER_HTTP_TOKEN": token])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let address = try #require(worker.status?.httpAddress)
+        let base = "http://127.0.0.1:" + (address.split(separator: ":").last.map(String.init) ?? "")
+        #expect(try Self.get(base, "/healthz").status == 200)
+        #expect(try Self.get(base, "/readyz").status == 200)
+        #expect(try Self.get(base, "/").status == 200)
+        let missing = try Self.get(base, "/v1/runs")
+        #expect(missing.status == 401 && missing.headers["www-authenticate"] == "Bearer")
+        let missingBody = try Self.json(missing)
+        #expect(missingBody["error"]?["code"] == "unauthorized")
+        #expect(try Self.get(base, "/metrics").status == 401)
+        #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer wrong-token-of-24-chars"]).status == 401)
+        #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer \(token)"]).status == 200)
+        #expect(try Self.get(base, "/metrics", headers: ["Authorization": "Bearer \(token)"]).status == 200)
+        #expect(try Self.get(base, "/v1/counts?access_token=\(token)").status == 200)
+        #expect(worker.terminate() == 0)
+    }
+
+    /// Retention removes a finished run with its history once its time has passed, leaves a
+    /// live run alone, and a later command for the removed run is answered run_not_found with
+    /// a message that says why.
+    @Test func retentionRemovesFinishedRuns() throws {
+        let prefix = uniquePrefix("httpret")
+        let store = tempStore(prefix)
+        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: [
+            "RUNWORKER_RETENTION_FINISHED_RUNS": "1s", "RUNWORKER_RETENTION_INTERVAL_S": "0.2",
+        ])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase)
+        _ = try client.call(["command": "start", "run_id": "done"], id: "d1")
+        _ = try client.call(["command": "complete", "run_id": "done"], id: "d2")
+        _ = try client.call(["command": "start", "run_id": "live"], id: "l1")
+        #expect(try Self.get(base, "/v1/runs/done").status == 200)
+        try waitUntil("retention removes the finished run", timeout: 30) { try Self.get(base, "/v1/runs/done").status == 404 }
+        #expect(try Self.get(base, "/v1/runs/done/events").status == 404)
+        #expect(try Self.get(base, "/v1/runs/live").status == 200)
+        let late = try client.call(["command": "complete", "run_id": "done"], id: "d3")
+        #expect(late.error?.code == .runNotFound && late.error?.message.contains("retention") == true, "\(String(describing: late.error))")
+        let metrics = try Self.get(base, "/metrics").text
+        #expect(metrics.contains(#"runworker_retention_removed_total{what="runs"} 1"#), "\(metrics)")
+        #expect(worker.terminate() == 0)
+    }
+}
