@@ -1,8 +1,10 @@
 import AMQPClient
 import ArgumentParser
 import Foundation
+#if canImport(FoundationNetworking)
+import FoundationNetworking
+#endif
 import RunContract
-import RunStore
 import RunWorker
 
 struct Watch: ParsableCommand {
@@ -67,60 +69,166 @@ struct Watch: ParsableCommand {
     }
 }
 
-struct StoreOptions: ParsableArguments {
+/// Where the HTTP API is: `--http`, else the worker's `http_address` from the config and
+/// RUNWORKER_HTTP_ADDRESS; the token from `--token` or RUNWORKER_HTTP_TOKEN.
+struct HTTPOptions: ParsableArguments {
     @Option(help: "YAML config file (default config/runworker.yaml when it exists).")
     var config: String?
-    @Option(help: "Store URL (default: the worker's, from config and RUNWORKER_STORE).")
-    var store: String?
+    @Option(help: "Base URL of a worker's HTTP API (default: http://<http_address> from the config).")
+    var http: String?
+    @Option(help: "Bearer token of the HTTP API (default: http_token from the config).")
+    var token: String?
 
-    func open() throws -> any RunStore {
-        var s = try loadSettings(config)
-        if let store { s.store = store }
-        if case .sqlite(let path) = try StoreLocation(url: s.store), !FileManager.default.fileExists(atPath: path) {
-            throw RunCtlFailure("no store at \(path) (run runctl where the worker runs, or pass --store)")
+    func client() throws -> APIClient {
+        let settings = try loadSettings(config)
+        var base = http
+        if base == nil {
+            guard let endpoint = try settings.httpEndpoint() else {
+                throw RunCtlFailure("http_address is off in the config: pass --http http://host:port of a worker")
+            }
+            let host = endpoint.host == "0.0.0.0" ? "127.0.0.1" : endpoint.host
+            base = "http://\(host.contains(":") ? "[\(host)]" : host):\(endpoint.port)"
         }
-        return try openRunStore(url: s.store)
+        return APIClient(base: base!, token: token ?? settings.httpToken)
     }
 }
 
-struct Get: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show one run from the store.")
-    @Argument var runID: String
-    @Flag(help: "Print the snapshot as JSON.") var json = false
-    @OptionGroup var store: StoreOptions
+/// A blocking GET of the runs API, JSON in and out; an error answer becomes the contract's
+/// `code: message` on stderr and exit status 1.
+struct APIClient {
+    var base: String
+    var token: String?
 
-    func run() async throws {
-        guard let run = try await store.open().run(runID) else {
-            printError("run_not_found: no run \"\(runID)\"")
+    func get(_ path: String) throws -> JSONValue {
+        guard let url = URL(string: base.hasSuffix("/") ? String(base.dropLast()) + path : base + path) else {
+            throw RunCtlFailure("not a URL: \(base)\(path)")
+        }
+        var request = URLRequest(url: url, timeoutInterval: 15)
+        if let token, !token.isEmpty { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
+        let box = ResponseBox()
+        let done = DispatchSemaphore(value: 0)
+        URLSession.shared.dataTask(with: request) { data, response, error in
+            box.set(data, (response as? HTTPURLResponse)?.statusCode, error)
+            done.signal()
+        }.resume()
+        done.wait()
+        let (data, status, error) = box.get()
+        if let error { throw RunCtlFailure("cannot reach the HTTP API at \(base): \(error.localizedDescription)") }
+        let body = (try? JSONValue.parse(Array(data ?? Data()))) ?? .null
+        guard let status, (200..<300).contains(status) else {
+            let code = body["error"]?["code"]?.stringValue ?? "http_\(status ?? 0)"
+            let message = body["error"]?["message"]?.stringValue ?? String(decoding: data ?? Data(), as: UTF8.self)
+            printError("\(code): \(message)")
             throw ExitCode(1)
         }
-        print(json ? String(decoding: run.encodeSnapshot(), as: UTF8.self) : describe(run))
+        return body
+    }
+
+    /// A path segment or query value, percent-encoded.
+    static func escape(_ text: String) -> String {
+        text.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? text
     }
 }
 
-struct List: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "List runs, most recently updated first.")
-    @Option(help: "Only runs in this status.") var status: String?
+final class ResponseBox: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: (Data?, Int?, Error?) = (nil, nil, nil)
+    func set(_ d: Data?, _ s: Int?, _ e: Error?) { lock.withLock { value = (d, s, e) } }
+    func get() -> (Data?, Int?, Error?) { lock.withLock { value } }
+}
+
+struct Get: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show one run (through a worker's HTTP API).")
+    @Argument var runID: String
+    @Flag(help: "Print the snapshot as JSON.") var json = false
+    @OptionGroup var http: HTTPOptions
+
+    func run() throws {
+        let snapshot = try http.client().get("/v1/runs/\(APIClient.escape(runID))")
+        print(json ? String(decoding: snapshot.serialized(), as: UTF8.self) : describe(try Run(snapshot: snapshot)))
+    }
+}
+
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List runs, newest first (through a worker's HTTP API).")
+    @Option(help: "Only runs in this status (several: comma-separated).") var status: String?
     @Option(help: "Only runs of this agent_id.") var agent: String?
     @Option(help: "At most this many.") var limit = 50
     @Flag(help: "One snapshot JSON per line.") var json = false
-    @OptionGroup var store: StoreOptions
+    @OptionGroup var http: HTTPOptions
 
-    func run() async throws {
-        var s: RunStatus?
-        if let status {
-            guard let v = RunStatus(rawValue: status) else {
-                throw ValidationError("--status must be one of \(RunStatus.allCases.map(\.rawValue).joined(separator: ", "))")
+    func run() throws {
+        let client = try http.client()
+        var query = ["limit=\(min(limit, 500))"]
+        if let status { query.append("status=\(APIClient.escape(status))") }
+        if let agent { query.append("agent_id=\(APIClient.escape(agent))") }
+        var printed = 0
+        var cursor: String?
+        repeat {
+            let page = try client.get("/v1/runs?" + (query + (cursor.map { ["cursor=\($0)"] } ?? [])).joined(separator: "&"))
+            for snapshot in page["runs"]?.arrayValue ?? [] where printed < limit {
+                printed += 1
+                if json {
+                    print(String(decoding: snapshot.serialized(), as: UTF8.self))
+                } else {
+                    let run = try Run(snapshot: snapshot)
+                    print("\(run.runID)\t\(run.status.rawValue)\tv\(run.version)\tattempt \(run.attempt)\t\(run.agentID ?? "-")\t\(run.createdAt.rfc3339)")
+                }
             }
-            s = v
+            cursor = page["next_cursor"]?.stringValue
+        } while cursor != nil && printed < limit
+    }
+}
+
+/// All of a run's history, following `after_seq` past a page.
+func history(_ client: APIClient, _ runID: String) throws -> [JSONValue] {
+    var events: [JSONValue] = []
+    while true {
+        let after = events.last?["seq"]?.intValue ?? 0
+        let page = try client.get("/v1/runs/\(APIClient.escape(runID))/events?after_seq=\(after)")["events"]?.arrayValue ?? []
+        events += page
+        if page.count < 1000 { return events }
+    }
+}
+
+struct Events: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "A run's history: every event it published, in seq order.")
+    @Argument var runID: String
+    @Flag(help: "One event JSON per line, as published.") var json = false
+    @OptionGroup var http: HTTPOptions
+
+    func run() throws {
+        for event in try history(try http.client(), runID) {
+            let body = event.serialized()
+            print(json ? String(decoding: body, as: UTF8.self) : Watch.line(body))
         }
-        for run in try await store.open().runs(status: s, agentID: agent, limit: limit) {
-            if json {
-                print(String(decoding: run.encodeSnapshot(), as: UTF8.self))
-            } else {
-                let updated = run.updatedAt.rfc3339
-                print("\(run.runID)\t\(run.status.rawValue)\tv\(run.version)\tattempt \(run.attempt)\t\(run.agentID ?? "-")\t\(updated)")
+    }
+}
+
+struct Describe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "A run in full: snapshot, pending actions with their deadlines, and its timeline.")
+    @Argument var runID: String
+    @OptionGroup var http: HTTPOptions
+
+    func run() throws {
+        let client = try http.client()
+        let run = try Run(snapshot: try client.get("/v1/runs/\(APIClient.escape(runID))"))
+        var lines = [describe(run)]
+        var times = ["created \(run.createdAt.rfc3339)"]
+        if let t = run.startedAt { times.append("started \(t.rfc3339)") }
+        times.append("updated \(run.updatedAt.rfc3339)")
+        if let t = run.completedAt { times.append("finished \(t.rfc3339)") }
+        if let t = run.nextAttemptAt { times.append("next attempt \(t.rfc3339)") }
+        lines.append("  " + times.joined(separator: ", "))
+        if !run.pendingActions.isEmpty {
+            lines.append("pending actions:")
+            for a in run.pendingActions {
+                lines.append("  \(a.id)  \(a.type.rawValue)  requested \(a.requestedAt.rfc3339)  deadline \(a.deadline?.rfc3339 ?? "none")")
             }
         }
+        lines.append("timeline:")
+        for event in try history(client, runID) { lines.append("  " + Watch.line(event.serialized())) }
+        print(lines.joined(separator: "\n"))
     }
 }

@@ -14,11 +14,13 @@ struct RunCtl: AsyncParsableCommand {
             Commands are published to <prefix>.commands exactly as docs/CONTRACT.md describes; \
             runctl waits for the worker's reply unless --no-wait is given. A refusal exits 1 \
             with the contract's error code. Connection settings come from config/runworker.yaml, \
-            then RUNWORKER_* variables, then flags.
+            then RUNWORKER_* variables, then flags. get, list, events and describe read \
+            through a worker's HTTP API (--http, default the config's http_address), so they work \
+            from any host and on either store; watch follows the events exchange.
             """,
         subcommands: [
             Create.self, Start.self, RequireAction.self, CompleteAction.self, FailAction.self, Complete.self,
-            Fail.self, Cancel.self, Watch.self, Get.self, List.self,
+            Fail.self, Cancel.self, Watch.self, Get.self, List.self, Events.self, Describe.self,
         ])
 }
 

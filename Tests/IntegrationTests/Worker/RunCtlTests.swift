@@ -57,12 +57,25 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
         r = try runctl(["complete", "run-42", "--result", #""4""#, "--json"], prefix: prefix, store: store)
         let reply = try CommandReply.decode(Array(r.output.utf8))
         #expect(r.status == 0 && reply.run?.status == .completed && reply.run?.result == "4")
-        r = try runctl(["get", "run-42"], prefix: prefix, store: store)
+        // The reads go through the worker's HTTP API.
+        let http = try #require(worker.httpBase)
+        r = try runctl(["get", "run-42", "--http", http], prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.contains("completed (version 5"), "\(r.output)")
-        r = try runctl(["list", "--status", "completed"], prefix: prefix, store: store)
+        r = try runctl(["list", "--status", "completed", "--http", http], prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.hasPrefix("run-42\tcompleted\tv5"), "\(r.output)")
-        r = try runctl(["get", "nobody"], prefix: prefix, store: store)
+        r = try runctl(["get", "nobody", "--http", http], prefix: prefix, store: store)
         #expect(r.status == 1 && r.output.contains("run_not_found"))
+        r = try runctl(["events", "run-42", "--http", http], prefix: prefix, store: store)
+        let timeline = r.output.split(separator: "\n").map { $0.split(separator: " ", omittingEmptySubsequences: true) }
+        #expect(r.status == 0 && timeline.map { $0.count > 6 ? String($0[6]) : "" }
+            == ["created", "started", "action_required", "action_completed", "completed"], "\(r.output)")
+        r = try runctl(["events", "run-42", "--json", "--http", http], prefix: prefix, store: store)
+        #expect(try r.output.split(separator: "\n").map { try RunEvent.decode(Array($0.utf8)).seq } == [1, 2, 3, 4, 5])
+        r = try runctl(["describe", "run-42", "--http", http], prefix: prefix, store: store)
+        #expect(r.status == 0 && r.output.contains("timeline:") && r.output.contains("#5") && r.output.contains("stop_reason=completed"),
+                "\(r.output)")
+        r = try runctl(["get", "run-42", "--http", "http://127.0.0.1:1"], prefix: prefix, store: store)
+        #expect(r.status != 0 && r.output.contains("cannot reach the HTTP API"), "\(r.output)")
         r = try runctl(["require-action", "run-42", "--tool", "x", "--args", "{bad"], prefix: prefix, store: store)
         #expect(r.status != 0 && r.output.contains("--args is not valid JSON"))
 
