@@ -106,6 +106,7 @@ struct APIError: Error {
         let body: JSONObject = ["error": .object(["code": .string(code), "message": .string(message)])]
         var headers: HTTPFields = [.contentType: "application/json"]
         if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
+        if status == .methodNotAllowed { headers[.allow] = "GET, HEAD" }
         return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.serialized())))
     }
 }
@@ -129,7 +130,12 @@ struct APIErrorMiddleware: RouterMiddleware {
                 throw APIError(status: .uriTooLong, code: "payload_too_large", message: "the query string is longer than \(Self.maxQueryBytes) bytes")
             }
             if let token, !Self.open.contains(request.uri.path) { try check(request, token: token) }
-            return try await next(request, context)
+            // HEAD is GET without the body.
+            guard request.method == .head else { return try await next(request, context) }
+            var head = request.head
+            head.method = .get
+            let response = try await next(Request(head: head, body: request.body), context)
+            return Response(status: response.status, headers: response.headers, body: .init())
         } catch let error as APIError {
             return error.response
         } catch let error as HTTPError where error.status == .notFound {

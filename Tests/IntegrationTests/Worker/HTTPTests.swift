@@ -223,4 +223,49 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         #expect(metrics.contains(#"runworker_retention_removed_total{what="runs"} 1"#), "\(metrics)")
         #expect(worker.terminate() == 0)
     }
+
+    /// docs/openapi.yaml validates, and the live server agrees with it: schemathesis (PyPI)
+    /// fuzzes every GET operation but the endless stream against a worker holding runs in
+    /// several states, with its token, and fails on a 5xx or on any status, content type,
+    /// header or body the document does not describe (and on an unsupported method answered
+    /// without 405 and Allow).
+    @Test func openAPIDocumentMatchesTheServer() throws {
+        let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().deletingLastPathComponent()
+        let script = repo.appendingPathComponent("Tests/IntegrationTests/http/openapi_check.sh").path
+        let validated = try runProgram("/bin/bash", [script], timeout: 120)
+        #expect(validated.status == 0, "\(validated.output)")
+
+        let prefix = uniquePrefix("oapi")
+        let store = tempStore(prefix)
+        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let token = "openapi-check-token-0123456789"
+        let worker = try WorkerProcess(
+            prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_ADDRESS": "0.0.0.0:0", "RUNWORKER_HTTP_TOKEN": token])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        // Runs in every status, so that the fuzzer follows real ids into snapshots and histories.
+        _ = try client.call(["command": "create", "run_id": "o-created", "agent_id": "a"], id: "1")
+        _ = try client.call(["command": "start", "run_id": "o-waiting", "agent_id": "a"], id: "2")
+        _ = try client.call(["command": "require_action", "run_id": "o-waiting",
+                             "action": ["type": "tool_call", "tool": "t", "args": [:], "timeout_s": 600]], id: "3")
+        _ = try client.call(["command": "start", "run_id": "o-retrying", "config": ["retry": ["max_attempts": 3, "delay_s": 600]]], id: "4")
+        _ = try client.call(["command": "fail", "run_id": "o-retrying", "error": ["message": "x"], "retryable": true], id: "5")
+        _ = try client.call(["command": "start", "run_id": "o-done", "agent_id": "b"], id: "6")
+        _ = try client.call(["command": "complete", "run_id": "o-done", "result": ["ok": true]], id: "7")
+        _ = try client.call(["command": "start", "run_id": "o-failed"], id: "8")
+        _ = try client.call(["command": "fail", "run_id": "o-failed", "error": ["message": "no", "code": "e"]], id: "9")
+        _ = try client.call(["command": "create", "run_id": "o-cancelled"], id: "10")
+        _ = try client.call(["command": "cancel", "run_id": "o-cancelled", "reason": "test"], id: "11")
+        let port = try #require(worker.status?.httpAddress?.split(separator: ":").last)
+        var env = ProcessInfo.processInfo.environment
+        env["OPENAPI_EXTRA_CHECKS"] = "unsupported_method"
+        env["OPENAPI_MAX_EXAMPLES"] = "30"
+        let fuzzed = try runProgram("/bin/bash", [script, "http://127.0.0.1:\(port)", token], environment: env, timeout: 600)
+        #expect(fuzzed.status == 0, "\(fuzzed.output)")
+        #expect(worker.isRunning, "the worker survives the fuzzing: \(worker.log.suffix(2000))")
+        #expect(worker.terminate() == 0)
+    }
 }
