@@ -95,3 +95,37 @@ ensure_test_deps() {
             || { log "could not install check-jsonschema"; return 1; }
     fi
 }
+
+# The board test drives the live run board in a real browser: Debian's chromium and
+# chromedriver, with selenium (PyPI) on the Python side.
+ensure_browser_deps() {
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
+    if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+        apt_install chromium chromium-driver || return 1
+    fi
+    if ! python3 -c 'import selenium' 2>/dev/null; then
+        log "installing selenium (PyPI)"
+        python3 -m pip install --quiet selenium 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages selenium 2>/dev/null \
+            || apt_install python3-selenium \
+            || { log "could not install selenium"; return 1; }
+    fi
+}
+
+# The HTTP API test checks docs/openapi.yaml and a live worker against it:
+# openapi-spec-validator and schemathesis 4.x (PyPI).
+ensure_openapi_deps() {
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
+    if ! command -v openapi-spec-validator >/dev/null 2>&1; then
+        log "installing openapi-spec-validator (PyPI)"
+        python3 -m pip install --quiet openapi-spec-validator 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages openapi-spec-validator 2>/dev/null \
+            || { log "could not install openapi-spec-validator"; return 1; }
+    fi
+    if ! schemathesis --version 2>/dev/null | grep -Eq 'version 4\.'; then
+        log "installing schemathesis 4.x (PyPI)"
+        python3 -m pip install --quiet 'schemathesis>=4,<5' 2>/dev/null \
+            || python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5' 2>/dev/null \
+            || { log "could not install schemathesis"; return 1; }
+    fi
+}
