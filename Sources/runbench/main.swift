@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import RunContract
 import RunWorker
 import RunWorkerTestKit
 
@@ -26,7 +27,7 @@ struct RunBench: ParsableCommand {
     @Flag(help: "Small loads (under a minute), for development.")
     var quick = false
 
-    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one'), scale (1, 2 and 4 workers); or stream (alone).")
+    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one'), scale (1, 2 and 4 workers), retention (a memory-runs soak with short retention, the store's size sampled); or stream (alone).")
     var phases = "ceiling,one,two,latency"
 
     @Option(help: "Runs (4 commands each) of the throughput phases; default 10000 (quick: 2000).")
@@ -123,6 +124,7 @@ final class Bench {
     var peakMiB = Double.nan
     var failures: [String] = []
     var scaleLine = ""
+    var retentionLine = ""
 
     init(options: RunBench) {
         o = options
@@ -149,6 +151,7 @@ final class Bench {
         if phases.contains("two") { try phaseTwo() }
         if phases.contains("latency") { try phaseLatency() }
         if phases.contains("scale") { try phaseScale() }
+        if phases.contains("retention") { try phaseRetention() }
         if phases.contains("stream") {
             try phaseStream()
             if !failures.isEmpty { throw BenchError(failures.joined(separator: "; ")) }
@@ -230,6 +233,49 @@ final class Bench {
         if let size = try? FileManager.default.attributesOfItem(atPath: "\(dir)/\(t.prefix).sqlite")[.size] as? Int {
             say("memory: SQLite file \(fmt(Double(size) / 1_048_576, 1)) MiB")
         }
+    }
+
+    /// A soak of `memoryRuns` runs on one worker whose retention is short (finished runs 5 s,
+    /// command ids 60 s, the shortest allowed): the store's size and its number of runs are
+    /// sampled after every tenth of the load, and should stop growing once retention applies.
+    func phaseRetention() throws {
+        let t = Topology(prefix: "\(runID)-ret", partitions: o.partitions)
+        defer { deleteTopology(t, url: o.amqpURL) }
+        let w = try startWorkers(t, count: 1, extra: [
+            "RUNWORKER_RETENTION_FINISHED_RUNS": "5s", "RUNWORKER_RETENTION_COMMAND_IDS": "60s",
+            "RUNWORKER_RETENTION_INTERVAL_S": "1",
+        ])
+        defer { stopWorkers(w, "retention") }
+        let base = w[0].httpBase ?? ""
+        let chunk = max(1, memoryRuns / 10)
+        say("retention: \(memoryRuns) runs in 10 steps, finished runs kept 5 s, command ids 60 s")
+        var samples: [(runs: Int, seconds: Double, mib: Double, stored: Int)] = []
+        let started = Date()
+        var done = 0
+        while done < memoryRuns {
+            let load = RunLoad(runs: done..<min(memoryRuns, done + chunk))
+            let r = try drive(t, load, eventsPerRun: 5)
+            check("retention", r, load: load, eventsPerRun: 5)
+            done += load.runs.count
+            let stored = (try? HTTPProbe.request(base, "/v1/counts")).flatMap { try? JSONValue.parse($0.body)["total"]?.intValue }
+            let sample = (done, Date().timeIntervalSince(started), storeMiB(t), Int(stored ?? -1))
+            samples.append(sample)
+            say("retention: after \(sample.0) runs (\(fmt(sample.1, 0)) s): store \(fmt(sample.2, 1)) MiB, \(sample.3) runs in it")
+        }
+        let half = samples[samples.count / 2 - 1]
+        let last = samples[samples.count - 1]
+        rows.append(("6 retention (5 s / 60 s)", "\(memoryRuns) runs in \(fmt(last.seconds, 0)) s",
+                     "store \(fmt(half.mib, 1)) → \(fmt(last.mib, 1)) MiB",
+                     "runs stored at the end \(last.stored) (of \(memoryRuns))"))
+        retentionLine = "retention_store_mib \(fmt(half.mib, 1))/\(fmt(last.mib, 1))"
+    }
+
+    /// The SQLite store's files (database and WAL) in MiB; NaN on PostgreSQL.
+    func storeMiB(_ t: Topology) -> Double {
+        guard o.store == "sqlite" else { return .nan }
+        let base = "\(dir)/\(t.prefix).sqlite"
+        let bytes = [base, base + "-wal"].compactMap { try? FileManager.default.attributesOfItem(atPath: $0)[.size] as? Int }.reduce(0, +)
+        return Double(bytes) / 1_048_576
     }
 
     func phaseTwo() throws {
@@ -364,7 +410,7 @@ final class Bench {
         }
     }
 
-    func startWorkers(_ t: Topology, count: Int) throws -> [WorkerProcess] {
+    func startWorkers(_ t: Topology, count: Int, extra: [String: String] = [:]) throws -> [WorkerProcess] {
         let store = o.store == "postgres"
             ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + t.prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
             : "sqlite://\(dir)/\(t.prefix).sqlite"
@@ -372,10 +418,11 @@ final class Bench {
         do {
             for i in 0..<count {
                 // Unset RUNWORKER_SQLITE_SYNCHRONOUS means the worker's default, FULL (durable at every commit).
-                let env: [String: String?] = [
+                var env: [String: String?] = [
                     "RUNWORKER_PARTITIONS": "\(o.partitions)", "RUNWORKER_PREFETCH": "\(o.prefetch)",
                     "RUNWORKER_REBALANCE_INTERVAL_S": "0.5", "RUNWORKER_SQLITE_SYNCHRONOUS": o.synchronous,
                 ]
+                for (k, v) in extra { env[k] = v }
                 ws.append(try WorkerProcess(
                     binary: o.runworker, amqpURL: o.amqpURL, prefix: t.prefix, store: store, environment: env,
                     logLevel: ProcessInfo.processInfo.environment["RUNBENCH_WORKER_LOG_LEVEL"] ?? "info",
@@ -439,7 +486,8 @@ final class Bench {
         print(failures.isEmpty ? "checks: ok (no command_rejected, 5 events per run, no nacks)"
               : "checks FAILED: " + failures.joined(separator: "; "))
         print("ratio \(fmt(ratio, 2)) worker \(fmt(one)) ceiling \(fmt(ceiling)) two_workers \(fmt(two)) "
-              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))" + (scaleLine.isEmpty ? "" : " " + scaleLine))
+              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))" + (scaleLine.isEmpty ? "" : " " + scaleLine)
+              + (retentionLine.isEmpty ? "" : " " + retentionLine))
     }
 }
 
