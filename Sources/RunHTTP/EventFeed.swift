@@ -38,6 +38,8 @@ final class EventFeed: Sendable {
         var subscribers: [UInt64: (EventFilter, AsyncStream<LiveEvent>.Continuation)] = [:]
         var nextID: UInt64 = 0
         var running = false
+        /// The broker queue is bound and consumed: events from now on reach subscribers.
+        var consuming = false
     }
 
     private let state = Mutex(State())
@@ -54,6 +56,17 @@ final class EventFeed: Sendable {
     }
 
     var subscriberCount: Int { state.withLock { $0.subscribers.count } }
+
+    /// Waits (up to `timeout`) until the feed consumes from the broker, so that a subscriber
+    /// told "connected" misses nothing published after; false when the broker did not answer.
+    func waitUntilConsuming(timeout: Duration = .seconds(5)) async -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while ContinuousClock.now < deadline {
+            if state.withLock({ $0.consuming }) { return true }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return false
+    }
 
     func subscribe(_ filter: EventFilter) -> AsyncStream<LiveEvent> {
         let (stream, continuation) = AsyncStream<LiveEvent>.makeStream(
@@ -92,7 +105,10 @@ final class EventFeed: Sendable {
     /// subscriber arriving right after starts a new thread.
     private func keepRunning() -> Bool {
         state.withLock { state in
-            if state.subscribers.isEmpty { state.running = false }
+            if state.subscribers.isEmpty {
+                state.running = false
+                state.consuming = false
+            }
             return state.running
         }
     }
@@ -122,6 +138,8 @@ final class EventFeed: Sendable {
         let queue = try conn.queueDeclare(channel: channel, exclusive: true, autoDelete: true).name
         try conn.queueBind(channel: channel, queue: queue, exchange: exchange, routingKey: "#")
         _ = try conn.consume(channel: channel, queue: queue, noAck: true)
+        state.withLock { $0.consuming = true }
+        defer { state.withLock { $0.consuming = false } }
         while keepRunning() {
             guard let event = try conn.nextEvent(timeout: 0.5) else { continue }
             guard case .delivery(let d) = event else { continue }

@@ -30,7 +30,7 @@ struct RunsAPI: Sendable {
         router.get("/v1/runs/:id") { _, context in try await getRun(try runID(context)) }
         router.get("/v1/runs/:id/events") { request, context in try await history(try runID(context), request) }
         router.get("/v1/counts") { _, _ in try await counts() }
-        router.get("/v1/events/stream") { request, _ in try stream(request) }
+        router.get("/v1/events/stream") { request, _ in try await stream(request) }
         router.get("/") { _, _ in file("index.html") }
         router.get("/index.html") { _, _ in file("index.html") }
         router.get("/board.js") { _, _ in file("board.js") }
@@ -153,7 +153,7 @@ struct RunsAPI: Sendable {
 
     static let eventTypes: Set<String> = Set(EventType.allCases.map(\.rawValue)).union([CommandRejected.type])
 
-    func stream(_ request: Request) throws -> Response {
+    func stream(_ request: Request) async throws -> Response {
         let q = request.uri.queryParameters
         var filter = EventFilter()
         filter.runIDs = Set(try list(q, "run_id").map { id in
@@ -169,6 +169,9 @@ struct RunsAPI: Sendable {
             return s
         })
         let events = feed.subscribe(filter)
+        guard await feed.waitUntilConsuming() else {
+            throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the event stream cannot reach the broker")
+        }
         return Response(
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
@@ -218,7 +221,11 @@ struct RunsAPI: Sendable {
     func file(_ name: String) -> Response {
         guard let f = board.files[name] else { return APIError(status: .notFound, code: "not_found", message: name).response }
         return Response(
-            status: .ok, headers: [.contentType: f.contentType, .cacheControl: "no-cache"],
+            status: .ok,
+            headers: [
+                .contentType: f.contentType, .cacheControl: "no-cache", .xContentTypeOptions: "nosniff",
+                .contentSecurityPolicy: "default-src 'self'; img-src 'self' data:",
+            ],
             body: .init(byteBuffer: ByteBuffer(bytes: f.bytes)))
     }
 

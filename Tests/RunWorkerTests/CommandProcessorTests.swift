@@ -54,6 +54,26 @@ func replies(_ batch: ProcessedBatch) throws -> [CommandReply] {
         #expect(try await store.pendingOutbox(writtenBefore: Timestamp(milliseconds: 2_000), limit: 100).count == 5)
     }
 
+    /// What metrics count comes from the events a batch appended: a finished run (status,
+    /// stop reason, agent, duration, attempts) and a finished action; a repeat of the same
+    /// commands appends no event and so observes nothing.
+    @Test func observationsComeFromAppendedEvents() async throws {
+        let p = processor()
+        let commands = [
+            inbound(["command": "start", "run_id": "r1", "agent_id": "ag"], id: "c1"),
+            inbound(["command": "require_action", "run_id": "r1",
+                     "action": ["id": "a1", "type": "tool_call", "tool": "calc", "args": ["x": 1]]], id: "c2"),
+            inbound(["command": "fail_action", "run_id": "r1", "action_id": "a1", "error": ["message": "no"]], id: "c3"),
+            inbound(["command": "fail", "run_id": "r1", "error": ["message": "gave up"]], id: "c4"),
+        ]
+        let batch = try await p.process(commands)
+        #expect(batch.observations == [
+            .actionFinished(agentID: "ag", actionType: "tool_call", status: .failed, durationS: 0),
+            .runFinished(status: .failed, stopReason: .error, agentID: "ag", durationS: 0, attempts: 1),
+        ])
+        #expect(try await p.process(commands).observations.isEmpty)
+    }
+
     /// A repeated command id is not applied again: the second delivery gets the first outcome,
     /// refusals included, in the same batch or a later one.
     @Test func duplicatesAreAnsweredNotApplied() async throws {

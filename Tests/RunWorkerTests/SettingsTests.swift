@@ -90,6 +90,43 @@ import Testing
     }
 
     /// Today's variable names and flags still work; every other setting has both.
+    /// The HTTP listener: host:port (IPv6 in brackets), off, port 0; beyond loopback only with
+    /// a token of 16 characters or more.
+    @Test func httpAddressAndToken() throws {
+        var s = WorkerSettings()
+        #expect(try s.httpEndpoint() == HTTPEndpoint(host: "127.0.0.1", port: 8080))
+        s.httpAddress = "off"
+        #expect(try s.httpEndpoint() == nil)
+        s.httpAddress = "[::1]:0"
+        #expect(try s.httpEndpoint() == HTTPEndpoint(host: "::1", port: 0))
+        try s.validate()
+        for bad in ["8080", "host:", ":80", "h:99999", "h:x"] {
+            s.httpAddress = bad
+            #expect(throws: SettingsError.self, "\(bad)") { try s.validate() }
+        }
+        s.httpAddress = "0.0.0.0:8080"
+        #expect { try s.validate() } throws: { "\($0)".contains("http_token") }
+        s.httpToken = "short"
+        #expect { try s.validate() } throws: { "\($0)".contains("at least 16") }
+        s.httpToken = "a-token-of-enough-length"
+        try s.validate()
+    }
+
+    /// Retention durations: seconds, s/m/h/d suffixes, off; command ids never under 60 s.
+    @Test func retentionDurations() throws {
+        var s = WorkerSettings()
+        #expect(s.retentionFinishedRunsS == 7 * 86_400 && s.retentionCommandIDsS == 86_400)
+        try s.apply(environment: ["RUNWORKER_RETENTION_FINISHED_RUNS": "12h", "RUNWORKER_RETENTION_COMMAND_IDS": "90"])
+        #expect(s.retentionFinishedRunsS == 43_200 && s.retentionCommandIDsS == 90)
+        try s.apply(arguments: ["--retention.finished-runs", "off", "--retention.command-ids=30m"])
+        #expect(s.retentionFinishedRunsS == nil && s.retentionCommandIDsS == 1_800)
+        try s.validate()
+        try s.apply(yaml: "retention:\n  command_ids: 59s\n")
+        #expect { try s.validate() } throws: { "\($0)".contains("retention.command_ids") }
+        #expect(throws: SettingsError.self) { try s.apply(environment: ["RUNWORKER_RETENTION_FINISHED_RUNS": "soon"]) }
+        #expect(throws: SettingsError.self) { try s.apply(environment: ["RUNWORKER_RETENTION_FINISHED_RUNS": "-1d"]) }
+    }
+
     @Test func derivedNames() throws {
         let names = WorkerSettings.table.map(\.environmentName)
         for n in [

@@ -298,11 +298,14 @@
     EVENT_TYPES.concat(["message"]).forEach(function (t) { es.addEventListener(t, onStreamMessage); });
   }
 
+  var received = 0; // stream events so far; shown as data-events on #stream-state once rendered
+
   function onStreamMessage(msg) {
     var ev;
     try { ev = JSON.parse(msg.data); } catch (e) { return; }
     if (!ev || typeof ev !== "object" || typeof ev.run_id !== "string") return;
     if (!ev.type) ev.type = msg.type;
+    received++;
     if (state.loading) state.loading.push(ev);
     applyEventToRuns(ev);
     if (state.open && state.open.runId === ev.run_id) addLiveDetailEvent(state.open, ev);
@@ -574,7 +577,14 @@
     if (renderPending) return;
     renderPending = true;
     // A timer, not requestAnimationFrame: a background tab keeps up (at a slower pace).
-    setTimeout(function () { renderPending = false; renderRows(); renderDetail(); }, 30);
+    setTimeout(function () {
+      renderPending = false;
+      var seen = received;
+      renderRows();
+      renderDetail();
+      // For tests and the curious: the page shows the effect of this many stream events.
+      $("stream-state").setAttribute("data-events", String(seen));
+    }, 30);
   }
 
   // --- controls -----------------------------------------------------------------------------

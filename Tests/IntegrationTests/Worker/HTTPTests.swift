@@ -58,8 +58,8 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         var streamed: [String] = []
         var dataLines: [JSONValue] = []
         let sawAll = try HTTPProbe.stream(base, "/v1/events/stream?run_id=r-a,r-b", timeout: 30, onOpen: {
-            // The stream subscribes to the broker before answering; give the binding a moment.
-            Thread.sleep(forTimeInterval: 0.5)
+            // The stream consumes from the broker before it answers: nothing published from
+            // now on is missed.
             _ = try call(["command": "start", "run_id": "r-a", "agent_id": "agent-x", "input": ["q": 1]], "a1")
             _ = try call(["command": "require_action", "run_id": "r-a",
                           "action": ["id": "act-1", "type": "tool_call", "tool": "calc", "args": ["x": 2]]], "a2")

@@ -1,0 +1,36 @@
+import Foundation
+import RunWorkerTestKit
+import Testing
+
+/// The run board in a real browser: headless Chromium (Debian's) drives the page a worker
+/// serves while runs go through their lives, and `board/board_check.py` checks what the page
+/// shows (rows and statuses arriving live, counts, filters, a run's timeline with its actions,
+/// errors and a refusal), not just that it loads. Once with the token the worker asks for.
+@Suite(.serialized, .requiresBroker) struct BoardTests {
+    static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .appendingPathComponent("board/board_check.py").path
+
+    @Test(arguments: [false, true]) func boardShowsRunsLive(withToken: Bool) throws {
+        let prefix = uniquePrefix("board")
+        let store = tempStore(prefix)
+        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let token = "board-test-token-0123456789"
+        let worker = try WorkerProcess(
+            prefix: prefix, store: store,
+            extraEnv: withToken ? ["RUNWORKER_HTTP_ADDRESS": "0.0.0.0:0", "RUNWORKER_HTTP_TOKEN": token] : [:])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let port = try #require(worker.status?.httpAddress?.split(separator: ":").last)
+        var arguments = [Self.script, "--http", "http://127.0.0.1:\(port)", "--amqp", amqpURL, "--prefix", prefix]
+        if withToken { arguments += ["--token", token] }
+        // RUNWORKER_BOARD_SCREENSHOT: where to keep a picture of the board (the README's).
+        if let shot = ProcessInfo.processInfo.environment["RUNWORKER_BOARD_SCREENSHOT"], !withToken {
+            arguments += ["--screenshot", shot]
+        }
+        let result = try runProgram("/usr/bin/env", ["python3"] + arguments, timeout: 300)
+        #expect(result.status == 0, "\(result.output)\n--- worker log ---\n\(worker.log.suffix(3000))")
+        #expect(worker.terminate() == 0)
+    }
+}
