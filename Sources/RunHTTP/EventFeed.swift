@@ -38,19 +38,24 @@ final class EventFeed: Sendable {
         var subscribers: [UInt64: (EventFilter, AsyncStream<LiveEvent>.Continuation)] = [:]
         var nextID: UInt64 = 0
         var running = false
+        /// The consuming thread's generation: a thread whose generation is no longer current
+        /// stops, so two threads never consume at once.
+        var generation = 0
+        /// Set by `finishAll`: no new subscriber is taken.
+        var closed = false
         /// The broker queue is bound and consumed: events from now on reach subscribers.
         var consuming = false
     }
 
     private let state = Mutex(State())
-    private let amqpURL: String
+    private let amqpURLs: [String]
     private let exchange: String
     private let logger: Logger
     /// Events buffered per subscriber before the oldest are dropped.
     static let bufferPerSubscriber = 2048
 
-    init(amqpURL: String, exchange: String, logger: Logger) {
-        self.amqpURL = amqpURL
+    init(amqpURLs: [String], exchange: String, logger: Logger) {
+        self.amqpURLs = amqpURLs.isEmpty ? ["amqp://guest:guest@127.0.0.1:5672/"] : amqpURLs
         self.exchange = exchange
         self.logger = logger
     }
@@ -71,18 +76,23 @@ final class EventFeed: Sendable {
     func subscribe(_ filter: EventFilter) -> AsyncStream<LiveEvent> {
         let (stream, continuation) = AsyncStream<LiveEvent>.makeStream(
             bufferingPolicy: .bufferingNewest(Self.bufferPerSubscriber))
-        let start = state.withLock { state -> Bool in
+        let start = state.withLock { state -> Int? in
+            guard !state.closed else {
+                continuation.finish()
+                return nil
+            }
             let id = state.nextID
             state.nextID += 1
             state.subscribers[id] = (filter, continuation)
             continuation.onTermination = { [weak self] _ in
                 self?.state.withLock { _ = $0.subscribers.removeValue(forKey: id) }
             }
-            if state.running { return false }
+            if state.running { return nil }
             state.running = true
-            return true
+            state.generation += 1
+            return state.generation
         }
-        if start { startThread() }
+        if let generation = start { startThread(generation) }
         return stream
     }
 
@@ -90,7 +100,10 @@ final class EventFeed: Sendable {
     /// server), and stops consuming.
     func finishAll() {
         let all = state.withLock { state in
-            defer { state.subscribers = [:] }
+            defer {
+                state.subscribers = [:]
+                state.closed = true
+            }
             return state.subscribers.values.map(\.1)
         }
         for continuation in all { continuation.finish() }
@@ -103,24 +116,29 @@ final class EventFeed: Sendable {
 
     /// Whether to keep consuming; clears `running` under the lock when nobody listens, so a
     /// subscriber arriving right after starts a new thread.
-    private func keepRunning() -> Bool {
+    private func keepRunning(_ generation: Int) -> Bool {
         state.withLock { state in
+            guard state.generation == generation, state.running else { return false }
             if state.subscribers.isEmpty {
                 state.running = false
                 state.consuming = false
+                return false
             }
-            return state.running
+            return true
         }
     }
 
-    private func startThread() {
+    private func startThread(_ generation: Int) {
         let thread = Thread { [self] in
-            while keepRunning() {
+            var node = 0
+            while keepRunning(generation) {
                 do {
-                    try consume()
+                    try consume(amqpURLs[node % amqpURLs.count], generation)
                 } catch {
-                    logger.warning("event stream: broker connection failed, retrying", metadata: ["error": "\(error)"])
-                    Thread.sleep(forTimeInterval: 1)
+                    // The next node of a cluster, then around again.
+                    node += 1
+                    logger.warning("event stream: broker connection failed, trying the next node", metadata: ["error": "\(error)"])
+                    Thread.sleep(forTimeInterval: node % amqpURLs.count == 0 ? 1 : 0.1)
                 }
             }
         }
@@ -128,8 +146,8 @@ final class EventFeed: Sendable {
         thread.start()
     }
 
-    private func consume() throws {
-        var config = try AMQPConfiguration(url: amqpURL)
+    private func consume(_ url: String, _ generation: Int) throws {
+        var config = try AMQPConfiguration(url: url)
         config.connectionName = "runworker-event-stream"
         let conn = try BlockingConnection(configuration: config)
         defer { conn.close() }
@@ -138,9 +156,9 @@ final class EventFeed: Sendable {
         let queue = try conn.queueDeclare(channel: channel, exclusive: true, autoDelete: true).name
         try conn.queueBind(channel: channel, queue: queue, exchange: exchange, routingKey: "#")
         _ = try conn.consume(channel: channel, queue: queue, noAck: true)
-        state.withLock { $0.consuming = true }
-        defer { state.withLock { $0.consuming = false } }
-        while keepRunning() {
+        state.withLock { if $0.generation == generation { $0.consuming = true } }
+        defer { state.withLock { if $0.generation == generation { $0.consuming = false } } }
+        while keepRunning(generation) {
             guard let event = try conn.nextEvent(timeout: 0.5) else { continue }
             guard case .delivery(let d) = event else { continue }
             let h = d.properties.headers

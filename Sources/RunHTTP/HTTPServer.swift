@@ -14,13 +14,15 @@ import ServiceLifecycle
 public struct RunHTTPServer: Service {
     let application: Application<RouterResponder<BasicRequestContext>>
     let feed: EventFeed
+    let logger: Logger
 
     /// - registry: the Prometheus registry the worker's metrics factory writes to (what
     ///   `/metrics` exports).
     public init(worker: Worker, endpoint: HTTPEndpoint, registry: PrometheusCollectorRegistry, logger: Logger) throws {
         let settings = worker.settings
+        self.logger = logger
         feed = EventFeed(
-            amqpURL: (try? settings.amqpURLs().first) ?? settings.amqpURL, exchange: settings.topology.eventsExchange,
+            amqpURLs: (try? settings.amqpURLs()) ?? [settings.amqpURL], exchange: settings.topology.eventsExchange,
             logger: logger)
         let api = RunsAPI(store: worker.store, shared: worker.shared, registry: registry, feed: feed, board: try Board.load())
         let router = Router(context: BasicRequestContext.self)
@@ -42,10 +44,15 @@ public struct RunHTTPServer: Service {
     public func run() async throws {
         let feed = self.feed
         // Open event streams would hold the server past a graceful shutdown: end them first.
-        try await withGracefulShutdownHandler {
-            try await application.run()
-        } onGracefulShutdown: {
-            feed.finishAll()
+        do {
+            try await withGracefulShutdownHandler {
+                try await application.run()
+            } onGracefulShutdown: {
+                feed.finishAll()
+            }
+        } catch {
+            logger.error("HTTP listener failed; the worker goes on without it", metadata: ["error": "\(error)"])
+            throw error
         }
     }
 
@@ -155,7 +162,11 @@ struct APIErrorMiddleware: RouterMiddleware {
         var given = request.headers[.authorization].flatMap { h -> String? in
             h.lowercased().hasPrefix("bearer ") ? String(h.dropFirst(7)).trimmingCharacters(in: .whitespaces) : nil
         }
-        if given == nil, let q = request.uri.queryParameters.get("access_token") { given = q }
+        // Browsers cannot give EventSource a header: the stream alone takes the token in its
+        // query (elsewhere it would end up in proxies' logs for nothing).
+        if given == nil, request.uri.path == "/v1/events/stream", let q = request.uri.queryParameters.get("access_token") {
+            given = q
+        }
         guard let given, Self.constantTimeEqual(given, token) else {
             throw APIError(status: .unauthorized, code: "unauthorized", message: "a valid bearer token is required")
         }

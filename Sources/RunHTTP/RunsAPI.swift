@@ -186,7 +186,9 @@ struct RunsAPI: Sendable {
                             tick.yield()
                         }
                     }
-                    let merged = AsyncStream<ByteBuffer> { out in
+                    // Bounded like the subscription: a client that stops reading loses the
+                    // oldest frames, never the worker's memory.
+                    let merged = AsyncStream<ByteBuffer>(bufferingPolicy: .bufferingNewest(EventFeed.bufferPerSubscriber)) { out in
                         let a = Task {
                             for await e in events { out.yield(Self.frame(e)) }
                             out.finish()

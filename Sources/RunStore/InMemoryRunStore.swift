@@ -177,7 +177,9 @@ public final class InMemoryRunStore: RunStore {
     public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
         state.withLock { state in
             var result = PruneResult()
-            let finished = state.runs.values.filter { $0.run.status.isTerminal && $0.run.updatedAt < finishedBefore }
+            let unconfirmed = Set(state.outbox.filter { !state.published.contains($0.id) }.map(\.runID))
+            let finished = state.runs.values
+                .filter { $0.run.status.isTerminal && $0.run.updatedAt < finishedBefore && !unconfirmed.contains($0.run.runID) }
                 .sorted { $0.run.updatedAt < $1.run.updatedAt }.prefix(limit).map(\.run.runID)
             let gone = Set(finished)
             for id in finished { state.runs[id] = nil }
@@ -189,14 +191,8 @@ public final class InMemoryRunStore: RunStore {
                 return true
             }
             result.events = before - state.outbox.count
-            var expired = state.outcomes.keys.filter { key in
-                gone.contains(key.runID)
-            }
+            let expired = state.outcomeTimes.filter { $0.value < commandsBefore }.sorted { $0.value < $1.value }.prefix(limit).map(\.key)
             result.commands = expired.count
-            let old = state.outcomeTimes.filter { !gone.contains($0.key.runID) && $0.value < commandsBefore }
-                .sorted { $0.value < $1.value }.prefix(limit).map(\.key)
-            result.commands += old.count
-            expired += old
             for key in expired {
                 state.outcomes[key] = nil
                 state.outcomeTimes[key] = nil

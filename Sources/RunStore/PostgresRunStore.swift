@@ -173,6 +173,14 @@ public final class PostgresRunStore: RunStore, Service {
             $$
             """
 
+    /// The top-level `created_at` of a stored run body, in SQL. Not through jsonb: jsonb
+    /// refuses `\u0000`, which the contract allows in a run's input. The greedy match takes the
+    /// last `"created_at":` of the text, which is the top-level one (it comes after every
+    /// nested value in the storage form), and a JSON string cannot hold that text unescaped.
+    static func createdAtOfBody(_ column: String) -> String {
+        "substring(\(column) from '.*\"created_at\":(-?[0-9]+)')::bigint"
+    }
+
     /// Migration 3: confirmed outbox rows stay as history (marked published), and a new run
     /// records its creation time (from the stored body, read once at insert).
     static let commitFunctionV3 = {
@@ -186,8 +194,8 @@ public final class PostgresRunStore: RunStore, Service {
                 with: "INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)")
             .replacingOccurrences(
                 of: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body\n",
-                with: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body, (u.body::jsonb->>'created_at')::bigint\n")
-        precondition(v3.contains("SET published = true") && v3.contains("u.body, (u.body::jsonb"), "runworker_commit v3 not derived")
+                with: "NULLIF(u.deadline, -1), NULLIF(u.part, -1), u.body, \(createdAtOfBody("u.body"))\n")
+        precondition(v3.contains("SET published = true") && v3.contains("u.body, substring("), "runworker_commit v3 not derived")
         return v3
     }()
 
@@ -267,7 +275,7 @@ public final class PostgresRunStore: RunStore, Service {
         // count as recorded at the migration.
         [
             "ALTER TABLE runs ADD COLUMN created_at_ms bigint",
-            "UPDATE runs SET created_at_ms = (body::jsonb->>'created_at')::bigint",
+            "UPDATE runs SET created_at_ms = \(createdAtOfBody("body"))",
             "CREATE INDEX runs_by_created ON runs (created_at_ms, run_id)",
             "ALTER TABLE outbox ADD COLUMN published boolean NOT NULL DEFAULT false",
             "CREATE INDEX outbox_pending ON outbox (id) WHERE NOT published",
@@ -531,30 +539,30 @@ public final class PostgresRunStore: RunStore, Service {
         }
     }
 
-    /// One statement: the run deletions and what hangs off them, then the expired command
-    /// records, each bounded by `limit`.
+    /// One statement: the finished runs (with nothing left to publish) and their history, then
+    /// the expired command records, each bounded by `limit`.
     public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
         let n = Int64(limit)
         return try await mapErrors {
-            for try await (runs, events, commands, old) in try await query(
+            for try await (runs, events, commands) in try await query(
                 """
                 WITH gone AS (
                     DELETE FROM runs WHERE run_id IN (
-                        SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled')
-                            AND updated_at_ms < \(finishedBefore.milliseconds) ORDER BY updated_at_ms LIMIT \(n))
+                        SELECT r.run_id FROM runs r WHERE r.status IN ('completed', 'failed', 'cancelled')
+                            AND r.updated_at_ms < \(finishedBefore.milliseconds)
+                            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.run_id AND NOT o.published)
+                        ORDER BY r.updated_at_ms LIMIT \(n))
                     RETURNING run_id),
                 history AS (DELETE FROM outbox WHERE run_id IN (SELECT run_id FROM gone) RETURNING 1),
-                records AS (DELETE FROM commands WHERE run_id IN (SELECT run_id FROM gone) RETURNING 1),
                 expired AS (
                     DELETE FROM commands WHERE (run_id, command_id) IN (
                         SELECT run_id, command_id FROM commands WHERE recorded_at_ms < \(commandsBefore.milliseconds)
                         ORDER BY recorded_at_ms LIMIT \(n))
                     RETURNING 1)
-                SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM history), (SELECT count(*) FROM records),
-                    (SELECT count(*) FROM expired)
+                SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM history), (SELECT count(*) FROM expired)
                 """
-            ).decode((Int64, Int64, Int64, Int64).self) {
-                return PruneResult(runs: Int(runs), events: Int(events), commands: Int(commands + old))
+            ).decode((Int64, Int64, Int64).self) {
+                return PruneResult(runs: Int(runs), events: Int(events), commands: Int(commands))
             }
             return PruneResult()
         }

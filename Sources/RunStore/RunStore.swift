@@ -335,8 +335,9 @@ public protocol RunStore: Sendable {
     /// Outbox rows not yet confirmed by the broker.
     func outboxDepth() async throws -> Int
     /// Retention, in one small transaction: removes up to `limit` terminal runs last updated
-    /// before `finishedBefore`, with their history and command records, and up to `limit`
-    /// command records written before `commandsBefore` (the de-duplication window).
+    /// before `finishedBefore` whose events were all confirmed, with their history, and up to
+    /// `limit` command records written before `commandsBefore`. A removed run's command records
+    /// stay until then: a repeat within the de-duplication window is still answered as one.
     func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult
 
     // Membership and partition ownership. The store is the authority, not the broker: live

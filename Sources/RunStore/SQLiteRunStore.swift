@@ -326,19 +326,17 @@ public final class SQLiteRunStore: RunStore {
             let ids = try String.fetchAll(
                 db,
                 sql: """
-                    SELECT run_id FROM runs WHERE status IN ('completed', 'failed', 'cancelled') AND updated_at_ms < ?
-                    ORDER BY updated_at_ms LIMIT ?
+                    SELECT r.run_id FROM runs r WHERE r.status IN ('completed', 'failed', 'cancelled') AND r.updated_at_ms < ?
+                        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.run_id = r.run_id AND o.published = 0)
+                    ORDER BY r.updated_at_ms LIMIT ?
                     """, arguments: [finishedBefore.milliseconds, limit])
             let deleteRun = try db.cachedStatement(sql: "DELETE FROM runs WHERE run_id = ?")
             let deleteHistory = try db.cachedStatement(sql: "DELETE FROM outbox WHERE run_id = ?")
-            let deleteCommands = try db.cachedStatement(sql: "DELETE FROM commands WHERE run_id = ?")
             for id in ids {
                 try deleteRun.execute(arguments: [id])
                 result.runs += db.changesCount
                 try deleteHistory.execute(arguments: [id])
                 result.events += db.changesCount
-                try deleteCommands.execute(arguments: [id])
-                result.commands += db.changesCount
             }
             try db.execute(
                 sql: """

@@ -18,7 +18,7 @@ struct Housekeeping: Sendable {
     let prunedCommands: Counter
     /// Rows removed per table in one transaction: small, so that a pass never holds the
     /// store (SQLite's single writer) for long.
-    static let pruneBatch = 500
+    static let pruneBatch = 200
 
     init(
         store: any RunStore, settings: WorkerSettings, shared: SharedStatus, clock: @escaping @Sendable () -> Timestamp,

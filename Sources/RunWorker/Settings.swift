@@ -409,8 +409,11 @@ public struct HTTPEndpoint: Sendable, Hashable {
         self.host = host
         self.port = port
     }
-    /// 127.0.0.0/8, ::1 and localhost: reachable from this host only.
+    /// 127.0.0.0/8 (as an address, not a name that starts so), ::1 and localhost: reachable
+    /// from this host only.
     public var isLoopback: Bool {
-        host == "localhost" || host == "::1" || host.hasPrefix("127.")
+        if host == "localhost" || host == "::1" { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { UInt8($0) != nil }
     }
 }

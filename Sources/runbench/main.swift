@@ -262,7 +262,7 @@ final class Bench {
             samples.append(sample)
             say("retention: after \(sample.0) runs (\(fmt(sample.1, 0)) s): store \(fmt(sample.2, 1)) MiB, \(sample.3) runs in it")
         }
-        let half = samples[samples.count / 2 - 1]
+        let half = samples[max(0, samples.count / 2 - 1)]
         let last = samples[samples.count - 1]
         rows.append(("6 retention (5 s / 60 s)", "\(memoryRuns) runs in \(fmt(last.seconds, 0)) s",
                      "store \(fmt(half.mib, 1)) → \(fmt(last.mib, 1)) MiB",

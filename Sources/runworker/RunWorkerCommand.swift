@@ -41,16 +41,21 @@ struct RunWorkerCommand: AsyncParsableCommand {
         // The worker's metrics go to one Prometheus registry, which /metrics exports.
         let registry = PrometheusCollectorRegistry()
         let worker = try Worker(settings: settings, logger: logger, metricsFactory: RunHTTPServer.metricsFactory(registry))
-        var services: [any Service] = [worker]
+        var services = [ServiceGroupConfiguration.ServiceConfiguration(service: worker)]
         if let endpoint = try settings.httpEndpoint() {
-            services.append(try RunHTTPServer(worker: worker, endpoint: endpoint, registry: registry, logger: logger))
+            // The HTTP side is an aid, not the job: when it cannot listen (the port is taken by
+            // another worker on this host) the worker logs it and goes on without it.
+            services.append(.init(
+                service: try RunHTTPServer(worker: worker, endpoint: endpoint, registry: registry, logger: logger),
+                successTerminationBehavior: .ignore, failureTerminationBehavior: .ignore))
         }
         // Graceful shutdown runs in reverse order: the HTTP side stops first, then the worker
-        // finishes its batch in flight.
-        let group = ServiceGroup(
-            configuration: .init(
-                services: services.map { ServiceGroupConfiguration.ServiceConfiguration(service: $0) },
-                gracefulShutdownSignals: [.sigterm, .sigint], logger: logger))
-        try await group.run()
+        // finishes its batch in flight. A client that stops reading an event stream cannot hold
+        // that up for more than the limit: then everything is cancelled, and the worker still
+        // stops after its batch.
+        var configuration = ServiceGroupConfiguration(
+            services: services, gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        configuration.maximumGracefulShutdownDuration = .seconds(60)
+        try await ServiceGroup(configuration: configuration).run()
     }
 }

@@ -380,26 +380,34 @@ import Testing
         }
     }
 
-    /// Retention removes finished runs last changed before the cutoff, with their history
-    /// and command records, never a live run; then command records older than their own
-    /// cutoff; each bounded by the limit.
+    /// Retention removes finished runs last changed before the cutoff whose events were all
+    /// confirmed, with their history, never a live run nor one with an event still to publish;
+    /// command records expire by their own cutoff only (a removed run's too); each bounded by
+    /// the limit.
     @Test(arguments: StoreKind.allCases) func pruneRemovesFinishedRunsAndOldCommandIDs(kind: StoreKind) async throws {
         try await withStore(kind) { (store) async throws in
-            _ = try await store.commit(StoreCommit(
+            let ids = try await store.commit(StoreCommit(
                 runs: [
                     create(sampleRun("old-done", status: .completed, updated: 1_000)),
                     create(sampleRun("old-failed", status: .failed, updated: 1_500)),
                     create(sampleRun("new-done", status: .cancelled, updated: 50_000)),
                     create(sampleRun("old-live", status: .running, updated: 1_000)),
+                    create(sampleRun("old-unsent", status: .completed, updated: 1_000)),
                 ],
-                outbox: [outboxRow("old-done", 1), outboxRow("old-done", 2), outboxRow("old-failed", 1), outboxRow("old-live", 1)],
+                outbox: [
+                    outboxRow("old-done", 1), outboxRow("old-done", 2), outboxRow("old-failed", 1), outboxRow("old-live", 1),
+                    outboxRow("old-unsent", 1), outboxRow("old-unsent", 2),
+                ],
                 outcomes: [(key("old-done", "c1"), started), (key("old-live", "c1"), started), (key("new-done", "c1"), started)]))
+            // Everything confirmed but old-unsent's last event.
+            try await store.removeOutbox(ids: Array(ids.prefix(5)))
+            let never = Timestamp(milliseconds: .min)
             // Nothing is old enough.
-            #expect(try await store.prune(finishedBefore: ms(500), commandsBefore: Timestamp(milliseconds: .min), limit: 10) == PruneResult())
+            #expect(try await store.prune(finishedBefore: ms(500), commandsBefore: never, limit: 10) == PruneResult())
             // One finished run per pass at limit 1, oldest first.
-            let first = try await store.prune(finishedBefore: ms(10_000), commandsBefore: Timestamp(milliseconds: .min), limit: 1)
-            #expect(first == PruneResult(runs: 1, events: 2, commands: 1))
-            let second = try await store.prune(finishedBefore: ms(10_000), commandsBefore: Timestamp(milliseconds: .min), limit: 10)
+            let first = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 1)
+            #expect(first == PruneResult(runs: 1, events: 2, commands: 0))
+            let second = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10)
             #expect(second == PruneResult(runs: 1, events: 1, commands: 0))
             #expect(try await store.run("old-done") == nil)
             #expect(try await store.run("old-failed") == nil)
@@ -407,14 +415,21 @@ import Testing
             #expect(try await store.run("old-live") != nil)
             #expect(try await store.run("new-done") != nil)
             #expect(try await store.history(runID: "old-live", afterSeq: 0, limit: 10).count == 1)
+            // A finished run with an event not yet confirmed waits for it.
+            #expect(try await store.run("old-unsent") != nil)
+            try await store.removeOutbox(ids: [ids[5]])
+            #expect(try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10)
+                == PruneResult(runs: 1, events: 2, commands: 0))
+            // The removed run's command record stays until the window ends.
             let kept = try await store.load(runIDs: [], commands: [key("old-done", "c1"), key("old-live", "c1"), key("new-done", "c1")])
-            #expect(Set(kept.outcomes.keys) == [key("old-live", "c1"), key("new-done", "c1")])
+            #expect(kept.outcomes.count == 3)
             // Command ids expire by their own cutoff (far ahead: all of them), live runs untouched.
             let future = Timestamp(seconds: Date().timeIntervalSince1970 + 86_400)
-            let ids = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 1)
-            #expect(ids == PruneResult(runs: 0, events: 0, commands: 1))
+            let one = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 1)
+            #expect(one == PruneResult(runs: 0, events: 0, commands: 1))
             _ = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 10)
-            #expect(try await store.load(runIDs: [], commands: [key("old-live", "c1"), key("new-done", "c1")]).outcomes.isEmpty)
+            #expect(try await store.load(runIDs: [], commands: [key("old-done", "c1"), key("old-live", "c1"), key("new-done", "c1")])
+                .outcomes.isEmpty)
             #expect(try await store.run("old-live") != nil)
         }
     }

@@ -53,17 +53,22 @@ final class WorkerMetrics {
         return r
     }
 
+    /// A command's name as a label: one of the contract's, or `unknown` (a body may say
+    /// anything, and every distinct label value is a new series).
+    static func commandLabel(_ name: String?) -> String { name.flatMap { CommandName(rawValue: $0)?.rawValue } ?? "unknown" }
+
     /// A confirmed batch: what each item did, and what happened to runs.
     func count(_ results: [CommandResult], _ observations: [RunObservation]) {
         for r in results {
+            let command = Self.commandLabel(r.command)
             switch r.kind {
             case .applied:
-                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "applied")]).increment()
+                counter("runworker_commands_total", [("command", command), ("outcome", "applied")]).increment()
             case .refused(let error):
-                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "refused")]).increment()
+                counter("runworker_commands_total", [("command", command), ("outcome", "refused")]).increment()
                 counter("runworker_refusals_total", [("code", error.code.rawValue)]).increment()
             case .duplicate:
-                counter("runworker_commands_total", [("command", r.command ?? "unknown"), ("outcome", "duplicate")]).increment()
+                counter("runworker_commands_total", [("command", command), ("outcome", "duplicate")]).increment()
             case .deadLettered(let error):
                 counter("runworker_dead_letters_total", [("reason", error.code.rawValue)]).increment()
             case .timerFired:

@@ -101,7 +101,7 @@ private func quorumWorker(_ prefix: String, store: String, extraEnv: [String: St
         for q in topology.partitionQueues { _ = try other.consume(channel: ch, queue: q) }
 
         try publishLifecycles(client, runs: 0..<50)
-        try client.waitForEvents(timeout: 30) { $0.count >= 250 }
+        try client.waitForEvents(timeout: 30) { _ in Set(client.runEvents.map(\.eventID)).count >= 250 }
         try checkLifecycles(client, runs: 50)
         var stolen: [AMQPDelivery] = []
         func drainOther(_ seconds: Double) throws {

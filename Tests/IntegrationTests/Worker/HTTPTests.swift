@@ -191,7 +191,9 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer wrong-token-of-24-chars"]).status == 401)
         #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer \(token)"]).status == 200)
         #expect(try Self.get(base, "/metrics", headers: ["Authorization": "Bearer \(token)"]).status == 200)
-        #expect(try Self.get(base, "/v1/counts?access_token=\(token)").status == 200)
+        #expect(try Self.get(base, "/v1/counts?access_token=\(token)").status == 401, "the query token is for the stream only")
+        #expect(try HTTPProbe.stream(base, "/v1/events/stream?access_token=\(token)", timeout: 10) { $0 == ": connected" })
+        #expect(try Self.get(base, "/v1/events/stream").status == 401)
         #expect(worker.terminate() == 0)
     }
 

@@ -61,7 +61,7 @@ wait_s=${OPENAPI_WAIT_S:-30}
 say "waiting up to ${wait_s}s for $base_url/healthz"
 # Waits for /healthz, then checks what schemathesis does not: with a token, that a missing or
 # wrong one gets 401 + `www-authenticate: Bearer` + `unauthorized`, and that `?access_token=`
-# works; without one, that the worker does not want one (else every answer would be a 401
+# opens the event stream (and nothing else); without one, that the worker does not want one (else every answer would be a 401
 # and the run would prove nothing).
 python3 - "$base_url" "$wait_s" "$token" <<'PY' || exit $?
 import json, sys, time, urllib.error, urllib.parse, urllib.request
@@ -107,10 +107,16 @@ def expect_401(path, headers, what):
 if token:
     expect_401("/v1/counts", {}, "without a token")
     expect_401("/v1/counts", {"Authorization": "Bearer not-" + token}, "with a wrong token")
-    expect_401("/v1/counts?access_token=" + urllib.parse.quote("not-" + token), {}, "with a wrong access_token")
-    status = get("/v1/counts?access_token=" + urllib.parse.quote(token))[0]
-    if status != 200:
-        fail(f"GET /v1/counts?access_token=<token>: expected 200, got {status}")
+    # The query token is the event stream's alone (EventSource cannot send headers).
+    expect_401("/v1/counts?access_token=" + urllib.parse.quote(token), {}, "with the token in the query")
+    expect_401("/v1/events/stream?access_token=" + urllib.parse.quote("not-" + token), {}, "with a wrong access_token")
+    req = urllib.request.Request(base + "/v1/events/stream?access_token=" + urllib.parse.quote(token))
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            if r.status != 200 or not r.headers.get("content-type", "").startswith("text/event-stream"):
+                fail(f"GET /v1/events/stream?access_token=<token>: expected a 200 event stream, got {r.status}")
+    except urllib.error.HTTPError as e:
+        fail(f"GET /v1/events/stream?access_token=<token>: expected 200, got {e.code}")
     status = get("/v1/counts", {"Authorization": "Bearer " + token})[0]
     if status != 200:
         fail(f"GET /v1/counts with the bearer token: expected 200, got {status}")
