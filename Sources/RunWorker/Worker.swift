@@ -62,11 +62,12 @@ public final class Worker: Service {
         try await withTaskCancellationHandler {
             try await withGracefulShutdownHandler {
                 // A network store's client (PostgreSQL's connection pool) runs beside the loop
-                // and stops after it.
+                // and stops after it. Detached, so that the graceful shutdown that stops the
+                // loop does not stop the client first: the loop's last calls (the final
+                // commit, giving back its leases) still need it.
+                let storeClient = (store as? any Service).map { service in Task.detached { try await service.run() } }
+                defer { storeClient?.cancel() }
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    if let service = store as? any Service {
-                        group.addTask { try await service.run() }
-                    }
                     defer { group.cancelAll() }
                     try await prepareStore()
                     if !stopFlag.isSet {

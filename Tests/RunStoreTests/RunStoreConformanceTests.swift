@@ -433,4 +433,17 @@ import Testing
             #expect(try await store.run("old-live") != nil)
         }
     }
+
+    /// A NUL character (`\u0000` in JSON) in a run's input is stored, listed and read back
+    /// (PostgreSQL's jsonb would refuse it, so no store path may go through it).
+    @Test(arguments: StoreKind.allCases) func nulCharacterInARun(kind: StoreKind) async throws {
+        try await withStore(kind) { (store) async throws in
+            var run = sampleRun("nul")
+            run.input = ["text": "a\u{0}b"]
+            _ = try await store.commit(StoreCommit(runs: [create(run)]))
+            #expect(try await store.run("nul") == run)
+            #expect(try await store.listRuns(RunQuery()).runs == [run])
+            #expect(try await store.listRuns(RunQuery(createdAfter: ms(499), createdBefore: ms(501))).runs.count == 1)
+        }
+    }
 }

@@ -270,4 +270,30 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         #expect(worker.isRunning, "the worker survives the fuzzing: \(worker.log.suffix(2000))")
         #expect(worker.terminate() == 0)
     }
+
+    /// Two workers on one host with the same HTTP port: the second cannot listen, says so,
+    /// and works on without HTTP (the first keeps answering).
+    @Test func takenPortLeavesTheWorkerRunning() throws {
+        let prefix = uniquePrefix("httpport")
+        let store = tempStore(prefix)
+        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let first = try WorkerProcess(prefix: prefix, store: store)
+        defer { _ = first.terminate() }
+        try first.waitReady()
+        let address = try #require(first.status?.httpAddress)
+        let second = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_ADDRESS": address])
+        defer { _ = second.terminate() }
+        try second.waitReady()
+        try waitUntil("the second worker reports its HTTP failure", timeout: 30, explain: { second.log }) {
+            second.log.contains("HTTP listener failed")
+        }
+        let reply = try client.call(["command": "start", "run_id": "p1"], id: "p1")
+        #expect(reply.ok)
+        #expect(second.isRunning && second.status?.httpAddress == nil)
+        #expect(try Self.get("http://" + address, "/v1/runs/p1").status == 200)
+        #expect(second.terminate() == 0)
+        #expect(first.terminate() == 0)
+    }
 }
