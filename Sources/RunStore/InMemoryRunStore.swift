@@ -174,7 +174,7 @@ public final class InMemoryRunStore: RunStore {
         state.withLock { state in state.outbox.count { !state.published.contains($0.id) } }
     }
 
-    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int, commandLimit: Int) async throws -> PruneResult {
         state.withLock { state in
             var result = PruneResult()
             let unconfirmed = Set(state.outbox.filter { !state.published.contains($0.id) }.map(\.runID))
@@ -191,7 +191,7 @@ public final class InMemoryRunStore: RunStore {
                 return true
             }
             result.events = before - state.outbox.count
-            let expired = state.outcomeTimes.filter { $0.value < commandsBefore }.sorted { $0.value < $1.value }.prefix(limit).map(\.key)
+            let expired = state.outcomeTimes.filter { $0.value < commandsBefore }.sorted { $0.value < $1.value }.prefix(commandLimit).map(\.key)
             result.commands = expired.count
             for key in expired {
                 state.outcomes[key] = nil

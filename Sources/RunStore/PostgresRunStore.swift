@@ -541,7 +541,7 @@ public final class PostgresRunStore: RunStore, Service {
 
     /// One statement: the finished runs (with nothing left to publish) and their history, then
     /// the expired command records, each bounded by `limit`.
-    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int, commandLimit: Int) async throws -> PruneResult {
         let n = Int64(limit)
         return try await mapErrors {
             for try await (runs, events, commands) in try await query(
@@ -557,7 +557,7 @@ public final class PostgresRunStore: RunStore, Service {
                 expired AS (
                     DELETE FROM commands WHERE (run_id, command_id) IN (
                         SELECT run_id, command_id FROM commands WHERE recorded_at_ms < \(commandsBefore.milliseconds)
-                        ORDER BY recorded_at_ms LIMIT \(n))
+                        ORDER BY recorded_at_ms LIMIT \(Int64(commandLimit)))
                     RETURNING 1)
                 SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM history), (SELECT count(*) FROM expired)
                 """

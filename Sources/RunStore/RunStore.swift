@@ -336,9 +336,9 @@ public protocol RunStore: Sendable {
     func outboxDepth() async throws -> Int
     /// Retention, in one small transaction: removes up to `limit` terminal runs last updated
     /// before `finishedBefore` whose events were all confirmed, with their history, and up to
-    /// `limit` command records written before `commandsBefore`. A removed run's command records
+    /// `commandLimit` command records written before `commandsBefore` (a run has several). A removed run's command records
     /// stay until then: a repeat within the de-duplication window is still answered as one.
-    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult
+    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int, commandLimit: Int) async throws -> PruneResult
 
     // Membership and partition ownership. The store is the authority, not the broker: live
     // workers are the rows not yet expired, and a partition belongs to the holder of its

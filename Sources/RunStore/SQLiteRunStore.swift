@@ -320,7 +320,7 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
+    public func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int, commandLimit: Int) async throws -> PruneResult {
         try await writeImmediately { db in
             var result = PruneResult()
             let ids = try String.fetchAll(
@@ -342,7 +342,7 @@ public final class SQLiteRunStore: RunStore {
                 sql: """
                     DELETE FROM commands WHERE (run_id, command_id) IN (
                         SELECT run_id, command_id FROM commands WHERE recorded_at_ms < ? ORDER BY recorded_at_ms LIMIT ?)
-                    """, arguments: [commandsBefore.milliseconds, limit])
+                    """, arguments: [commandsBefore.milliseconds, commandLimit])
             result.commands += db.changesCount
             return result
         }

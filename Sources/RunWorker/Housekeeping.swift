@@ -16,9 +16,13 @@ struct Housekeeping: Sendable {
     let prunedRuns: Counter
     let prunedEvents: Counter
     let prunedCommands: Counter
-    /// Rows removed per table in one transaction: small, so that a pass never holds the
-    /// store (SQLite's single writer) for long.
+    /// Runs (with their history) and command records removed in one transaction: small, so
+    /// that a pass never holds the store (SQLite's single writer) for long. While there is
+    /// more, passes follow each other `busyGap` apart, which keeps up with several thousand
+    /// runs finishing per second; otherwise every `retention.interval_s`.
     static let pruneBatch = 200
+    static let commandBatch = 4000
+    static let busyGap = Duration.milliseconds(20)
 
     init(
         store: any RunStore, settings: WorkerSettings, shared: SharedStatus, clock: @escaping @Sendable () -> Timestamp,
@@ -50,7 +54,7 @@ struct Housekeeping: Sendable {
                 if shared.status.partitions.contains(0) {
                     // A full batch means there is more: come back soon, but not at once.
                     let more = await prunePass()
-                    nextPrune = now + (more ? .milliseconds(200) : .seconds(settings.retentionIntervalS))
+                    nextPrune = ContinuousClock.now + (more ? Self.busyGap : .seconds(settings.retentionIntervalS))
                 } else {
                     nextPrune = now + .seconds(min(settings.retentionIntervalS, 5))
                 }
@@ -68,7 +72,8 @@ struct Housekeeping: Sendable {
         let commandsBefore = settings.retentionCommandIDsS.map { now.adding(seconds: -$0) } ?? Timestamp(milliseconds: .min)
         do {
             let removed = try await store.prune(
-                finishedBefore: finishedBefore, commandsBefore: commandsBefore, limit: Self.pruneBatch)
+                finishedBefore: finishedBefore, commandsBefore: commandsBefore, limit: Self.pruneBatch,
+                commandLimit: Self.commandBatch)
             prunedRuns.increment(by: Int64(removed.runs))
             prunedEvents.increment(by: Int64(removed.events))
             prunedCommands.increment(by: Int64(removed.commands))
@@ -77,7 +82,7 @@ struct Housekeeping: Sendable {
                     "runs": "\(removed.runs)", "events": "\(removed.events)", "command_ids": "\(removed.commands)",
                 ])
             }
-            return removed.runs >= Self.pruneBatch || removed.commands >= Self.pruneBatch
+            return removed.runs >= Self.pruneBatch || removed.commands >= Self.commandBatch
         } catch {
             logger.warning("retention pass failed; trying again later", metadata: ["error": "\(error)"])
             return false

@@ -403,11 +403,11 @@ import Testing
             try await store.removeOutbox(ids: Array(ids.prefix(5)))
             let never = Timestamp(milliseconds: .min)
             // Nothing is old enough.
-            #expect(try await store.prune(finishedBefore: ms(500), commandsBefore: never, limit: 10) == PruneResult())
+            #expect(try await store.prune(finishedBefore: ms(500), commandsBefore: never, limit: 10, commandLimit: 10) == PruneResult())
             // One finished run per pass at limit 1, oldest first.
-            let first = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 1)
+            let first = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 1, commandLimit: 1)
             #expect(first == PruneResult(runs: 1, events: 2, commands: 0))
-            let second = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10)
+            let second = try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10, commandLimit: 10)
             #expect(second == PruneResult(runs: 1, events: 1, commands: 0))
             #expect(try await store.run("old-done") == nil)
             #expect(try await store.run("old-failed") == nil)
@@ -418,16 +418,16 @@ import Testing
             // A finished run with an event not yet confirmed waits for it.
             #expect(try await store.run("old-unsent") != nil)
             try await store.removeOutbox(ids: [ids[5]])
-            #expect(try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10)
+            #expect(try await store.prune(finishedBefore: ms(10_000), commandsBefore: never, limit: 10, commandLimit: 10)
                 == PruneResult(runs: 1, events: 2, commands: 0))
             // The removed run's command record stays until the window ends.
             let kept = try await store.load(runIDs: [], commands: [key("old-done", "c1"), key("old-live", "c1"), key("new-done", "c1")])
             #expect(kept.outcomes.count == 3)
             // Command ids expire by their own cutoff (far ahead: all of them), live runs untouched.
             let future = Timestamp(seconds: Date().timeIntervalSince1970 + 86_400)
-            let one = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 1)
+            let one = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 1, commandLimit: 1)
             #expect(one == PruneResult(runs: 0, events: 0, commands: 1))
-            _ = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 10)
+            _ = try await store.prune(finishedBefore: ms(10_000), commandsBefore: future, limit: 10, commandLimit: 10)
             #expect(try await store.load(runIDs: [], commands: [key("old-done", "c1"), key("old-live", "c1"), key("new-done", "c1")])
                 .outcomes.isEmpty)
             #expect(try await store.run("old-live") != nil)

@@ -45,8 +45,8 @@ final class InterferingStore: RunStore {
     }
     func runCounts() async throws -> [RunStatus: Int] { try await inner.runCounts() }
     func outboxDepth() async throws -> Int { try await inner.outboxDepth() }
-    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int) async throws -> PruneResult {
-        try await inner.prune(finishedBefore: finishedBefore, commandsBefore: commandsBefore, limit: limit)
+    func prune(finishedBefore: Timestamp, commandsBefore: Timestamp, limit: Int, commandLimit: Int) async throws -> PruneResult {
+        try await inner.prune(finishedBefore: finishedBefore, commandsBefore: commandsBefore, limit: limit, commandLimit: commandLimit)
     }
 }
 
