@@ -702,8 +702,8 @@ public final class PostgresRunStore: RunStore, Service {
 
     // MARK: - Plumbing
 
-    /// Runs one statement (tests: dropping a schema of their own).
-    func execute(_ sql: String) async throws {
+    /// Runs one statement (tests and the benchmark: dropping a schema of their own).
+    public func execute(_ sql: String) async throws {
         try await mapErrors { _ = try await query(PostgresQuery(unsafeSQL: sql)) }
     }
 

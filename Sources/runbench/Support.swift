@@ -97,6 +97,21 @@ struct CPUMeter {
         for (k, ps) in pids { start[k] = ps.compactMap(Proc.cpuTicks).reduce(0, +) }
     }
 
+    /// CPU seconds each group used since the start.
+    func seconds() -> [String: Double] {
+        var out: [String: Double] = [:]
+        for (k, ps) in pids {
+            let ticks = ps.compactMap(Proc.cpuTicks).reduce(0, +)
+            out[k] = Double(ticks &- (start[k] ?? 0)) / Proc.ticksPerSecond
+        }
+        return out
+    }
+
+    /// Microseconds of CPU per command of each group, for `commands` commands.
+    func microsecondsPer(_ commands: Int) -> [String: Double] {
+        seconds().mapValues { $0 / Double(max(1, commands)) * 1e6 }
+    }
+
     func cores() -> [String: Double] {
         let wall = Double(nowNs() - startNs) / 1e9
         var out: [String: Double] = [:]

@@ -1,8 +1,10 @@
 import ArgumentParser
 import Foundation
 import RunContract
+import RunStore
 import RunWorker
 import RunWorkerTestKit
+import Synchronization
 
 #if canImport(Glibc)
 import Glibc
@@ -15,7 +17,7 @@ struct RunBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "runbench",
         abstract: "Measure runworker against the broker's echo ceiling on this machine.",
-        discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib.")
+        discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib, worker_us_per_cmd, p99_floor_ms.")
 
     @Option(help: "The release runworker binary (not needed by the stream phase).")
     var runworker = ""
@@ -125,6 +127,8 @@ final class Bench {
     var failures: [String] = []
     var scaleLine = ""
     var retentionLine = ""
+    var workerMicroseconds = Double.nan
+    var p99Floor = Double.nan
 
     init(options: RunBench) {
         o = options
@@ -162,8 +166,11 @@ final class Bench {
 
     // MARK: phases
 
-    func cpuText(_ c: [String: Double]) -> String {
-        c.sorted { $0.key < $1.key }.map { "\($0.key) \(fmt($0.value, 2))" }.joined(separator: ", ")
+    /// Cores per process group, and with `us` the microseconds of CPU per command each spent.
+    func cpuText(_ c: [String: Double], us: [String: Double]? = nil) -> String {
+        c.sorted { $0.key < $1.key }.map { k, v in
+            "\(k) \(fmt(v, 2))" + (us?[k].map { " (\(fmt($0)) µs/cmd)" } ?? "")
+        }.joined(separator: ", ")
     }
 
     func phaseCeiling() throws {
@@ -176,13 +183,14 @@ final class Bench {
         let cpu = CPUMeter(["broker": brokerPIDs, "runbench": [getpid()]])
         let r = try drive(t, load, eventsPerRun: 4)
         let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
         try echo.stop()
         ceiling = r.rate
         rows.append(("1 ceiling: echo, own AMQP layer", "\(load.commandCount) msgs", "\(fmt(r.rate)) msg/s",
-                     cpuText(usage)))
+                     cpuText(usage, us: us)))
         check("ceiling", r, load: load, eventsPerRun: 4)
         say("ceiling: \(fmt(r.rate)) msg/s, \(fmt(Double(r.sub.eventBytes) / Double(max(1, r.sub.events)))) bytes/event, "
-            + "\(echo.messages / max(1, echo.batches)) msgs/batch; cpu \(cpuText(usage))")
+            + "\(echo.messages / max(1, echo.batches)) msgs/batch; cpu \(cpuText(usage, us: us))")
     }
 
     func phaseOne() throws {
@@ -197,12 +205,14 @@ final class Bench {
         let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
         let r = try drive(t, load, eventsPerRun: 5)
         let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
         if let perf { stopPerf(perf) }
         one = r.rate
+        workerMicroseconds = us["worker"] ?? .nan
         check("one worker", r, load: load, eventsPerRun: 5)
         rows.append(("2 runworker, 1 process", "\(load.runs.count) runs, \(load.commandCount) cmds",
-                     "\(fmt(r.rate)) cmd/s", cpuText(usage)))
-        say("one worker: \(fmt(r.rate)) cmd/s, \(fmt(Double(r.sub.eventBytes) / Double(max(1, r.sub.events)))) bytes/event; cpu \(cpuText(usage))")
+                     "\(fmt(r.rate)) cmd/s", cpuText(usage, us: us)))
+        say("one worker: \(fmt(r.rate)) cmd/s, \(fmt(Double(r.sub.eventBytes) / Double(max(1, r.sub.events)))) bytes/event; cpu \(cpuText(usage, us: us))")
 
         // Memory: the same process goes on to `memoryRuns` finished runs.
         Thread.sleep(forTimeInterval: 1)
@@ -217,13 +227,14 @@ final class Bench {
         let cpu2 = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
         let r2 = try drive(t, more, eventsPerRun: 5)
         let usage2 = cpu2.cores()
+        let us2 = cpu2.microsecondsPer(more.commandCount)
         check("memory", r2, load: more, eventsPerRun: 5)
         Thread.sleep(forTimeInterval: 1)
         let last = w[0].memoryKiB
         peakMiB = Double(last.hwm) / 1024
         let growth = Double(last.rss - first.rss) / 1024
         rows.append(("   same process, runs \(runs)..<\(memoryRuns)", "\(more.runs.count) runs, \(more.commandCount) cmds",
-                     "\(fmt(r2.rate)) cmd/s", cpuText(usage2)))
+                     "\(fmt(r2.rate)) cmd/s", cpuText(usage2, us: us2)))
         rows.append(("5 memory (worker VmRSS)",
                      "after \(runs) / \(memoryRuns) runs" + (o.quick ? " (quick)" : ""),
                      "\(fmt(Double(first.rss) / 1024, 1)) / \(fmt(Double(last.rss) / 1024, 1)) MiB",
@@ -288,11 +299,12 @@ final class Bench {
         let cpu = CPUMeter(["workers": w.map(\.pid), "broker": brokerPIDs, "runbench": [getpid()]])
         let r = try drive(t, load, eventsPerRun: 5)
         let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
         two = r.rate
         check("two workers", r, load: load, eventsPerRun: 5)
         rows.append(("3 runworker, 2 processes", "\(load.runs.count) runs, \(load.commandCount) cmds",
-                     "\(fmt(r.rate)) cmd/s", cpuText(usage)))
-        say("two workers: \(fmt(r.rate)) cmd/s; cpu \(cpuText(usage))")
+                     "\(fmt(r.rate)) cmd/s", cpuText(usage, us: us)))
+        say("two workers: \(fmt(r.rate)) cmd/s; cpu \(cpuText(usage, us: us))")
     }
 
     func phaseLatency() throws {
@@ -306,6 +318,7 @@ final class Bench {
         let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
         let r = try drive(t, load, eventsPerRun: 5, rate: rate)
         let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
         check("latency", r, load: load, eventsPerRun: 5)
         var ms: [Double] = []
         for k in 0..<load.commandCount where r.sub.firstEventNs[k] > 0 && r.prod.publishNs[k] > 0 {
@@ -316,9 +329,78 @@ final class Bench {
         p99 = percentile(ms, 99)
         rows.append(("4 latency at \(Int(o.latencyFraction * 100)) % of (2)", "\(fmt(rate)) cmd/s, \(fmt(latencySeconds)) s",
                      "p50 \(fmt(percentile(ms, 50), 2)) p99 \(fmt(p99, 2)) max \(fmt(ms.last ?? .nan, 2)) ms",
-                     cpuText(usage)))
+                     cpuText(usage, us: us)))
         say("latency: p50 \(fmt(percentile(ms, 50), 2)) ms, p90 \(fmt(percentile(ms, 90), 2)) ms, p99 \(fmt(p99, 2)) ms, "
-            + "max \(fmt(ms.last ?? .nan, 2)) ms over \(ms.count) commands; cpu \(cpuText(usage))")
+            + "max \(fmt(ms.last ?? .nan, 2)) ms over \(ms.count) commands; cpu \(cpuText(usage, us: us))")
+        try latencyFloor(rate: rate, load: load)
+    }
+
+    /// What latency cannot beat, measured in the same run at the same rate: the broker's own
+    /// command → event round trip (the echo consumer: publish, deliver, publish the event with
+    /// confirms, deliver it) and one store commit (an fsync on SQLite FULL, a round trip on
+    /// PostgreSQL). Their p99s added are the floor the worker's p99 is judged against.
+    func latencyFloor(rate: Double, load: RunLoad) throws {
+        let t = Topology(prefix: "\(runID)-floor", partitions: o.partitions)
+        defer { deleteTopology(t, url: o.amqpURL) }
+        let echo = EchoConsumer(url: o.amqpURL, topology: t, prefetch: o.prefetch, batchSize: o.batchSize)
+        try echo.start()
+        let r = try drive(t, load, eventsPerRun: 4, rate: rate)
+        try echo.stop()
+        var ms: [Double] = []
+        for k in 0..<load.commandCount where r.sub.firstEventNs[k] > 0 && r.prod.publishNs[k] > 0 {
+            ms.append(Double(Int64(r.sub.firstEventNs[k]) - Int64(r.prod.publishNs[k])) / 1e6)
+        }
+        ms.sort()
+        let commits = try storeCommitMilliseconds(samples: 200).sorted()
+        p99Floor = percentile(ms, 99) + percentile(commits, 99)
+        rows.append(("4b floor at the same rate", "echo round trip; store commit",
+                     "p99 \(fmt(percentile(ms, 99), 2)) + \(fmt(percentile(commits, 99), 2)) = \(fmt(p99Floor, 2)) ms",
+                     "echo p50 \(fmt(percentile(ms, 50), 2)) max \(fmt(ms.last ?? .nan, 2)); commit p50 \(fmt(percentile(commits, 50), 2)) ms"))
+        say("floor: broker round trip p50 \(fmt(percentile(ms, 50), 2)) p99 \(fmt(percentile(ms, 99), 2)) max \(fmt(ms.last ?? .nan, 2)) ms; "
+            + "store commit p50 \(fmt(percentile(commits, 50), 2)) p99 \(fmt(percentile(commits, 99), 2)) ms")
+    }
+
+    /// `samples` commits of one new run and one outbox row each, timed one by one, on a store
+    /// like the workers' (a fresh SQLite file with their durability, or a schema of the
+    /// PostgreSQL).
+    func storeCommitMilliseconds(samples: Int) throws -> [Double] {
+        let url = o.store == "postgres"
+            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + "\(runID)_floor".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
+            : "sqlite://\(dir)/\(runID)-floor.sqlite"
+        let synchronous: SQLiteRunStore.Synchronous = o.synchronous?.uppercased() == "NORMAL" ? .normal : .full
+        let box = Mutex<Result<[Double], Error>?>(nil)
+        let done = DispatchSemaphore(value: 0)
+        Task {
+            let result: Result<[Double], Error>
+            do {
+                let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
+                let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+                defer { client?.cancel() }
+                try await store.prepare()
+                var out: [Double] = []
+                for i in 0..<samples {
+                    let now = Timestamp(seconds: Date().timeIntervalSince1970)
+                    let id = "floor-\(i)"
+                    let run = Run(runID: id, status: .created, version: 1, createdAt: now, updatedAt: now)
+                    let row = OutboxMessage(runID: id, seq: 1, type: "created", status: "created", routingKey: "run.\(id).created",
+                                            messageID: "\(id):1", body: Array(#"{"type":"created"}"#.utf8), writtenAt: now)
+                    let start = DispatchTime.now().uptimeNanoseconds
+                    _ = try await store.commit(StoreCommit(
+                        runs: [RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], outbox: [row]))
+                    out.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
+                }
+                if let pg = store as? PostgresRunStore, let schema = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "schema" })?.value {
+                    try? await pg.execute("DROP SCHEMA \(schema) CASCADE")
+                }
+                result = .success(out)
+            } catch {
+                result = .failure(error)
+            }
+            box.withLock { $0 = result }
+            done.signal()
+        }
+        done.wait()
+        return try box.withLock { $0! }.get()
     }
 
     /// 1, 2 and 4 worker processes on the same load: the speed-up, the workers' CPU per
@@ -345,6 +427,7 @@ final class Bench {
                 throw error
             }
             let usage = cpu.cores()
+            let us = cpu.microsecondsPer(load.commandCount)
             stopWorkers(w, "scale \(n)")  // their last status (counters) is written at exit
             check("scale \(n)", r, load: load, eventsPerRun: 5)
             let counters = w.compactMap { $0.status?.counters }
@@ -358,9 +441,9 @@ final class Bench {
             rows.append(("6 scale: \(n) worker(s), \(o.store)", "\(load.runs.count) runs, \(load.commandCount) cmds",
                          "\(fmt(r.rate)) cmd/s (x\(fmt(r.rate / base, 2)))",
                          "workers \(fmt(usPerCommand)) µs/cmd, \(perBatch)\(fmt(Double(load.commandCount) / Double(max(1, commits)), 1)) cmds/batch; "
-                            + cpuText(usage)))
+                            + cpuText(usage, us: us)))
             say("scale: \(n) worker(s) \(fmt(r.rate)) cmd/s (x\(fmt(r.rate / base, 2)) of one), workers \(fmt(usPerCommand)) µs/cmd, "
-                + "\(perBatch)\(commits) batches; cpu \(cpuText(usage))")
+                + "\(perBatch)\(commits) batches; cpu \(cpuText(usage, us: us))")
             figures.append("scale_\(n) \(fmt(r.rate))")
         }
         scaleLine = figures.joined(separator: " ")
@@ -486,7 +569,8 @@ final class Bench {
         print(failures.isEmpty ? "checks: ok (no command_rejected, 5 events per run, no nacks)"
               : "checks FAILED: " + failures.joined(separator: "; "))
         print("ratio \(fmt(ratio, 2)) worker \(fmt(one)) ceiling \(fmt(ceiling)) two_workers \(fmt(two)) "
-              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1))" + (scaleLine.isEmpty ? "" : " " + scaleLine)
+              + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1)) worker_us_per_cmd \(fmt(workerMicroseconds)) "
+              + "p99_floor_ms \(fmt(p99Floor, 2))" + (scaleLine.isEmpty ? "" : " " + scaleLine)
               + (retentionLine.isEmpty ? "" : " " + retentionLine))
     }
 }
