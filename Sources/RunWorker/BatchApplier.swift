@@ -33,11 +33,15 @@ public struct BatchApplier: Sendable {
         _ items: [WorkItem], published: Set<Int64> = [], removeOutbox: [Int64] = [],
         fence: (workerID: String, leases: [PartitionLease])? = nil
     ) async throws -> ProcessedBatch {
+        let started = DispatchTime.now().uptimeNanoseconds
         let prepared = processor.prepare(items)
+        let prepareNs = DispatchTime.now().uptimeNanoseconds &- started
         var attempt = 1
         while true {
             do {
-                return try await applyOnce(prepared, published: published, removeOutbox: removeOutbox, fence: fence)
+                var processed = try await applyOnce(prepared, published: published, removeOutbox: removeOutbox, fence: fence)
+                processed.stages.prepareNs = prepareNs
+                return processed
             } catch let error as StoreError where error.code == .versionConflict && attempt < conflictAttempts {
                 attempt += 1
             }
@@ -51,6 +55,7 @@ public struct BatchApplier: Sendable {
         let processor = self.processor
         let clock = self.clock
         var decision: BatchDecision
+        let storeStarted = DispatchTime.now().uptimeNanoseconds
         if prepared.runIDs.isEmpty && prepared.commandKeys.isEmpty {
             // Nothing to read (only unattributable messages): at most the outbox deletions.
             decision = processor.decide(prepared, snapshot: StoreSnapshot(), removeOutbox: removeOutbox, now: clock())
@@ -59,6 +64,7 @@ public struct BatchApplier: Sendable {
         } else {
             let (ids, decided) = try await store.loadDecideCommit(runIDs: prepared.runIDs, commands: prepared.commandKeys) {
                 snapshot, pending in
+                let deciding = DispatchTime.now().uptimeNanoseconds
                 let d = processor.decide(
                     prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
                     now: clock())
@@ -66,15 +72,19 @@ public struct BatchApplier: Sendable {
                 commit.fence = fence
                 var timed = d
                 timed.decidedAtNs = DispatchTime.now().uptimeNanoseconds
+                timed.decideNs = timed.decidedAtNs &- deciding
                 return (commit, timed)
             }
             decision = decided
             decision.assignOutboxIDs(ids)
         }
         let committed = DispatchTime.now().uptimeNanoseconds
-        return ProcessedBatch(
+        var processed = ProcessedBatch(
             messages: decision.messages, results: decision.results, observations: decision.observations,
             commitNs: decision.decidedAtNs == 0 ? 0 : committed &- decision.decidedAtNs)
+        processed.stages.decideNs = decision.decideNs
+        processed.stages.storeNs = (committed &- storeStarted) &- decision.decideNs
+        return processed
     }
 
     /// Commands only (tests and tools).

@@ -129,6 +129,8 @@ public struct BatchDecision: Sendable {
     public var observations: [RunObservation] = []
     /// When the decision was made (monotonic nanoseconds), to time the commit that follows.
     public var decidedAtNs: UInt64 = 0
+    /// How long the decision took.
+    public var decideNs: UInt64 = 0
 
     public mutating func assignOutboxIDs(_ ids: [Int64]) {
         for (message, row) in outboxSlots { messages[message].outboxID = ids[row] }
@@ -143,6 +145,19 @@ public struct ProcessedBatch: Sendable {
     public var observations: [RunObservation] = []
     /// Time spent in the store after the decision (the commit), in nanoseconds.
     public var commitNs: UInt64 = 0
+    /// Where the batch's time went, for the benchmark's split.
+    public var stages = StageTimes()
+}
+
+/// Wall time of a batch's stages, in nanoseconds: decoding the commands (stage 1), deciding
+/// (the state machine and encoding events and replies), the store (load and commit, waiting
+/// for the disk or the network included), publishing (AMQP frames written).
+public struct StageTimes: Sendable, Hashable {
+    public var prepareNs: UInt64 = 0
+    public var decideNs: UInt64 = 0
+    public var storeNs: UInt64 = 0
+    public var publishNs: UInt64 = 0
+    public init() {}
 }
 
 /// A fact about runs that metrics count: derived from the events a batch appended, so a

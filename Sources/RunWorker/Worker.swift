@@ -407,6 +407,11 @@ final class WorkerLoop: @unchecked Sendable {
             metrics.applySeconds.recordNanoseconds(Int64(applied - started))
             metrics.commitSeconds.recordNanoseconds(Int64(processed.commitNs))
             metrics.publishSeconds.recordNanoseconds(Int64(published - applied))
+            status.counters.stagePrepareNs += Int(processed.stages.prepareNs)
+            status.counters.stageDecideNs += Int(processed.stages.decideNs)
+            status.counters.stageStoreNs += Int(processed.stages.storeNs)
+            status.counters.stagePublishNs += Int(published - applied)
+            status.counters.stageCommands += batch.count
             stats.record(commands: batch.count, applyNs: applied - started,
                          publishNs: DispatchTime.now().uptimeNanoseconds - applied, inFlight: pipeline.count)
             if let line = stats.report() { logger.debug("loop stats", metadata: line) }

@@ -180,5 +180,10 @@ extension WorkerStatus {
         counters.commits = n("commits")
         counters.storeRoundTrips = n("store_round_trips")
         counters.batchRoundTrips = n("batch_round_trips")
+        counters.stagePrepareNs = n("stage_prepare_ns")
+        counters.stageDecideNs = n("stage_decide_ns")
+        counters.stageStoreNs = n("stage_store_ns")
+        counters.stagePublishNs = n("stage_publish_ns")
+        counters.stageCommands = n("stage_commands")
     }
 }

@@ -216,6 +216,13 @@ final class Bench {
 
         // Memory: the same process goes on to `memoryRuns` finished runs.
         Thread.sleep(forTimeInterval: 1)
+        if let c = w[0].status?.counters, c.stageCommands > 0 {
+            let n = Double(c.stageCommands) * 1000
+            let split = "decode \(fmt(Double(c.stagePrepareNs) / n, 1)), decide \(fmt(Double(c.stageDecideNs) / n, 1)), "
+                + "store \(fmt(Double(c.stageStoreNs) / n, 1)), publish \(fmt(Double(c.stagePublishNs) / n, 1))"
+            say("one worker: stages, wall µs per command (store includes waiting for the disk): \(split); worker CPU \(fmt(workerMicroseconds)) µs per command")
+            rows.append(("   worker stages, wall µs/cmd", "", split, "CPU \(fmt(workerMicroseconds)) µs/cmd"))
+        }
         let first = w[0].memoryKiB
         say("memory: after \(runs) runs VmRSS \(fmt(Double(first.rss) / 1024, 1)) MiB, VmHWM \(fmt(Double(first.hwm) / 1024, 1)) MiB")
         guard memoryRuns > runs else {

@@ -38,6 +38,13 @@ public struct WorkerStatus: Sendable, Equatable {
         public var storeRoundTrips = 0
         /// Of those, the ones sent by batch commits (loads and commits, not chores).
         public var batchRoundTrips = 0
+        /// Wall time of the command batches' stages so far (`StageTimes`), nanoseconds, and
+        /// the commands they carried: the benchmark divides one by the other.
+        public var stagePrepareNs = 0
+        public var stageDecideNs = 0
+        public var stageStoreNs = 0
+        public var stagePublishNs = 0
+        public var stageCommands = 0
     }
 
     public var workerID: String
@@ -66,6 +73,9 @@ public struct WorkerStatus: Sendable, Equatable {
                 "leases_lost": .int(Int64(c.leasesLost)), "fenced_commits": .int(Int64(c.fencedCommits)),
                 "commits": .int(Int64(c.commits)), "store_round_trips": .int(Int64(c.storeRoundTrips)),
                 "batch_round_trips": .int(Int64(c.batchRoundTrips)),
+                "stage_prepare_ns": .int(Int64(c.stagePrepareNs)), "stage_decide_ns": .int(Int64(c.stageDecideNs)),
+                "stage_store_ns": .int(Int64(c.stageStoreNs)), "stage_publish_ns": .int(Int64(c.stagePublishNs)),
+                "stage_commands": .int(Int64(c.stageCommands)),
             ]),
         ]
     }
