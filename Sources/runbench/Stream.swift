@@ -273,28 +273,17 @@ extension Bench {
 extension Bench {
     /// Stored runs of the load that are not completed at the version their events reached.
     func storeMismatches(url: String, load: RunLoad, record: StreamRecord) throws -> Int {
-        let box = Mutex<Result<Int, Error>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            let result: Result<Int, Error>
-            do {
-                let store = try openRunStore(url: url)
-                let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
-                defer { client?.cancel() }
-                var bad = 0
-                for run in load.runs {
-                    let events = record.seqs[run - load.runs.lowerBound]
-                    let stored = try await store.run(RunLoad.runID(run))
-                    if stored?.status != .completed || stored?.version != Int64(events.count) { bad += 1 }
-                }
-                result = .success(bad)
-            } catch {
-                result = .failure(error)
+        try blockingAwait {
+            let store = try openRunStore(url: url)
+            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+            defer { client?.cancel() }
+            var bad = 0
+            for run in load.runs {
+                let events = record.seqs[run - load.runs.lowerBound]
+                let stored = try await store.run(RunLoad.runID(run))
+                if stored?.status != .completed || stored?.version != Int64(events.count) { bad += 1 }
             }
-            box.withLock { $0 = result }
-            done.signal()
+            return bad
         }
-        done.wait()
-        return try box.withLock { $0! }.get()
     }
 }

@@ -139,3 +139,17 @@ func fmt(_ v: Double, _ decimals: Int = 0) -> String {
 func say(_ s: String) {
     FileHandle.standardError.write(Data(("[runbench] " + s + "\n").utf8))
 }
+
+/// Runs async work (a store's calls) to its end from a synchronous phase.
+func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T) throws -> T {
+    let box = Mutex<Result<T, Error>?>(nil)
+    let done = DispatchSemaphore(value: 0)
+    Task {
+        let result: Result<T, Error>
+        do { result = .success(try await body()) } catch { result = .failure(error) }
+        box.withLock { $0 = result }
+        done.signal()
+    }
+    done.wait()
+    return try box.withLock { $0! }.get()
+}

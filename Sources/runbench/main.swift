@@ -375,39 +375,29 @@ final class Bench {
             ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + "\(runID)_floor".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
             : "sqlite://\(dir)/\(runID)-floor.sqlite"
         let synchronous: SQLiteRunStore.Synchronous = o.synchronous?.uppercased() == "NORMAL" ? .normal : .full
-        let box = Mutex<Result<[Double], Error>?>(nil)
-        let done = DispatchSemaphore(value: 0)
-        Task {
-            let result: Result<[Double], Error>
-            do {
-                let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
-                let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
-                defer { client?.cancel() }
-                try await store.prepare()
-                var out: [Double] = []
-                for i in 0..<samples {
-                    let now = Timestamp(seconds: Date().timeIntervalSince1970)
-                    let id = "floor-\(i)"
-                    let run = Run(runID: id, status: .created, version: 1, createdAt: now, updatedAt: now)
-                    let row = OutboxMessage(runID: id, seq: 1, type: "created", status: "created", routingKey: "run.\(id).created",
-                                            messageID: "\(id):1", body: Array(#"{"type":"created"}"#.utf8), writtenAt: now)
-                    let start = DispatchTime.now().uptimeNanoseconds
-                    _ = try await store.commit(StoreCommit(
-                        runs: [RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], outbox: [row]))
-                    out.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
-                }
-                if let pg = store as? PostgresRunStore, let schema = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "schema" })?.value {
-                    try? await pg.execute("DROP SCHEMA \(schema) CASCADE")
-                }
-                result = .success(out)
-            } catch {
-                result = .failure(error)
+        return try blockingAwait {
+            let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
+            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+            defer { client?.cancel() }
+            try await store.prepare()
+            var out: [Double] = []
+            for i in 0..<samples {
+                let now = Timestamp(seconds: Date().timeIntervalSince1970)
+                let id = "floor-\(i)"
+                let run = Run(runID: id, status: .created, version: 1, createdAt: now, updatedAt: now)
+                let row = OutboxMessage(runID: id, seq: 1, type: "created", status: "created", routingKey: "run.\(id).created",
+                                        messageID: "\(id):1", body: Array(#"{"type":"created"}"#.utf8), writtenAt: now)
+                let start = DispatchTime.now().uptimeNanoseconds
+                _ = try await store.commit(StoreCommit(
+                    runs: [RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], outbox: [row]))
+                out.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e6)
             }
-            box.withLock { $0 = result }
-            done.signal()
+            if let pg = store as? PostgresRunStore,
+               let schema = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "schema" })?.value {
+                try? await pg.execute("DROP SCHEMA \(schema) CASCADE")
+            }
+            return out
         }
-        done.wait()
-        return try box.withLock { $0! }.get()
     }
 
     /// 1, 2 and 4 worker processes on the same load: the speed-up, the workers' CPU per

@@ -38,19 +38,20 @@ final class WorkerMetrics {
     }
 
     private func counter(_ label: String, _ dimensions: [(String, String)]) -> Counter {
-        let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-        if let c = counters[key] { return c }
-        let c = Counter(label: label, dimensions: dimensions, factory: factory)
-        counters[key] = c
-        return c
+        Self.cached(&counters, label, dimensions) { Counter(label: label, dimensions: dimensions, factory: factory) }
     }
 
     private func recorder(_ label: String, _ dimensions: [(String, String)]) -> Recorder {
+        Self.cached(&recorders, label, dimensions) { Recorder(label: label, dimensions: dimensions, factory: factory) }
+    }
+
+    /// The metric of this label and these dimensions, made on first use.
+    private static func cached<M>(_ cache: inout [String: M], _ label: String, _ dimensions: [(String, String)], _ make: () -> M) -> M {
         let key = label + dimensions.map { "|\($0.0)=\($0.1)" }.joined()
-        if let r = recorders[key] { return r }
-        let r = Recorder(label: label, dimensions: dimensions, factory: factory)
-        recorders[key] = r
-        return r
+        if let m = cache[key] { return m }
+        let m = make()
+        cache[key] = m
+        return m
     }
 
     /// A command's name as a label: one of the contract's, or `unknown` (a body may say
