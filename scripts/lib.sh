@@ -77,23 +77,24 @@ ensure_build_deps() {
     apt_install librabbitmq-dev pkg-config || return 1
 }
 
+# Installs a PyPI package unless `check` (a shell command) already succeeds: pip, then pip
+# past Debian's externally-managed guard, then the Debian package when one is named.
+pip_ensure() {
+    local check=$1 package=$2 debian=${3:-}
+    eval "$check" >/dev/null 2>&1 && return 0
+    log "installing $package (PyPI)"
+    python3 -m pip install --quiet "$package" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$package" 2>/dev/null \
+        || { [ -n "$debian" ] && apt_install "$debian"; } \
+        || { log "could not install $package"; return 1; }
+}
+
 # The interop test drives the worker with pika, a third-party Python client; the deployment
 # test validates docker-compose.yml with check-jsonschema.
 ensure_test_deps() {
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
-    if ! python3 -c 'import pika' 2>/dev/null; then
-        log "installing pika (PyPI)"
-        python3 -m pip install --quiet pika 2>/dev/null \
-            || python3 -m pip install --quiet --break-system-packages pika 2>/dev/null \
-            || apt_install python3-pika \
-            || { log "could not install pika"; return 1; }
-    fi
-    if ! command -v check-jsonschema >/dev/null 2>&1; then
-        log "installing check-jsonschema (PyPI)"
-        python3 -m pip install --quiet check-jsonschema 2>/dev/null \
-            || python3 -m pip install --quiet --break-system-packages check-jsonschema 2>/dev/null \
-            || { log "could not install check-jsonschema"; return 1; }
-    fi
+    pip_ensure "python3 -c 'import pika'" pika python3-pika || return 1
+    pip_ensure "command -v check-jsonschema" check-jsonschema
 }
 
 # The board test drives the live run board in a real browser: Debian's chromium and
@@ -103,29 +104,13 @@ ensure_browser_deps() {
     if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
         apt_install chromium chromium-driver || return 1
     fi
-    if ! python3 -c 'import selenium' 2>/dev/null; then
-        log "installing selenium (PyPI)"
-        python3 -m pip install --quiet selenium 2>/dev/null \
-            || python3 -m pip install --quiet --break-system-packages selenium 2>/dev/null \
-            || apt_install python3-selenium \
-            || { log "could not install selenium"; return 1; }
-    fi
+    pip_ensure "python3 -c 'import selenium'" selenium python3-selenium
 }
 
 # The HTTP API test checks docs/openapi.yaml and a live worker against it:
 # openapi-spec-validator and schemathesis 4.x (PyPI).
 ensure_openapi_deps() {
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
-    if ! command -v openapi-spec-validator >/dev/null 2>&1; then
-        log "installing openapi-spec-validator (PyPI)"
-        python3 -m pip install --quiet openapi-spec-validator 2>/dev/null \
-            || python3 -m pip install --quiet --break-system-packages openapi-spec-validator 2>/dev/null \
-            || { log "could not install openapi-spec-validator"; return 1; }
-    fi
-    if ! schemathesis --version 2>/dev/null | grep -Eq 'version 4\.'; then
-        log "installing schemathesis 4.x (PyPI)"
-        python3 -m pip install --quiet 'schemathesis>=4,<5' 2>/dev/null \
-            || python3 -m pip install --quiet --break-system-packages 'schemathesis>=4,<5' 2>/dev/null \
-            || { log "could not install schemathesis"; return 1; }
-    fi
+    pip_ensure "command -v openapi-spec-validator" openapi-spec-validator || return 1
+    pip_ensure "schemathesis --version | grep -Eq 'version 4\.'" 'schemathesis>=4,<5'
 }

@@ -13,7 +13,7 @@ import Testing
     @Test(arguments: [false, true]) func boardShowsRunsLive(withToken: Bool) throws {
         let prefix = uniquePrefix("board")
         let store = tempStore(prefix)
-        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        defer { removeTempStore(store) }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let token = "board-test-token-0123456789"

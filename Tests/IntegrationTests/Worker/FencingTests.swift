@@ -46,7 +46,7 @@ import Testing
     private func suspendOutsideWriteLock(_ a: WorkerProcess, store: String) async throws {
         a.suspend()
         guard store.hasPrefix("sqlite://") else { return }
-        let probe = try SQLiteRunStore(path: String(store.dropFirst("sqlite://".count)), synchronous: .normal, busyTimeoutSeconds: 0.2)
+        let probe = try SQLiteRunStore(path: storePath(store), synchronous: .normal, busyTimeoutSeconds: 0.2)
         for _ in 0..<100 {
             // A write of its own (a membership row that expires at once) succeeds only when
             // no transaction holds the lock.

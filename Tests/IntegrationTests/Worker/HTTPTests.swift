@@ -14,7 +14,7 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
         switch self {
         case .sqlite:
             let url = tempStore(prefix)
-            return (url, { try? FileManager.default.removeItem(atPath: String(url.dropFirst("sqlite://".count))) })
+            return (url, { removeTempStore(url) })
         case .postgres:
             guard postgresAvailable else { throw TestKitError(.process, "no PostgreSQL at \(postgresURL)") }
             let (url, schema) = postgresStore(prefix)
@@ -163,7 +163,7 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     @Test func tokenGuardsTheAPI() throws {
         let prefix = uniquePrefix("httptoken")
         let store = tempStore(prefix)
-        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        defer { removeTempStore(store) }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
 
@@ -203,7 +203,7 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     @Test func retentionRemovesFinishedRuns() throws {
         let prefix = uniquePrefix("httpret")
         let store = tempStore(prefix)
-        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        defer { removeTempStore(store) }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: [
@@ -240,7 +240,7 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
 
         let prefix = uniquePrefix("oapi")
         let store = tempStore(prefix)
-        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        defer { removeTempStore(store) }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let token = "openapi-check-token-0123456789"
@@ -276,7 +276,7 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     @Test func takenPortLeavesTheWorkerRunning() throws {
         let prefix = uniquePrefix("httpport")
         let store = tempStore(prefix)
-        defer { try? FileManager.default.removeItem(atPath: String(store.dropFirst("sqlite://".count))) }
+        defer { removeTempStore(store) }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let first = try WorkerProcess(prefix: prefix, store: store)

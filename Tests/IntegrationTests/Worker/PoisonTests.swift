@@ -21,7 +21,7 @@ import Testing
         #expect(try client.call(["command": "start", "run_id": "bad"], id: "b1").ok)
 
         // Damage the stored run behind the worker's back.
-        let path = String(store.dropFirst("sqlite://".count))
+        let path = storePath(store)
         let python = try runProgram("/usr/bin/env", ["python3", "-c",
             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE runs SET body=x'7b7d' WHERE run_id='bad'\"); c.commit()",
             path], timeout: 30)

@@ -31,7 +31,7 @@ import Testing
             time.sleep(6)
             c.execute('COMMIT')
             """,
-            String(store.dropFirst("sqlite://".count)), marker,
+            storePath(store), marker,
         ]
         try holder.run()
         defer { _ = try? holder.waitForExitOrKill("sqlite lock holder", timeout: 20) }

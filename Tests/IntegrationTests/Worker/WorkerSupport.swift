@@ -12,6 +12,14 @@ func tempStore(_ prefix: String) -> String {
     "sqlite://" + NSTemporaryDirectory() + "\(prefix).sqlite"
 }
 
+/// The file of a `tempStore` URL.
+func storePath(_ store: String) -> String { String(store.dropFirst("sqlite://".count)) }
+
+/// Removes a `tempStore`'s files (database, WAL and shared memory).
+func removeTempStore(_ store: String) {
+    for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: storePath(store) + suffix) }
+}
+
 extension WorkerProcess {
     /// A test worker: the built `runworker`, 4 partitions, quick rebalancing, debug logs.
     convenience init(
