@@ -115,3 +115,18 @@ public struct AMQPQueueInfo: Sendable, Hashable {
     public var messageCount: UInt32
     public var consumerCount: UInt32
 }
+
+/// A message to publish, for `BlockingConnection.publishBatch`.
+public struct AMQPOutgoingMessage: Sendable {
+    public var exchange: String
+    public var routingKey: String
+    public var body: [UInt8]
+    public var properties: AMQPProperties
+
+    public init(exchange: String, routingKey: String, body: [UInt8], properties: AMQPProperties = AMQPProperties()) {
+        self.exchange = exchange
+        self.routingKey = routingKey
+        self.body = body
+        self.properties = properties
+    }
+}

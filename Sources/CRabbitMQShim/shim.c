@@ -17,3 +17,139 @@ amqp_rpc_reply_t rw_login_external(amqp_connection_state_t state, const char *vh
                                       client_properties, AMQP_SASL_METHOD_EXTERNAL,
                                       identity);
 }
+
+// MARK: batched publishing
+
+#include <errno.h>
+#include <poll.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+
+enum { RW_FRAME_OVERHEAD = 8 };  // type, channel, size; frame-end octet
+
+typedef struct {
+    uint8_t *bytes;
+    size_t len, cap;
+} rw_buffer_t;
+
+static int rw_reserve(rw_buffer_t *b, size_t more) {
+    if (b->len + more <= b->cap) return 0;
+    size_t cap = b->cap ? b->cap : 4096;
+    while (cap < b->len + more) cap *= 2;
+    uint8_t *p = realloc(b->bytes, cap);
+    if (!p) return AMQP_STATUS_NO_MEMORY;
+    b->bytes = p;
+    b->cap = cap;
+    return 0;
+}
+
+static void rw_put16(uint8_t *p, uint16_t v) { p[0] = v >> 8; p[1] = v; }
+static void rw_put32(uint8_t *p, uint32_t v) { p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v; }
+static void rw_put64(uint8_t *p, uint64_t v) { rw_put32(p, v >> 32); rw_put32(p + 4, (uint32_t)v); }
+
+/// Starts a frame at the end of `b` (its size is filled in by rw_end_frame).
+static size_t rw_begin_frame(rw_buffer_t *b, uint8_t type, amqp_channel_t channel) {
+    size_t start = b->len;
+    b->bytes[start] = type;
+    rw_put16(b->bytes + start + 1, channel);
+    b->len += 7;
+    return start;
+}
+
+static void rw_end_frame(rw_buffer_t *b, size_t start) {
+    rw_put32(b->bytes + start + 3, (uint32_t)(b->len - start - 7));
+    b->bytes[b->len++] = AMQP_FRAME_END;
+}
+
+/// Appends an encoder's output (method arguments or properties), growing the buffer until the
+/// encoder fits; librabbitmq's encoders fail with a negative status when out of room.
+static int rw_append_encoded(rw_buffer_t *b, int (*encode)(void *, void *, amqp_bytes_t), void *what, void *decoded) {
+    size_t room = 256;
+    for (;;) {
+        int r = rw_reserve(b, room + 1);
+        if (r) return r;
+        amqp_bytes_t out = { room, b->bytes + b->len };
+        int n = encode(what, decoded, out);
+        if (n >= 0) {
+            b->len += (size_t)n;
+            return 0;
+        }
+        if (room >= ((size_t)1 << 30)) return n;
+        room *= 4;
+    }
+}
+
+static int rw_encode_method(void *method, void *decoded, amqp_bytes_t out) {
+    return amqp_encode_method(*(amqp_method_number_t *)method, decoded, out);
+}
+
+static int rw_encode_properties(void *class_id, void *decoded, amqp_bytes_t out) {
+    return amqp_encode_properties(*(uint16_t *)class_id, decoded, out);
+}
+
+static int rw_send_all(int fd, const uint8_t *p, size_t len) {
+    while (len > 0) {
+        ssize_t n = send(fd, p, len, MSG_NOSIGNAL);
+        if (n > 0) {
+            p += n;
+            len -= (size_t)n;
+        } else if (n < 0 && errno == EINTR) {
+            continue;
+        } else if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            // librabbitmq's sockets are non-blocking: wait for room, as its own send does.
+            struct pollfd pfd = { fd, POLLOUT, 0 };
+            if (poll(&pfd, 1, -1) < 0 && errno != EINTR) return AMQP_STATUS_SOCKET_ERROR;
+        } else {
+            return AMQP_STATUS_SOCKET_ERROR;
+        }
+    }
+    return AMQP_STATUS_OK;
+}
+
+int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
+                     const rw_publish_t *messages, size_t count) {
+    amqp_socket_t *socket = amqp_get_socket(state);
+    int fd = socket ? amqp_socket_get_sockfd(socket) : -1;
+    int frame_max = amqp_get_frame_max(state);
+    if (fd < 0 || frame_max <= RW_FRAME_OVERHEAD) return AMQP_STATUS_SOCKET_ERROR;
+    size_t body_room = (size_t)frame_max - RW_FRAME_OVERHEAD;
+
+    rw_buffer_t b = { 0 };
+    int r = 0;
+    for (size_t i = 0; i < count && r == 0; i++) {
+        const rw_publish_t *m = &messages[i];
+        if ((r = rw_reserve(&b, 7 + 4))) break;
+        // basic.publish: method id, then its arguments.
+        size_t start = rw_begin_frame(&b, AMQP_FRAME_METHOD, channel);
+        rw_put32(b.bytes + b.len, AMQP_BASIC_PUBLISH_METHOD);
+        b.len += 4;
+        amqp_basic_publish_t publish = { 0, m->exchange, m->routing_key, 0, 0 };
+        amqp_method_number_t method = AMQP_BASIC_PUBLISH_METHOD;
+        if ((r = rw_append_encoded(&b, rw_encode_method, &method, &publish))) break;
+        rw_end_frame(&b, start);
+        // Content header: class, weight, body size, then the properties.
+        if ((r = rw_reserve(&b, 7 + 12))) break;
+        start = rw_begin_frame(&b, AMQP_FRAME_HEADER, channel);
+        rw_put16(b.bytes + b.len, AMQP_BASIC_CLASS);
+        rw_put16(b.bytes + b.len + 2, 0);
+        rw_put64(b.bytes + b.len + 4, m->body.len);
+        b.len += 12;
+        uint16_t class_id = AMQP_BASIC_CLASS;
+        if ((r = rw_append_encoded(&b, rw_encode_properties, &class_id, (void *)&m->properties))) break;
+        rw_end_frame(&b, start);
+        // Body frames.
+        for (size_t offset = 0; offset < m->body.len;) {
+            size_t part = m->body.len - offset < body_room ? m->body.len - offset : body_room;
+            if ((r = rw_reserve(&b, part + RW_FRAME_OVERHEAD))) break;
+            start = rw_begin_frame(&b, AMQP_FRAME_BODY, channel);
+            memcpy(b.bytes + b.len, (const uint8_t *)m->body.bytes + offset, part);
+            b.len += part;
+            rw_end_frame(&b, start);
+            offset += part;
+        }
+    }
+    if (r == 0) r = rw_send_all(fd, b.bytes, b.len);
+    free(b.bytes);
+    return r;
+}

@@ -1066,10 +1066,8 @@ final class WorkerLoop: @unchecked Sendable {
         guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
         var completion = completion
         completion.outboxIDs += messages.compactMap(\.outboxID)
-        var first: UInt64?
-        var last: UInt64 = 0
         let timestamp = Date()
-        for m in messages {
+        let outgoing = messages.map { m in
             var headers = AMQPTable()
             for (k, v) in m.headers {
                 switch v {
@@ -1077,23 +1075,23 @@ final class WorkerLoop: @unchecked Sendable {
                 case .int(let i): headers[k] = .int64(i)
                 }
             }
-            let properties = AMQPProperties(
-                contentType: "application/json", headers: headers.isEmpty ? nil : headers,
-                deliveryMode: m.persistent ? 2 : 1, correlationID: m.correlationID, messageID: m.messageID,
-                timestamp: timestamp, type: m.type)
             let exchange: String
             switch m.destination {
             case .events: exchange = topology.eventsExchange
             case .dead: exchange = topology.deadExchange
             case .reply: exchange = ""
             }
-            let tag = try conn.publish(
-                channel: publisher, exchange: exchange, routingKey: m.routingKey, body: m.body, properties: properties) ?? 0
-            if first == nil { first = tag }
-            last = tag
+            return AMQPOutgoingMessage(
+                exchange: exchange, routingKey: m.routingKey, body: m.body,
+                properties: AMQPProperties(
+                    contentType: "application/json", headers: headers.isEmpty ? nil : headers,
+                    deliveryMode: m.persistent ? 2 : 1, correlationID: m.correlationID, messageID: m.messageID,
+                    timestamp: timestamp, type: m.type))
         }
+        // One socket write for the batch's frames.
+        let tags = try conn.publishBatch(channel: publisher, outgoing)
         completion.publishedAtNs = DispatchTime.now().uptimeNanoseconds
-        pipeline.published(tags: first.map { $0...last }, completion: completion)
+        pipeline.published(tags: tags, completion: completion)
         try completeConfirmed()
     }
 

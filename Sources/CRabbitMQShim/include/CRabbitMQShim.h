@@ -18,4 +18,22 @@ amqp_rpc_reply_t rw_login_external(amqp_connection_state_t state, const char *vh
                                    const amqp_table_t *client_properties,
                                    const char *identity);
 
+/// One message of a batch for rw_publish_batch.
+typedef struct {
+    amqp_bytes_t exchange;
+    amqp_bytes_t routing_key;
+    amqp_basic_properties_t properties;
+    amqp_bytes_t body;
+} rw_publish_t;
+
+/// Publishes `count` messages on `channel` with one socket write: encodes every frame
+/// (basic.publish, content header, body split by the negotiated frame_max) into one buffer
+/// and sends it on the connection's descriptor. librabbitmq writes each frame with a send of
+/// its own (three or more syscalls per message); a batch of events then costs one.
+/// Plain TCP sockets only (the descriptor is written directly); the caller uses
+/// amqp_basic_publish for TLS. Blocks until written, as amqp_basic_publish does.
+/// Returns AMQP_STATUS_OK or a negative amqp_status_enum.
+int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
+                     const rw_publish_t *messages, size_t count);
+
 #endif

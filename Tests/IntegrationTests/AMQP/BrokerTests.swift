@@ -226,6 +226,42 @@ struct BrokerTests {
         }
     }
 
+    /// A batch written with one socket write arrives as if published one by one: in order,
+    /// bodies byte for byte (empty, small, and one of many frames), properties and headers
+    /// intact, with consecutive confirm tags that continue the channel's count; the channel
+    /// and connection stay usable afterwards.
+    @Test func batchPublishIsOneByOneOnTheWire() throws {
+        try AMQPTest.withChannel { conn, ch in
+            let q = AMQPTest.unique("batch")
+            try conn.queueDeclare(channel: ch, name: q, autoDelete: true)
+            try conn.confirmSelect(channel: ch)
+            #expect(try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("before".utf8)) == 1)
+            let large = (0..<(300 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+            let bodies: [[UInt8]] = [[], Array("{\"a\":1}".utf8), large] + (0..<200).map { Array("m\($0)".utf8) }
+            let batch = bodies.enumerated().map { i, body in
+                AMQPOutgoingMessage(
+                    exchange: "", routingKey: q, body: body,
+                    properties: AMQPProperties(
+                        contentType: "application/json", headers: ["run_id": .string("r\(i)"), "seq": .int64(Int64(i))], deliveryMode: 2,
+                        messageID: "id-\(i)", timestamp: Date(timeIntervalSince1970: 1_700_000_000), type: "run.started"))
+            }
+            let tags = try conn.publishBatch(channel: ch, batch)
+            #expect(tags == 2...UInt64(1 + batch.count))
+            #expect(try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("after".utf8)) == UInt64(2 + batch.count))
+            let confirms = try conn.waitForConfirms(channel: ch, timeout: 10)
+            #expect(confirms.nacked.isEmpty && Set(confirms.acked) == Set(1...UInt64(2 + batch.count)))
+            #expect(try conn.get(channel: ch, queue: q, noAck: true)?.body == Array("before".utf8))
+            for m in batch {
+                let got = try conn.get(channel: ch, queue: q, noAck: true)
+                #expect(got?.body == m.body)
+                #expect(got?.properties == m.properties)
+            }
+            #expect(try conn.get(channel: ch, queue: q, noAck: true)?.body == Array("after".utf8))
+            #expect(try conn.publishBatch(channel: ch, []) == nil)
+            try conn.queueDelete(channel: ch, queue: q)
+        }
+    }
+
     /// A mandatory publish that no queue is bound for comes back as a returned message.
     @Test func mandatoryReturn() throws {
         try AMQPTest.withChannel { conn, ch in

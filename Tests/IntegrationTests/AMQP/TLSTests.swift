@@ -28,11 +28,20 @@ private func startTLSBroker() throws -> String {
             try conn.queueDeclare(channel: ch, name: q, exclusive: true, autoDelete: true)
             try conn.confirmSelect(channel: ch)
             try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("over tls".utf8), properties: .persistent)
+            // A batch over TLS goes message by message through the library, with the same tags.
+            let tags = try conn.publishBatch(channel: ch, ["one", "two"].map {
+                AMQPOutgoingMessage(exchange: "", routingKey: q, body: Array($0.utf8), properties: .persistent)
+            })
+            #expect(tags == 2...3)
             #expect(try conn.waitForConfirms(channel: ch, timeout: 5).allAcked)
             _ = try conn.consume(channel: ch, queue: q)
-            let got = try AMQPTest.nextDelivery(conn, channel: ch)
-            #expect(String(decoding: got.body, as: UTF8.self) == "over tls")
-            try conn.ack(channel: ch, deliveryTag: got.deliveryTag)
+            var got: [String] = []
+            for _ in 0..<3 {
+                let d = try AMQPTest.nextDelivery(conn, channel: ch)
+                got.append(String(decoding: d.body, as: UTF8.self))
+                try conn.ack(channel: ch, deliveryTag: d.deliveryTag)
+            }
+            #expect(got == ["over tls", "one", "two"])
             try conn.queueDelete(channel: ch, queue: q)
         }
     }
