@@ -16,6 +16,9 @@ public struct BatchApplier: Sendable {
     public var clock: @Sendable () -> Timestamp
     /// Loads and decisions per batch before a persisting conflict is handed to the caller.
     public var conflictAttempts = 3
+    /// Runs this applier wrote, used instead of loading them when the batch is fenced by the
+    /// lease they were written under (see `RunCache`); nil loads every run.
+    public var cache: RunCache?
 
     public init(store: any RunStore, processor: CommandProcessor, clock: @escaping @Sendable () -> Timestamp) {
         self.store = store
@@ -43,6 +46,7 @@ public struct BatchApplier: Sendable {
                 processed.stages.prepareNs = prepareNs
                 return processed
             } catch let error as StoreError where error.code == .versionConflict && attempt < conflictAttempts {
+                // applyOnce has evicted the batch's runs: the next attempt loads them.
                 attempt += 1
             }
         }
@@ -52,6 +56,21 @@ public struct BatchApplier: Sendable {
         _ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64],
         fence: (workerID: String, leases: [PartitionLease])?
     ) async throws -> ProcessedBatch {
+        do {
+            let decision = try await decideAndCommit(prepared, published: published, removeOutbox: removeOutbox, fence: fence)
+            cache?.committed(decision.commit.runs, under: fence?.leases ?? [])
+            return decision.processed
+        } catch {
+            // Whatever the batch read may be stale (a conflict) or was not written.
+            cache?.evict(prepared.runIDs)
+            throw error
+        }
+    }
+
+    private func decideAndCommit(
+        _ prepared: PreparedBatch, published: Set<Int64>, removeOutbox: [Int64],
+        fence: (workerID: String, leases: [PartitionLease])?
+    ) async throws -> (commit: StoreCommit, processed: ProcessedBatch) {
         let processor = self.processor
         let clock = self.clock
         var decision: BatchDecision
@@ -62,18 +81,21 @@ public struct BatchApplier: Sendable {
             decision.commit.fence = fence
             if !decision.commit.isEmpty { decision.assignOutboxIDs(try await store.commit(decision.commit)) }
         } else {
-            let (ids, decided) = try await store.loadDecideCommit(runIDs: prepared.runIDs, commands: prepared.commandKeys) {
-                snapshot, pending in
+            let cached = cache?.runs(prepared.runIDs, under: fence?.leases ?? []) ?? [:]
+            let (ids, decided) = try await store.loadDecideCommit(
+                runIDs: prepared.runIDs.subtracting(cached.keys), commands: prepared.commandKeys
+            ) { loaded, pending in
                 let deciding = DispatchTime.now().uptimeNanoseconds
+                var snapshot = loaded
+                snapshot.runs.merge(cached) { stored, _ in stored }
                 let d = processor.decide(
                     prepared, snapshot: snapshot, pendingOutbox: pending, published: published, removeOutbox: removeOutbox,
                     now: clock())
-                var commit = d.commit
-                commit.fence = fence
                 var timed = d
+                timed.commit.fence = fence
                 timed.decidedAtNs = DispatchTime.now().uptimeNanoseconds
                 timed.decideNs = timed.decidedAtNs &- deciding
-                return (commit, timed)
+                return (timed.commit, timed)
             }
             decision = decided
             decision.assignOutboxIDs(ids)
@@ -84,7 +106,7 @@ public struct BatchApplier: Sendable {
             commitNs: decision.decidedAtNs == 0 ? 0 : committed &- decision.decidedAtNs)
         processed.stages.decideNs = decision.decideNs
         processed.stages.storeNs = (committed &- storeStarted) &- decision.decideNs
-        return processed
+        return (decision.commit, processed)
     }
 
     /// Commands only (tests and tools).

@@ -48,10 +48,11 @@ public final class Worker: Service {
     }
 
     public func run() async throws {
-        let applier = BatchApplier(
+        var applier = BatchApplier(
             store: store,
             processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
             clock: clock)
+        applier.cache = RunCache()
         let metrics = WorkerMetrics(factory: metricsFactory)
         let loop = WorkerLoop(
             settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier, metrics: metrics, shared: shared)

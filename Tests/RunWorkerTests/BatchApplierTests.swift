@@ -13,6 +13,8 @@ final class InterferingStore: RunStore {
     /// Run once, before the next commit, then cleared.
     let interference = Mutex<(@Sendable (InMemoryRunStore) async throws -> Void)?>(nil)
     let commits = Atomic<Int>(0)
+    /// Every run id a load asked for, in order.
+    let loaded = Mutex<[String]>([])
 
     func commit(_ batch: StoreCommit) async throws -> [Int64] {
         if let act = interference.withLock({ f in defer { f = nil }; return f }) { try await act(inner) }
@@ -21,7 +23,8 @@ final class InterferingStore: RunStore {
     }
 
     func load(runIDs: Set<String>, commands: Set<CommandKey>) async throws -> StoreSnapshot {
-        try await inner.load(runIDs: runIDs, commands: commands)
+        loaded.withLock { $0 += runIDs.sorted() }
+        return try await inner.load(runIDs: runIDs, commands: commands)
     }
     func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] { try await inner.pendingOutbox(runIDs: runIDs) }
     func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
