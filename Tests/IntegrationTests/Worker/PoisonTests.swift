@@ -16,16 +16,19 @@ import Testing
         let store = tempStore(prefix)
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_DELIVERY_LIMIT": "3"])
-        try worker.waitReady()
+        let first = try WorkerProcess(prefix: prefix, store: store)
+        try first.waitReady()
         #expect(try client.call(["command": "start", "run_id": "bad"], id: "b1").ok)
-
-        // Damage the stored run behind the worker's back.
+        // Damage the stored run while no worker runs: a live one decides from the copy it
+        // wrote (its run cache) and never reads the damaged row.
+        #expect(first.terminate() == 0)
         let path = storePath(store)
         let python = try runProgram("/usr/bin/env", ["python3", "-c",
             "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute(\"UPDATE runs SET body=x'7b7d' WHERE run_id='bad'\"); c.commit()",
             path], timeout: 30)
         #expect(python.status == 0, "\(python.output)")
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_DELIVERY_LIMIT": "3"])
+        try worker.waitReady()
 
         try client.send(["command": "complete", "run_id": "bad"], id: "b2", reply: false)
         for i in 0..<20 { try client.send(["command": "start", "run_id": .string("ok\(i)")], id: "o\(i)", reply: false) }
