@@ -198,6 +198,11 @@ final class WorkerLoop: @unchecked Sendable {
     var confirmedOutbox: [Int64] = []
     /// Deliveries read but not yet applied, in arrival order.
     var buffered: [Received] = []
+    /// When the last batch of commands was applied (monotonic seconds).
+    var lastBatchAt = 0.0
+    /// Idle this long, the worker marks confirmed outbox rows in a transaction of their own.
+    static let idleOutboxMarkS = 0.2
+    static let outboxMarkBacklog = 4096
     var status: WorkerStatus
     var statusDirty = true
     let metrics: WorkerMetrics
@@ -304,6 +309,7 @@ final class WorkerLoop: @unchecked Sendable {
         // Graceful stop: wait for the last confirms and ack; closing returns what is unapplied.
         logger.info("stopping: finishing in-flight batches, closing consumers and connection")
         try? drainPipeline()
+        try? removeConfirmedOutbox()
         close()
     }
 
@@ -375,7 +381,14 @@ final class WorkerLoop: @unchecked Sendable {
         }
 
         guard !buffered.isEmpty else {
-            if pipeline.isEmpty { try removeConfirmedOutbox() }
+            // Confirmed rows ride on the next batch's commit. A transaction of their own (an
+            // fsync) waits until the worker has been idle a while or many are waiting: at a
+            // low rate, marking them after every batch doubled the commits.
+            if pipeline.isEmpty,
+                Self.monotonic() - lastBatchAt >= Self.idleOutboxMarkS || confirmedOutbox.count >= Self.outboxMarkBacklog
+            {
+                try removeConfirmedOutbox()
+            }
             return
         }
         guard !pipeline.isFull else { return }  // the next step waits for confirms
@@ -396,6 +409,7 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         let started = DispatchTime.now().uptimeNanoseconds
+        lastBatchAt = Self.monotonic()
         let leased = leases.partitions
         switch try apply(batch.map { .command($0.command) }, partitions: Set(batch.compactMap(\.command.partition))) {
         case .applied(let processed):
