@@ -38,8 +38,30 @@ extension RunEvent {
         return o
     }
 
-    /// The event body, UTF-8.
-    public func encode() -> [UInt8] { jsonObject.serialized() }
+    /// The event body, UTF-8: `jsonObject` serialized, written directly (the hot path).
+    public func encode() -> [UInt8] {
+        var w = JSONObjectWriter()
+        w.set("event_id", string: eventID)
+        w.set("type", string: type.rawValue)
+        w.set("run_id", string: runID)
+        w.set("seq", int: seq)
+        w.set("version", int: version)
+        w.set("status", string: status.rawValue)
+        w.setNullable("previous_status", string: previousStatus?.rawValue)
+        w.set("attempt", int: Int64(attempt))
+        w.set("occurred_at", string: occurredAt.rfc3339)
+        w.setNullable("command_id", string: commandID)
+        w.set("action", action?.jsonObject)
+        spec?.write(to: &w)
+        w.set("stop_reason", string: stopReason?.rawValue)
+        w.set("result", result)
+        w.set("usage", usage)
+        w.set("error", error?.jsonObject)
+        w.set("reason", string: reason)
+        w.set("next_attempt_at", string: nextAttemptAt?.rfc3339)
+        w.set("stopped_action_ids", stoppedActionIDs.map { JSONValue.array($0.map(JSONValue.string)) })
+        return w.finish()
+    }
 
     /// Reads an event body. Errors are `malformed_message` naming the field.
     public init(json: JSONValue) throws(RunError) {

@@ -85,6 +85,16 @@ extension RunSpec {
         o.set("resume_from", resumeFrom)
     }
 
+    /// The same members as `write(to: JSONObject)`, straight to bytes.
+    func write(to w: inout JSONObjectWriter) {
+        w.set("agent_id", string: agentID)
+        w.set("input", input)
+        w.set("metadata", metadata)
+        w.set("config", config?.jsonObject)
+        w.set("previous_run_id", string: previousRunID)
+        w.set("resume_from", resumeFrom)
+    }
+
     static let keys = ["agent_id", "input", "metadata", "config", "previous_run_id", "resume_from"]
 
     /// `input` and `resume_from` keep an explicit `null`; the typed fields treat it as absent.
@@ -203,6 +213,22 @@ extension Action {
         o.set("result", result)
         o.set("error", error.map { .object($0.jsonObject) })
         return o
+    }
+
+    /// `storageJSON`, straight to bytes.
+    func writeStorage(to out: inout [UInt8]) {
+        var w = JSONObjectWriter(capacity: 128)
+        w.set("id", string: id)
+        w.set("type", string: type.rawValue)
+        w.set("fields", fields)
+        w.set("status", string: status.rawValue)
+        w.set("requested_at", int: requestedAt.milliseconds)
+        w.set("attempt", int: Int64(attempt))
+        w.set("timeout_s", timeoutS.map(JSONValue.double))
+        w.set("deadline_at", int: deadline?.milliseconds)
+        w.set("result", result)
+        w.set("error", error?.jsonObject)
+        out.append(contentsOf: w.finish())
     }
 
     init(storage r: FieldReader) throws(RunError) {

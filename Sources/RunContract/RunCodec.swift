@@ -89,7 +89,39 @@ extension Run {
         return o
     }
 
-    public func encodeForStorage() -> [UInt8] { storageJSON.serialized() }
+    /// `storageJSON` serialized, written directly (every commit writes it).
+    public func encodeForStorage() -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 1024)
+        w.set("storage_version", int: Self.storageVersion)
+        w.set("run_id", string: runID)
+        w.set("status", string: status.rawValue)
+        w.set("version", int: version)
+        w.set("attempt", int: Int64(attempt))
+        w.set("agent_id", string: agentID)
+        w.set("input", input)
+        w.set("metadata", metadata)
+        w.set("config", config.jsonObject)
+        var actionsJSON: [UInt8] = [0x5B]
+        for (i, action) in actions.enumerated() {
+            if i > 0 { actionsJSON.append(0x2C) }
+            action.writeStorage(to: &actionsJSON)
+        }
+        actionsJSON.append(0x5D)
+        w.set("actions", raw: actionsJSON)
+        w.set("result", result)
+        w.set("usage", usage)
+        w.set("error", error?.jsonObject)
+        w.set("stop_reason", string: stopReason?.rawValue)
+        w.set("previous_run_id", string: previousRunID)
+        w.set("resume_from", resumeFrom)
+        w.set("created_at", int: createdAt.milliseconds)
+        w.set("started_at", int: startedAt?.milliseconds)
+        w.set("updated_at", int: updatedAt.milliseconds)
+        w.set("completed_at", int: completedAt?.milliseconds)
+        w.set("attempt_started_at", int: attemptStartedAt?.milliseconds)
+        w.set("next_attempt_at", int: nextAttemptAt?.milliseconds)
+        return w.finish()
+    }
 
     /// Reads the storage form back. Errors are `malformed_message` (a corrupt row).
     public init(storage json: JSONValue) throws(RunError) {

@@ -134,3 +134,68 @@ enum JSONWriter {
         out.append(0x22)
     }
 }
+
+/// Writes one JSON object straight to bytes, member by member, with the same output as
+/// building a `JSONObject` and serializing it: for the hot encoders (events, stored runs),
+/// where the intermediate object (an array of entries, a linear key search per insertion)
+/// cost more than the writing. The caller writes each key once.
+public struct JSONObjectWriter {
+    public private(set) var bytes: [UInt8]
+    private var members = 0
+
+    public init(capacity: Int = 512) {
+        bytes = []
+        bytes.reserveCapacity(capacity)
+        bytes.append(0x7B)
+    }
+
+    private mutating func key(_ key: String) {
+        if members > 0 { bytes.append(0x2C) }
+        members += 1
+        JSONWriter.writeString(key, to: &bytes)
+        bytes.append(0x3A)
+    }
+
+    /// `key: value`; nothing when `value` is nil (as `JSONObject.set`).
+    public mutating func set(_ key: String, _ value: JSONValue?) {
+        guard let value else { return }
+        self.key(key)
+        value.write(to: &bytes)
+    }
+
+    public mutating func set(_ key: String, _ value: JSONObject?) {
+        guard let value else { return }
+        self.key(key)
+        value.write(to: &bytes)
+    }
+
+    public mutating func set(_ key: String, string value: String?) {
+        guard let value else { return }
+        self.key(key)
+        JSONWriter.writeString(value, to: &bytes)
+    }
+
+    public mutating func set(_ key: String, int value: Int64?) {
+        guard let value else { return }
+        self.key(key)
+        JSONWriter.writeInt(value, to: &bytes)
+    }
+
+    /// `key: ` followed by `json`, already-serialized JSON the caller vouches for.
+    public mutating func set(_ key: String, raw json: [UInt8]) {
+        self.key(key)
+        bytes.append(contentsOf: json)
+    }
+
+    /// `key: "value"`, or `key: null` when nil.
+    public mutating func setNullable(_ key: String, string value: String?) {
+        self.key(key)
+        if let value { JSONWriter.writeString(value, to: &bytes) } else { bytes.append(contentsOf: JSONWriter.null) }
+    }
+
+    /// The object's bytes, closed.
+    public consuming func finish() -> [UInt8] {
+        bytes.append(0x7D)
+        return bytes
+    }
+}

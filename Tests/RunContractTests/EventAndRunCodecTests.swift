@@ -99,6 +99,13 @@ enum RunFixtures {
         #expect(back == e.value)
     }
 
+    /// The direct encoder writes exactly what the `JSONObject` form serializes to, byte for
+    /// byte (the object form is what the HTTP API and tests build on).
+    @Test(arguments: RunFixtures.events)
+    func directEncodingMatchesTheObjectForm(_ e: Labelled<RunEvent>) {
+        #expect(e.value.encode() == e.value.jsonObject.serialized())
+    }
+
     /// The body is the contract's example: keys in the contract's order, times in RFC 3339 with
     /// milliseconds, the action's fields flat beside its id and type.
     @Test func encodesContractExample() {
@@ -217,6 +224,15 @@ enum RunFixtures {
         let back = try Run.decodeStorage(run.encodeForStorage())
         #expect(back == run)
         #expect(back.actions.map(\.id) == run.actions.map(\.id))
+    }
+
+    /// The stored form is written directly, byte for byte what `storageJSON` serializes to.
+    @Test(arguments: [
+        Labelled("full", RunFixtures.fullRun), Labelled("finished", RunFixtures.finishedRun),
+        Labelled("minimal", RunFixtures.minimalRun),
+    ])
+    func directStorageEncodingMatchesTheObjectForm(_ labelled: Labelled<Run>) {
+        #expect(labelled.value.encodeForStorage() == labelled.value.storageJSON.serialized())
     }
 
     /// A stored run from an unknown storage version is refused rather than misread.
