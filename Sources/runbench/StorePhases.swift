@@ -1,0 +1,118 @@
+import Foundation
+import RunContract
+import RunStore
+import RunWorker
+import RunWorkerTestKit
+
+/// Issue 11's two load-shape targets: throughput that does not depend on how many runs the
+/// store holds, and a backlog drained at full speed with memory bounded by the prefetch.
+extension Bench {
+    var bigStoreRuns: Int { o.bigStoreRuns ?? (o.quick ? 50_000 : 1_000_000) }
+    var backlogCommands: Int { o.backlogCommands ?? (o.quick ? 20_000 : 500_000) }
+
+    /// The one-worker load on a store that already holds `runs` finished runs, then on one
+    /// that holds `bigStoreRuns`: the rates should be within 10 %, and RSS flat.
+    func phaseBigStore() throws {
+        var figures: [(held: Int, rate: Double, us: Double, rssMiB: Double, fileMiB: Double)] = []
+        for held in [runs, bigStoreRuns] {
+            let t = Topology(prefix: "\(runID)-big\(held)", partitions: o.partitions)
+            defer { deleteTopology(t, url: o.amqpURL) }
+            let started = Date()
+            try prefill(storeURL(t), runs: held)
+            say("store size: \(held) finished runs written in \(fmt(Date().timeIntervalSince(started), 1)) s (\(fmt(storeMiB(t), 1)) MiB)")
+            let w = try startWorkers(t, count: 1)
+            defer { stopWorkers(w, "store size \(held)") }
+            let load = RunLoad(runs: 0..<runs)
+            let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+            let r = try drive(t, load, eventsPerRun: 5)
+            let us = cpu.microsecondsPer(load.commandCount)["worker"] ?? .nan
+            check("store size \(held)", r, load: load, eventsPerRun: 5)
+            let rss = Double(w[0].memoryKiB.rss) / 1024
+            figures.append((held, r.rate, us, rss, storeMiB(t)))
+            say("store size: with \(held) runs stored, \(fmt(r.rate)) cmd/s, worker \(fmt(us)) µs/cmd, VmRSS \(fmt(rss, 1)) MiB")
+        }
+        let (small, big) = (figures[0], figures[1])
+        bigStoreRatio = big.rate / small.rate
+        rows.append(("7 store size: \(small.held) / \(big.held) runs", "\(runs) runs, \(runs * 4) cmds each",
+                     "\(fmt(small.rate)) / \(fmt(big.rate)) cmd/s (x\(fmt(bigStoreRatio, 2)))",
+                     "worker \(fmt(small.us)) / \(fmt(big.us)) µs/cmd, VmRSS \(fmt(small.rssMiB, 1)) / \(fmt(big.rssMiB, 1)) MiB, "
+                        + "store \(fmt(small.fileMiB, 0)) / \(fmt(big.fileMiB, 0)) MiB"))
+    }
+
+    /// `backlogCommands` commands queued while no worker runs, then one worker drains them:
+    /// the rate from its start to the last event, and its peak RSS (VmHWM) against phase
+    /// one's, since only a prefetch's worth of deliveries is ever in the worker.
+    func phaseBacklog() throws {
+        let t = Topology(prefix: "\(runID)-backlog", partitions: o.partitions)
+        defer { deleteTopology(t, url: o.amqpURL) }
+        // A first worker declares the topology, then stops: the queues stay.
+        stopWorkers(try startWorkers(t, count: 1), "backlog (declare)")
+        let load = RunLoad(runs: 0..<max(1, backlogCommands / 4))
+        let sub = Subscriber(url: o.amqpURL, exchange: t.eventsExchange, load: load, eventsPerRun: 5)
+        try sub.start()
+        let prod = Producer(url: o.amqpURL, exchange: t.commandsExchange, load: load, window: o.window)
+        prod.start()
+        let p = try prod.join()
+        say("backlog: \(load.commandCount) commands queued in \(fmt(Double(p.lastPublishNs - p.firstPublishNs) / 1e9, 1)) s")
+        let startedNs = nowNs()
+        let w = try startWorkers(t, count: 1)
+        defer { stopWorkers(w, "backlog") }
+        let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let s = try sub.wait(idleTimeout: 60)
+        let us = cpu.microsecondsPer(load.commandCount)["worker"] ?? .nan
+        let rate = Double(load.commandCount) / (Double(Int64(s.lastEventNs) - Int64(startedNs)) / 1e9)
+        check("backlog", Outcome(prod: p, sub: s, rate: rate), load: load, eventsPerRun: 5)
+        let hwm = Double(w[0].memoryKiB.hwm) / 1024
+        backlogLine = "backlog_cmd_s \(fmt(rate)) backlog_rss_mib \(fmt(hwm, 1))"
+        rows.append(("8 backlog drained by 1 process", "\(load.commandCount) cmds queued first",
+                     "\(fmt(rate)) cmd/s",
+                     "peak VmRSS (VmHWM) \(fmt(hwm, 1)) MiB, worker \(fmt(us)) µs/cmd, "
+                        + "from the worker's start (connect, leases) to the last event"))
+        say("backlog: drained at \(fmt(rate)) cmd/s, worker \(fmt(us)) µs/cmd, peak VmRSS \(fmt(hwm, 1)) MiB")
+    }
+
+    /// The store URL a phase's workers use.
+    func storeURL(_ t: Topology) -> String {
+        o.store == "postgres"
+            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + t.prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
+            : "sqlite://\(dir)/\(t.prefix).sqlite"
+    }
+
+    /// Writes `runs` finished runs (ids `p0`, `p1`, ...; the load's are `r0`, ...) with their
+    /// four command records each, 2 000 runs a transaction: what a store holds after that
+    /// many runs, minus the event history (which retention bounds, and whose rows would
+    /// otherwise have to be marked published one by one).
+    func prefill(_ url: String, runs: Int) throws {
+        let synchronous: SQLiteRunStore.Synchronous = o.synchronous?.uppercased() == "NORMAL" ? .normal : .full
+        let partitions = o.partitions
+        try blockingAwait {
+            let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
+            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+            defer { client?.cancel() }
+            try await store.prepare()
+            let now = Timestamp(seconds: Date().timeIntervalSince1970 - 3600)
+            let steps = ["start", "require_action", "complete_action", "complete"]
+            var i = 0
+            while i < runs {
+                var commit = StoreCommit()
+                for n in i..<min(runs, i + 2_000) {
+                    let id = "p\(n)"
+                    let action = Action(
+                        id: "a1", type: .toolCall, fields: ["tool": "search", "args": ["q": "prefill"]], status: .completed,
+                        requestedAt: now, result: ["ok": true], attempt: 1)
+                    let run = Run(
+                        runID: id, status: .completed, version: 5, agentID: "bench", input: ["task": "prefill"],
+                        actions: [action], result: ["answer": 42], stopReason: .completed, createdAt: now, startedAt: now,
+                        updatedAt: now, completedAt: now, attemptStartedAt: now)
+                    commit.runs.append(RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: n % partitions))
+                    for step in 0..<4 {
+                        commit.outcomes.append((CommandKey(runID: id, commandID: "\(id)-\(step)"),
+                                                CommandOutcome(command: steps[step], error: nil)))
+                    }
+                }
+                _ = try await store.commit(commit)
+                i += 2_000
+            }
+        }
+    }
+}
