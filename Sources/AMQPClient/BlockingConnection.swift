@@ -523,6 +523,11 @@ public final class BlockingConnection {
             }
             return rw_publish_batch(st, channel, batch, messages.count)
         }
+        if status == AMQP_STATUS_BAD_AMQP_DATA.rawValue || status == AMQP_STATUS_TABLE_TOO_BIG.rawValue {
+            // Refused while encoding (a short string over 255 bytes, a header over a frame):
+            // nothing was sent, the connection is intact.
+            throw AMQPError(.invalidArgument, "basic.publish (batch): a message cannot be encoded (\(statusError(status, "").message))")
+        }
         try checkStatus(status, "basic.publish (batch)")
         guard var t = confirmChannels[channel] else { return nil }
         let first = t.nextTag

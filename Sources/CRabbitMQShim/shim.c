@@ -62,10 +62,15 @@ static void rw_end_frame(rw_buffer_t *b, size_t start) {
     b->bytes[b->len++] = AMQP_FRAME_END;
 }
 
-/// Appends an encoder's output (method arguments or properties), growing the buffer until the
-/// encoder fits; librabbitmq's encoders fail with a negative status when out of room.
-static int rw_append_encoded(rw_buffer_t *b, int (*encode)(void *, void *, amqp_bytes_t), void *what, void *decoded) {
-    size_t room = 256;
+/// Appends an encoder's output (method arguments or properties) of at most `limit` bytes (what
+/// is left of one frame), retrying with more room: librabbitmq's encoders fail with a negative
+/// status when out of room, and also on invalid data (a short string over 255 bytes), which is
+/// why the room stops growing at the frame's limit. A method or header that does not fit one
+/// frame is refused here, as amqp_basic_publish would refuse it, rather than sent for the
+/// broker to close the connection over.
+static int rw_append_encoded(rw_buffer_t *b, int (*encode)(void *, void *, amqp_bytes_t), void *what, void *decoded,
+                             size_t limit) {
+    size_t room = limit < 256 ? limit : 256;
     for (;;) {
         int r = rw_reserve(b, room + 1);
         if (r) return r;
@@ -75,8 +80,8 @@ static int rw_append_encoded(rw_buffer_t *b, int (*encode)(void *, void *, amqp_
             b->len += (size_t)n;
             return 0;
         }
-        if (room >= ((size_t)1 << 30)) return n;
-        room *= 4;
+        if (room >= limit) return n;
+        room = room * 4 < limit ? room * 4 : limit;
     }
 }
 
@@ -112,7 +117,7 @@ int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
     amqp_socket_t *socket = amqp_get_socket(state);
     int fd = socket ? amqp_socket_get_sockfd(socket) : -1;
     int frame_max = amqp_get_frame_max(state);
-    if (fd < 0 || frame_max <= RW_FRAME_OVERHEAD) return AMQP_STATUS_SOCKET_ERROR;
+    if (fd < 0 || frame_max < 4096) return AMQP_STATUS_SOCKET_ERROR;  // 4 096: AMQP's minimum frame_max
     size_t body_room = (size_t)frame_max - RW_FRAME_OVERHEAD;
 
     rw_buffer_t b = { 0 };
@@ -126,7 +131,7 @@ int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
         b.len += 4;
         amqp_basic_publish_t publish = { 0, m->exchange, m->routing_key, 0, 0 };
         amqp_method_number_t method = AMQP_BASIC_PUBLISH_METHOD;
-        if ((r = rw_append_encoded(&b, rw_encode_method, &method, &publish))) break;
+        if ((r = rw_append_encoded(&b, rw_encode_method, &method, &publish, body_room - 4))) break;
         rw_end_frame(&b, start);
         // Content header: class, weight, body size, then the properties.
         if ((r = rw_reserve(&b, 7 + 12))) break;
@@ -136,7 +141,7 @@ int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
         rw_put64(b.bytes + b.len + 4, m->body.len);
         b.len += 12;
         uint16_t class_id = AMQP_BASIC_CLASS;
-        if ((r = rw_append_encoded(&b, rw_encode_properties, &class_id, (void *)&m->properties))) break;
+        if ((r = rw_append_encoded(&b, rw_encode_properties, &class_id, (void *)&m->properties, body_room - 12))) break;
         rw_end_frame(&b, start);
         // Body frames.
         for (size_t offset = 0; offset < m->body.len;) {

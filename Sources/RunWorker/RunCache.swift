@@ -13,8 +13,13 @@ import Synchronization
 /// (a commit without fence, a second process on the file without leases) is still caught by
 /// the version-checked write: the conflict evicts the batch's runs and the batch is decided
 /// again from the store. Finished runs are not kept (retention may remove them, and commands
-/// for them are rare). A refusal writes no run but commits under the same fence, so its answer
-/// is as good as the entry.
+/// for them are rare). A command from a partition queue always writes its run back
+/// (version-checked, to record the partition), refusals included, so its answer is checked
+/// like any write. Not covered: a batch that writes nothing at all (only repeats of
+/// commands already answered, or timers the run's copy shows not due) commits nothing, so
+/// nothing checks its fence; a worker that lost its lease without knowing it may answer such
+/// a repeat with its cached snapshot, as it would have answered from a store read it could not
+/// fence either.
 ///
 /// Bounded: two generations of `capacity / 2` entries, the older dropped when the newer fills
 /// (an approximate LRU without a list to maintain).

@@ -309,7 +309,6 @@ final class WorkerLoop: @unchecked Sendable {
         // Graceful stop: wait for the last confirms and ack; closing returns what is unapplied.
         logger.info("stopping: finishing in-flight batches, closing consumers and connection")
         try? drainPipeline()
-        try? removeConfirmedOutbox()
         close()
     }
 
@@ -959,6 +958,9 @@ final class WorkerLoop: @unchecked Sendable {
     private func releaseLeases(_ released: [PartitionLease]? = nil) {
         let give = released ?? leases.all
         guard !give.isEmpty else { return }
+        // Rows confirmed but not yet marked would otherwise be published again by the next
+        // owner's sweep (they wait for a batch or an idle moment to be marked).
+        try? removeConfirmedOutbox(offlineLimit: 2)
         leases.remove(give.map(\.partition))
         let store = self.store
         let workerID = self.workerID
@@ -1058,13 +1060,13 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Deletes confirmed outbox rows when no batch came along to carry them.
-    private func removeConfirmedOutbox() throws {
+    /// Marks confirmed outbox rows published when no batch came along to carry them.
+    private func removeConfirmedOutbox(offlineLimit: Double? = nil) throws {
         guard !confirmedOutbox.isEmpty else { return }
         let ids = confirmedOutbox
         let store = self.store
         do {
-            try awaitStore { try await store.removeOutbox(ids: ids) }
+            try awaitStore(offlineLimit: offlineLimit) { try await store.removeOutbox(ids: ids) }
             confirmedOutbox.removeFirst(ids.count)
         } catch let error as AMQPError {
             throw error

@@ -503,9 +503,7 @@ final class Bench {
     }
 
     func startWorkers(_ t: Topology, count: Int, extra: [String: String] = [:]) throws -> [WorkerProcess] {
-        let store = o.store == "postgres"
-            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + t.prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
-            : "sqlite://\(dir)/\(t.prefix).sqlite"
+        let store = storeURL(t)
         var ws: [WorkerProcess] = []
         do {
             for i in 0..<count {

@@ -258,6 +258,14 @@ struct BrokerTests {
             }
             #expect(try conn.get(channel: ch, queue: q, noAck: true)?.body == Array("after".utf8))
             #expect(try conn.publishBatch(channel: ch, []) == nil)
+
+            // A message that cannot be encoded (a routing key over 255 bytes) is refused before
+            // anything is sent: the batch is not published, the connection and its tags go on.
+            let tooLong = AMQPOutgoingMessage(exchange: "", routingKey: String(repeating: "k", count: 300), body: [1])
+            #expect(throws: AMQPError.self) { _ = try conn.publishBatch(channel: ch, [batch[0], tooLong]) }
+            #expect(try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("still".utf8)) == UInt64(3 + batch.count))
+            #expect(try conn.waitForConfirms(channel: ch, timeout: 10).nacked.isEmpty)
+            #expect(try conn.get(channel: ch, queue: q, noAck: true)?.body == Array("still".utf8))
             try conn.queueDelete(channel: ch, queue: q)
         }
     }
