@@ -89,8 +89,4 @@ public final class RunCache: Sendable {
             }
         }
     }
-
-    public func removeAll() {
-        state.withLock { $0 = Generations() }
-    }
 }

@@ -72,10 +72,14 @@ extension Bench {
     }
 
     /// The store URL a phase's workers use.
-    func storeURL(_ t: Topology) -> String {
+    func storeURL(_ t: Topology) -> String { storeURL(prefix: t.prefix) }
+
+    /// The store of `prefix`: a SQLite file in the run's directory, or a schema of the
+    /// PostgreSQL named after it.
+    func storeURL(prefix: String) -> String {
         o.store == "postgres"
-            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + t.prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
-            : "sqlite://\(dir)/\(t.prefix).sqlite"
+            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + prefix.lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
+            : "sqlite://\(dir)/\(prefix).sqlite"
     }
 
     /// Writes `runs` finished runs (ids `p0`, `p1`, ...; the load's are `r0`, ...) with their
@@ -85,10 +89,7 @@ extension Bench {
     func prefill(_ url: String, runs: Int) throws {
         let synchronous: SQLiteRunStore.Synchronous = o.synchronous?.uppercased() == "NORMAL" ? .normal : .full
         let partitions = o.partitions
-        try blockingAwait {
-            let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
-            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
-            defer { client?.cancel() }
+        try withBenchStore(url: url, synchronous: synchronous) { store in
             try await store.prepare()
             let now = Timestamp(seconds: Date().timeIntervalSince1970 - 3600)
             let steps = ["start", "require_action", "complete_action", "complete"]

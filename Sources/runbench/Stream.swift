@@ -273,10 +273,7 @@ extension Bench {
 extension Bench {
     /// Stored runs of the load that are not completed at the version their events reached.
     func storeMismatches(url: String, load: RunLoad, record: StreamRecord) throws -> Int {
-        try blockingAwait {
-            let store = try openRunStore(url: url)
-            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
-            defer { client?.cancel() }
+        try withBenchStore(url: url) { store in
             var bad = 0
             for run in load.runs {
                 let events = record.seqs[run - load.runs.lowerBound]

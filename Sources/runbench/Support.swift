@@ -1,4 +1,5 @@
 import Foundation
+import RunStore
 import Synchronization
 
 #if canImport(Glibc)
@@ -152,4 +153,17 @@ func blockingAwait<T: Sendable>(_ body: @escaping @Sendable () async throws -> T
     }
     done.wait()
     return try box.withLock { $0! }.get()
+}
+
+/// Opens the store at `url` for runbench's own reads and writes and runs `body` with it to its
+/// end, from a synchronous phase; a PostgreSQL store's client runs meanwhile.
+func withBenchStore<T: Sendable>(
+    url: String, synchronous: SQLiteRunStore.Synchronous = .full, _ body: @escaping @Sendable (any RunStore) async throws -> T
+) throws -> T {
+    try blockingAwait {
+        let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
+        let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
+        defer { client?.cancel() }
+        return try await body(store)
+    }
 }

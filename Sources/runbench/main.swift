@@ -383,14 +383,9 @@ final class Bench {
     /// like the workers' (a fresh SQLite file with their durability, or a schema of the
     /// PostgreSQL).
     func storeCommitMilliseconds(samples: Int) throws -> [Double] {
-        let url = o.store == "postgres"
-            ? o.postgresURL + (o.postgresURL.contains("?") ? "&" : "?") + "schema=" + "\(runID)_floor".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
-            : "sqlite://\(dir)/\(runID)-floor.sqlite"
+        let url = storeURL(prefix: "\(runID)-floor")
         let synchronous: SQLiteRunStore.Synchronous = o.synchronous?.uppercased() == "NORMAL" ? .normal : .full
-        return try blockingAwait {
-            let store = try openRunStore(url: url, sqliteSynchronous: synchronous)
-            let client: Task<Void, Error>? = (store as? PostgresRunStore).map { pg in Task { try await pg.run() } }
-            defer { client?.cancel() }
+        return try withBenchStore(url: url, synchronous: synchronous) { store in
             try await store.prepare()
             var out: [Double] = []
             for i in 0..<samples {
