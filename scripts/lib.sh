@@ -42,6 +42,19 @@ amqp_port() {
 
 port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
+# Waits up to $2 seconds (default 60) until the pid file $1 names a live process. The node
+# creates the file before it writes the pid, and `rabbitmqctl wait` gives up at once on a
+# file it reads empty ({:garbage_in_pid_file, ...}): seen in CI. Call it before `wait`.
+await_pid_file() {
+    local f=$1 limit=$(( ${2:-60} * 10 )) pid i
+    for ((i = 0; i < limit; i++)); do
+        pid=$(tr -dc '0-9' 2>/dev/null <"$f" || true)
+        if [ -n "$pid" ] && [ -d "/proc/$pid" ]; then return 0; fi
+        sleep 0.1
+    done
+    return 1
+}
+
 ensure_broker() {
     local host port
     host=$(amqp_host "$RUNWORKER_AMQP_URL"); port=$(amqp_port "$RUNWORKER_AMQP_URL")
