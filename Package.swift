@@ -107,12 +107,24 @@ let package = Package(
             ]
         ),
 
+        // The chaos soak (scripts/chaos): faults while runs go through, every run checked
+        // against the state machine as a model.
+        .target(name: "RunChaosKit", dependencies: ["RunContract", "RunStateMachine"]),
+        .executableTarget(
+            name: "runchaos",
+            dependencies: [
+                "AMQPClient", "RunChaosKit", "RunContract", "RunWorker", "RunWorkerTestKit",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+
         // Unit tests: no broker, no database.
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunJSONTests", dependencies: ["RunJSON"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
         .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore"]),
+        .testTarget(name: "RunChaosKitTests", dependencies: ["RunChaosKit", "RunWorker", "RunStore"]),
         // Integration tests: a real RabbitMQ (and the worker's own processes). Skipped with a
         // message when no broker answers outside CI; required when CI is set.
         // Depends on the executables so that `swift test` builds the binaries it launches.

@@ -1,0 +1,286 @@
+import AMQPClient
+import ArgumentParser
+import Foundation
+import RunChaosKit
+import RunContract
+import RunWorker
+import RunWorkerTestKit
+import Synchronization
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The chaos soak (scripts/chaos): runs with random but valid lifecycles, faults at random
+/// moments, and every run checked against the pure state machine replayed over the same
+/// commands.
+struct RunChaos: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "runchaos",
+        abstract: "Soak runworker under faults and check every run against the state machine as a model.",
+        discussion: "The last line: chaos runs N faults F violations V lost L duplicated D seed S.")
+
+    @Option(help: "The runworker binary.")
+    var runworker: String
+
+    @Option(help: "Broker URL (a node the soak may restart when --broker-node is given).")
+    var amqpURL = ProcessInfo.processInfo.environment["RUNWORKER_AMQP_URL"] ?? "amqp://guest:guest@127.0.0.1:5672/"
+
+    @Option(help: "scripts/broker-node name of the broker at --amqp-url; none: no broker faults.")
+    var brokerNode: String?
+
+    @Option(help: "sqlite or postgres.")
+    var store = "sqlite"
+
+    @Option(help: "PostgreSQL URL for --store postgres (a schema of its own is made and dropped).")
+    var postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
+        ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
+
+    @Option(help: "The seed of the load and the fault schedule (default: from the clock).")
+    var seed: UInt64?
+
+    @Option(help: "Runs in the load.")
+    var runs = 10_000
+
+    @Option(help: "Commands published per second (the load's pace).")
+    var rate = 300.0
+
+    @Option(help: "Runs whose commands interleave at any moment.")
+    var window = 300
+
+    @Option(help: "Share of steps followed by a command that must change nothing (refusals, repeats, malformed).")
+    var noise = 0.15
+
+    @Option(help: "Worker processes.")
+    var workers = 3
+
+    @Option(help: "kill -9 of a worker (restarted after a random pause).")
+    var killWorker = 20
+
+    @Option(help: "SIGSTOP of a worker past its lease, then SIGCONT.")
+    var pauseWorker = 1
+
+    @Option(help: "Broker stop_app / start_app (needs --broker-node).")
+    var brokerRestart = 1
+
+    @Option(help: "kill -9 of the broker node, then restart (needs --broker-node).")
+    var brokerKill = 1
+
+    @Option(help: "PostgreSQL restarts (with --store postgres; scripts/postgres restart).")
+    var postgresRestart = 1
+
+    @Option(help: "Partition lease TTL of the workers, seconds.")
+    var leaseTTL = 3.0
+
+    @Option(help: "The project's scripts folder (broker-node, postgres).")
+    var scripts = "scripts"
+
+    @Option(help: "Where the workers' logs, status files and SQLite store go (removed after a pass).")
+    var directory = NSTemporaryDirectory() + "runworker-chaos"
+
+    mutating func run() throws {
+        let seed = self.seed ?? UInt64(Date().timeIntervalSince1970 * 1000) % 1_000_000_007
+        let prefix = "chaos\(seed % 100_000)x\(UInt32.random(in: 0...0xffff))"
+        say("seed \(seed), prefix \(prefix), \(runs) runs at \(Int(rate)) cmd/s, \(workers) workers on \(store)")
+        try? FileManager.default.removeItem(atPath: directory)
+        try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+
+        let plans = planLoad(seed: seed, count: runs, prefix: prefix, noise: noise)
+        let commandCount = plans.reduce(0) { $0 + $1.commands }
+        var shapes: [String: Int] = [:]
+        for p in plans { shapes[p.shape, default: 0] += 1 }
+        say("load: \(commandCount) messages; shapes " + shapes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+
+        let schema = prefix.lowercased()
+        let storeURL = store == "postgres"
+            ? postgresURL + (postgresURL.contains("?") ? "&" : "?") + "schema=\(schema)"
+            : "sqlite://\(directory)/chaos.sqlite"
+        let topology = Topology(prefix: prefix, partitions: 8)
+        let pool = WorkerPool(
+            binary: runworker, amqpURL: amqpURL, prefix: prefix, store: storeURL, directory: directory,
+            environment: [
+                "RUNWORKER_PARTITIONS": "8", "RUNWORKER_LEASE_TTL_S": "\(leaseTTL)",
+                "RUNWORKER_REBALANCE_INTERVAL_S": "0.5", "RUNWORKER_TIMER_INTERVAL_S": "0.25",
+            ],
+            count: workers)
+        let subscriber = Subscriber(url: amqpURL, exchange: topology.eventsExchange, queue: "\(prefix).chaos-events")
+        var passed = false
+        defer {
+            pool.stopAll()
+            subscriber.deleteQueue()
+            deleteTopology(topology, url: amqpURL)
+            if store == "postgres" {
+                _ = try? runCommand("/usr/bin/env", ["psql", postgresURL, "-q", "-c", "DROP SCHEMA IF EXISTS \(schema) CASCADE"], timeout: 60)
+            }
+            if passed { try? FileManager.default.removeItem(atPath: directory) } else { say("logs kept in \(directory)") }
+        }
+
+        try subscriber.start()
+        for i in 0..<workers { try pool.start(i) }
+        try WorkerProcess.waitBalanced(pool.all(), partitions: 8, timeout: 60)
+
+        var counts: [FaultKind: Int] = [.killWorker: killWorker, .pauseWorker: pauseWorker]
+        if brokerNode != nil {
+            counts[.brokerRestart] = brokerRestart
+            counts[.brokerKill] = brokerKill
+        }
+        if store == "postgres" { counts[.postgresRestart] = postgresRestart }
+        let span = Double(commandCount) / rate
+        let schedule = scheduleFaults(seed: seed, span: span, counts: counts, workers: workers)
+        let injector = FaultInjector(
+            schedule: schedule, pool: pool, scripts: scripts, brokerNode: brokerNode, leaseTTL: leaseTTL)
+
+        let publisher = Publisher(url: amqpURL, exchange: topology.commandsExchange)
+        defer { publisher.close() }
+        let t0 = Date()
+        injector.start(at: t0)
+        let stuck = drive(plans, publisher: publisher, subscriber: subscriber, t0: t0)
+        say(String(format: "load sent in %.1f s (publisher reconnects %d, messages republished %d)",
+                   Date().timeIntervalSince(t0), publisher.reconnects, publisher.republished))
+        injector.wait()
+        // Every worker runs again for the end (a fault may have left a slot empty).
+        for i in 0..<workers where pool.worker(i)?.isRunning != true { try pool.start(i) }
+
+        // Wait until every run's events are in (or nothing has arrived for a while).
+        var lastTotal = -1
+        var quietSince = Date()
+        let expectedEvents = plans.reduce(0) { $0 + $1.events.count }
+        while Date().timeIntervalSince(quietSince) < 30 {
+            let o = subscriber.snapshot
+            if o.isComplete(plans) { break }
+            if o.total != lastTotal {
+                lastTotal = o.total
+                quietSince = Date()
+            }
+            Thread.sleep(forTimeInterval: 0.5)
+        }
+        Thread.sleep(forTimeInterval: 1)  // late copies, so that they are compared too
+        let observed = subscriber.stop()
+        say("events: \(expectedEvents) expected, \(observed.total) messages received (\(observed.repeats) repeated events, \(observed.rejectionCopies) repeated refusals; subscriber reconnects \(subscriber.reconnects.load(ordering: .relaxed)))")
+
+        let shown = Atomic<Int>(0)
+        var report = Report(onViolation: { v in
+            if shown.add(1, ordering: .relaxed).newValue <= 50 { say("VIOLATION " + v) }
+        })
+        report.check(plans, observed, stuck: stuck)
+        report.checkDeadLetters(plans, topology: topology, url: amqpURL)
+        report.checkSnapshots(plans, worker: pool.all().first)
+        for f in injector.failures { report.violation("fault: \(f)") }
+        for w in pool.all() {
+            let problems = w.log.split(separator: "\n").filter { $0.contains(" critical ") }
+            for p in problems.prefix(3) { report.violation("worker log: \(p)") }
+        }
+        let faults = schedule.count
+        print("chaos runs \(runs) faults \(faults) violations \(report.violations.count) lost \(report.lost) duplicated \(report.duplicated) seed \(seed)")
+        passed = report.violations.isEmpty
+        if !passed { throw ExitCode(1) }
+    }
+
+    /// Publishes every run's steps at `rate`, `window` runs at a time, each run's in order;
+    /// a run waits at an `await` step until its events reach that seq. Returns the runs that
+    /// waited in vain (120 s without the seq they needed).
+    func drive(_ plans: [PlannedRun], publisher: Publisher, subscriber: Subscriber, t0: Date) -> [String: String] {
+        var cursor = Array(repeating: 0, count: plans.count)
+        var waitingSince = Array(repeating: Date.distantFuture, count: plans.count)
+        var active: [Int] = []
+        var next = 0
+        var sent = 0
+        var stuck: [String: String] = [:]
+        var lastFlush = Date()
+        while next < plans.count || !active.isEmpty {
+            while active.count < window && next < plans.count {
+                active.append(next)
+                next += 1
+            }
+            var progressed = false
+            var i = 0
+            while i < active.count {
+                let r = active[i]
+                let plan = plans[r]
+                if cursor[r] == plan.steps.count {
+                    active.swapAt(i, active.count - 1)
+                    active.removeLast()
+                    continue
+                }
+                switch plan.steps[cursor[r]] {
+                case .send(let m):
+                    let allowed = Int(Date().timeIntervalSince(t0) * rate) + 1
+                    if sent < allowed {
+                        publisher.publish(m)
+                        sent += 1
+                        cursor[r] += 1
+                        progressed = true
+                    }
+                case .await(let seq):
+                    if subscriber.contiguous(plan.runID) >= seq {
+                        cursor[r] += 1
+                        waitingSince[r] = .distantFuture
+                        progressed = true
+                    } else if waitingSince[r] == .distantFuture {
+                        waitingSince[r] = Date()
+                    } else if Date().timeIntervalSince(waitingSince[r]) > 120 {
+                        stuck[plan.runID] = "waited 120 s for seq \(seq), saw \(subscriber.contiguous(plan.runID))"
+                        cursor[r] = plan.steps.count
+                    }
+                }
+                i += 1
+            }
+            if publisher.pendingCount >= 200 || Date().timeIntervalSince(lastFlush) > 0.05 {
+                publisher.flush()
+                lastFlush = Date()
+            }
+            if !progressed { Thread.sleep(forTimeInterval: 0.005) }
+        }
+        publisher.flush()
+        return stuck
+    }
+}
+
+extension Report {
+    /// Reads the dead-letter queue empty and compares it with the plans.
+    mutating func checkDeadLetters(_ plans: [PlannedRun], topology: Topology, url: String) {
+        var got: [String: Int] = [:]
+        var givenUp: [String] = []
+        do {
+            let c = try BlockingConnection(url: url)
+            defer { c.close() }
+            let ch = try c.openChannel()
+            while let d = try c.get(channel: ch, queue: topology.deadQueue, noAck: true) {
+                let reason = d.properties.headers?["x-reason"]?.stringValue ?? "(none)"
+                got[reason, default: 0] += 1
+                if reason == "delivery_limit_exceeded" {
+                    givenUp.append("\(d.routingKey) \(d.properties.messageID ?? "") \(d.properties.headers?["x-reason-message"]?.stringValue ?? "")")
+                }
+            }
+        } catch {
+            violation("could not read the dead-letter queue: \(error)")
+            return
+        }
+        compareDeadLetters(plans, got: got, givenUp: givenUp)
+    }
+
+    /// Reads every run's stored snapshot through a worker's HTTP API and compares it.
+    mutating func checkSnapshots(_ plans: [PlannedRun], worker: WorkerProcess?) {
+        guard let base = worker?.httpBase else {
+            violation("no worker to read the snapshots from")
+            return
+        }
+        var checked = 0
+        for p in plans {
+            do {
+                let a = try HTTPProbe.request(base, "/v1/runs/\(p.runID)")
+                guard a.status == 200, let json = try? JSONValue.parse(a.body) else {
+                    violation("\(p.runID): GET /v1/runs/\(p.runID) answered \(a.status)")
+                    continue
+                }
+                compareSnapshot(p, status: json["status"]?.stringValue, version: json["version"]?.intValue)
+                checked += 1
+            } catch {
+                violation("\(p.runID): \(error)")
+            }
+        }
+        say("snapshots: \(checked) read and compared")
+    }
+}
+
+RunChaos.main()
