@@ -405,3 +405,21 @@ public func planLoad(seed: UInt64, count: Int, prefix: String, noise: Double) ->
         return p.plan
     }
 }
+
+/// Runs sent while a fault holds (the disk-full fault sends them while the store cannot
+/// write, so that the workers have something to fail on): plain lifecycles without timers or
+/// noise (nothing in them waits), checked like the rest of the load. Each starts with an input
+/// of `inputBytes`, so that storing them needs new pages (a store with room left in its write-ahead
+/// log would otherwise absorb small writes on a full disk).
+public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int = 256 * 1024) -> [PlannedRun] {
+    (0..<count).map { i in
+        let rng = SeededRandom(seed: seed ^ (UInt64(i + 1) &* 0x9E37_79B9))
+        var p = RunPlanner(runID: "\(prefix)-probe\(i)", rng: rng, noise: 0)
+        p.plan.shape = "probe"
+        p.send("start", ["agent_id": "agent-chaos", "input": ["blob": .string(String(repeating: "x", count: inputBytes))]])
+        p.actionsRoundTrip()
+        p.send("complete", ["result": "probe done"])
+        p.finish()
+        return p.plan
+    }
+}

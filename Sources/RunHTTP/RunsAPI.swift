@@ -43,7 +43,12 @@ struct RunsAPI: Sendable {
         let status = shared.status
         var checks: [(String, String)] = []
         checks.append(("broker", status.connected ? "ok" : "not connected to the broker"))
-        checks.append(("store", await storeAnswers()))
+        // A store that answers reads may still refuse writes (a full disk): the loop says so.
+        if let error = status.storeError {
+            checks.append(("store", "cannot write: \(error)"))
+        } else {
+            checks.append(("store", await storeAnswers()))
+        }
         checks.append(("partitions", status.ready ? "ok" : "partitions not claimed yet"))
         let failing = checks.first { $0.1 != "ok" }
         var body: JSONObject = [

@@ -612,6 +612,11 @@ final class WorkerLoop: @unchecked Sendable {
                 }
                 confirmedOutbox.removeFirst(remove.count)
                 status.counters.commits += 1
+                if status.storeError != nil {
+                    logger.notice("the store accepts writes again")
+                    status.storeError = nil
+                    statusDirty = true
+                }
                 if let tripsBefore, let postgres = store as? PostgresRunStore {
                     status.counters.batchRoundTrips += postgres.roundTrips - tripsBefore
                 }
@@ -622,7 +627,13 @@ final class WorkerLoop: @unchecked Sendable {
                 logger.warning("the store refused a commit: a partition lease is lost", metadata: ["error": "\(error)"])
                 return .fenced
             } catch let error as StoreError where error.isTransient {
-                if attempt == 4 || stop.isSet { return .unavailable(error) }
+                if attempt == 4 || stop.isSet {
+                    if error.code == .unavailable {
+                        status.storeError = "\(error)"
+                        statusDirty = true
+                    }
+                    return .unavailable(error)
+                }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
                 pause(delay)
                 delay *= 4

@@ -164,6 +164,7 @@ extension WorkerStatus {
         connected = json["connected"]?.boolValue ?? false
         partitions = (json["partitions"]?.arrayValue ?? []).compactMap { $0.intValue.map(Int.init) }
         httpAddress = json["http_address"]?.stringValue
+        storeError = json["store_error"]?.stringValue
         func n(_ key: String) -> Int { Int(c[key]?.intValue ?? 0) }
         counters.applied = n("applied")
         counters.refused = n("refused")

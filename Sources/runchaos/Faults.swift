@@ -67,6 +67,7 @@ enum FaultKind: String, Sendable, CaseIterable {
     case brokerRestart = "broker_restart"
     case brokerKill = "broker_kill"
     case postgresRestart = "postgres_restart"
+    case diskFull = "disk_full"
 }
 
 struct ScheduledFault: Sendable {
@@ -76,15 +77,16 @@ struct ScheduledFault: Sendable {
     var pause: Double
 }
 
-/// Draws the fault schedule from the seed: the counts asked for, at uniform moments over
-/// `span` seconds, in time order.
+/// Draws the fault schedule from the seed: the counts asked for, at uniform moments over the
+/// first 80 % of `span` seconds (faults run one after another and push later ones back), in
+/// time order.
 func scheduleFaults(seed: UInt64, span: Double, counts: [FaultKind: Int], workers: Int) -> [ScheduledFault] {
     var rng = SeededRandom(seed: seed ^ 0xFA17_5EED)
     var faults: [ScheduledFault] = []
     for kind in FaultKind.allCases {
         for _ in 0..<(counts[kind] ?? 0) {
             faults.append(ScheduledFault(
-                at: Double.random(in: 0.05...0.95, using: &rng) * span, kind: kind,
+                at: Double.random(in: 0.05...0.8, using: &rng) * span, kind: kind,
                 worker: Int.random(in: 0..<workers, using: &rng), pause: Double.random(in: 0.2...3, using: &rng)))
         }
     }
@@ -99,11 +101,21 @@ final class FaultInjector: @unchecked Sendable {
     let scripts: String
     let brokerNode: String?
     let leaseTTL: Double
+    /// The small filesystem the SQLite store lives on (the disk-full fault fills it).
+    let storeDirectory: String?
+    /// Runs the disk-full fault sends while the disk is full, and where it publishes them.
+    let probes: [PlannedRun]
+    let publisher: Publisher?
+    private var probesSent = 0
     private(set) var log: [String] = []
     private(set) var failures: [String] = []
     private let done = DispatchSemaphore(value: 0)
 
-    init(schedule: [ScheduledFault], pool: WorkerPool, scripts: String, brokerNode: String?, leaseTTL: Double) {
+    init(schedule: [ScheduledFault], pool: WorkerPool, scripts: String, brokerNode: String?, leaseTTL: Double,
+         storeDirectory: String?, probes: [PlannedRun] = [], publisher: Publisher? = nil) {
+        self.storeDirectory = storeDirectory
+        self.probes = probes
+        self.publisher = publisher
         self.schedule = schedule
         self.pool = pool
         self.scripts = scripts
@@ -145,6 +157,7 @@ final class FaultInjector: @unchecked Sendable {
         case .brokerRestart: "broker stop_app, start_app after \(String(format: "%.1f", f.pause)) s"
         case .brokerKill: "broker node kill -9, restarted after \(String(format: "%.1f", f.pause)) s"
         case .postgresRestart: "PostgreSQL restart"
+        case .diskFull: "the store's filesystem full for \(String(format: "%.1f", 5 + f.pause)) s"
         }
     }
 
@@ -169,7 +182,53 @@ final class FaultInjector: @unchecked Sendable {
             try script("broker-node", "restart", brokerNode!)
         case .postgresRestart:
             try script("postgres", "restart")
+        case .diskFull:
+            try fillDisk(for: 5 + f.pause)
         }
+    }
+
+    /// Fills the store's filesystem, holds it full, and frees it: a worker must notice (its
+    /// status says the store cannot write, so it is not ready), apply nothing meanwhile, and
+    /// recover by itself once space is back.
+    private func fillDisk(for seconds: Double) throws {
+        guard let dir = storeDirectory else { throw ChaosError("disk_full needs --store-directory") }
+        let filler = dir + "/filler"
+        let fd = open(filler, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        guard fd >= 0 else { throw ChaosError("cannot create \(filler): errno \(errno)") }
+        let chunk = [UInt8](repeating: 0x55, count: 1 << 20)
+        var written = 0
+        while true {
+            let n = chunk.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            if n <= 0 { break }
+            written += n
+        }
+        // The last few pages: smaller writes until nothing fits.
+        var small = [UInt8](repeating: 0x55, count: 4096)
+        while small.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 { written += 4096 }
+        close(fd)
+        // Commands to fail on, whatever the load is doing now.
+        if let publisher {
+            let batch = probes.dropFirst(probesSent).prefix(20)
+            probesSent += batch.count
+            for p in batch { for case .send(let m) in p.steps { publisher.publish(m) } }
+            publisher.flush()
+        }
+        let until = Date().addingTimeInterval(seconds)
+        var noticed: Set<Int> = []
+        while Date() < until {
+            for i in 0..<pool.count where pool.worker(i)?.status?.storeError != nil { noticed.insert(i) }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        unlink(filler)
+        say("disk full: \(written >> 20) MiB of filler; workers that reported the store unwritable: \(noticed.sorted())")
+        guard !noticed.isEmpty else { throw ChaosError("no worker reported the full disk (store_error) in \(seconds) s") }
+        // Recovery by itself: every worker's store error clears (each commits again).
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if (0..<pool.count).allSatisfy({ pool.worker($0)?.status?.storeError == nil }) { return }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw ChaosError("a worker still reports the store unwritable 60 s after space returned")
     }
 
     private func script(_ name: String, _ args: String...) throws {

@@ -69,6 +69,12 @@ struct RunChaos: ParsableCommand {
     @Option(help: "PostgreSQL restarts (with --store postgres; scripts/postgres restart).")
     var postgresRestart = 1
 
+    @Option(help: "The store's filesystem filled, held full, freed (with --store sqlite and --store-directory).")
+    var diskFull = 1
+
+    @Option(help: "Where the SQLite store goes: a small filesystem of its own for the disk-full fault (default: --directory, no disk-full fault).")
+    var storeDirectory: String?
+
     @Option(help: "Partition lease TTL of the workers, seconds.")
     var leaseTTL = 3.0
 
@@ -85,7 +91,10 @@ struct RunChaos: ParsableCommand {
         try? FileManager.default.removeItem(atPath: directory)
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
 
-        let plans = planLoad(seed: seed, count: runs, prefix: prefix, noise: noise)
+        let load = planLoad(seed: seed, count: runs, prefix: prefix, noise: noise)
+        let diskFaults = store == "sqlite" && storeDirectory != nil ? diskFull : 0
+        let probes = planProbes(seed: seed, count: 20 * diskFaults, prefix: prefix)
+        let plans = load + probes
         let commandCount = plans.reduce(0) { $0 + $1.commands }
         var shapes: [String: Int] = [:]
         for p in plans { shapes[p.shape, default: 0] += 1 }
@@ -94,7 +103,7 @@ struct RunChaos: ParsableCommand {
         let schema = prefix.lowercased()
         let storeURL = store == "postgres"
             ? postgresURL + (postgresURL.contains("?") ? "&" : "?") + "schema=\(schema)"
-            : "sqlite://\(directory)/chaos.sqlite"
+            : "sqlite://\(storeDirectory ?? directory)/\(prefix).sqlite"
         let topology = Topology(prefix: prefix, partitions: 8)
         let pool = WorkerPool(
             binary: runworker, amqpURL: amqpURL, prefix: prefix, store: storeURL, directory: directory,
@@ -109,6 +118,9 @@ struct RunChaos: ParsableCommand {
             pool.stopAll()
             subscriber.deleteQueue()
             deleteTopology(topology, url: amqpURL)
+            if store == "sqlite", let d = storeDirectory {
+                for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: "\(d)/\(prefix).sqlite\(suffix)") }
+            }
             if store == "postgres" {
                 _ = try? runCommand("/usr/bin/env", ["psql", postgresURL, "-q", "-c", "DROP SCHEMA IF EXISTS \(schema) CASCADE"], timeout: 60)
             }
@@ -125,16 +137,21 @@ struct RunChaos: ParsableCommand {
             counts[.brokerKill] = brokerKill
         }
         if store == "postgres" { counts[.postgresRestart] = postgresRestart }
+        counts[.diskFull] = diskFaults
         let span = Double(commandCount) / rate
         let schedule = scheduleFaults(seed: seed, span: span, counts: counts, workers: workers)
+        let probePublisher = Publisher(url: amqpURL, exchange: topology.commandsExchange)
+        defer { probePublisher.close() }
         let injector = FaultInjector(
-            schedule: schedule, pool: pool, scripts: scripts, brokerNode: brokerNode, leaseTTL: leaseTTL)
+            schedule: schedule, pool: pool, scripts: scripts, brokerNode: brokerNode, leaseTTL: leaseTTL,
+            storeDirectory: store == "sqlite" ? storeDirectory : nil,
+            probes: probes, publisher: probePublisher)
 
         let publisher = Publisher(url: amqpURL, exchange: topology.commandsExchange)
         defer { publisher.close() }
         let t0 = Date()
         injector.start(at: t0)
-        let stuck = drive(plans, publisher: publisher, subscriber: subscriber, t0: t0)
+        let stuck = drive(load, publisher: publisher, subscriber: subscriber, t0: t0)
         say(String(format: "load sent in %.1f s (publisher reconnects %d, messages republished %d)",
                    Date().timeIntervalSince(t0), publisher.reconnects, publisher.republished))
         injector.wait()

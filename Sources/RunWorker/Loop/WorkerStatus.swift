@@ -54,6 +54,9 @@ public struct WorkerStatus: Sendable, Equatable {
     /// Where the HTTP listener is bound (`host:port`, the real port when 0 was asked); nil
     /// when it is off or not bound yet.
     public var httpAddress: String? = nil
+    /// Why the store refused the last batch after its retries (full disk, database down);
+    /// nil once a batch commits again. The worker is not ready meanwhile (`/readyz`).
+    public var storeError: String? = nil
     public var counters = Counters()
 
     public init(workerID: String) { self.workerID = workerID }
@@ -64,6 +67,7 @@ public struct WorkerStatus: Sendable, Equatable {
             "worker_id": .string(workerID), "ready": .bool(ready), "connected": .bool(connected),
             "partitions": .array(partitions.map { .int(Int64($0)) }),
             "http_address": httpAddress.map(JSONValue.string) ?? .null,
+            "store_error": storeError.map(JSONValue.string) ?? .null,
             "counters": .object([
                 "applied": .int(Int64(c.applied)), "refused": .int(Int64(c.refused)),
                 "duplicates": .int(Int64(c.duplicates)), "dead_lettered": .int(Int64(c.deadLettered)),
