@@ -118,6 +118,12 @@ let package = Package(
             ]
         ),
 
+        // Fuzz targets (scripts/fuzz builds them with libFuzzer; other builds replay inputs).
+        .executableTarget(
+            name: "runfuzz",
+            dependencies: ["RunContract", "RunStateMachine", "RunStore", "RunWorker"]
+        ),
+
         // Unit tests: no broker, no database.
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunJSONTests", dependencies: ["RunJSON"]),

@@ -9,6 +9,8 @@ import Glibc
 enum Method {
     static let connectionClose: UInt32 = 0x000A_0032
     static let connectionCloseOk: UInt32 = 0x000A_0033
+    static let connectionBlocked: UInt32 = 0x000A_003C
+    static let connectionUnblocked: UInt32 = 0x000A_003D
     static let channelClose: UInt32 = 0x0014_0028
     static let channelCloseOk: UInt32 = 0x0014_0029
     static let basicCancel: UInt32 = 0x003C_001E
@@ -48,6 +50,9 @@ public final class BlockingConnection {
     public private(set) var channelMax: Int = 0
     public private(set) var frameMax: Int = 0
     public private(set) var heartbeat: Int = 0
+    /// The broker's reason while it blocks this connection's publishing (`connection.blocked`:
+    /// a memory or disk alarm); nil when not blocked. Publishing may then stall until it clears.
+    public private(set) var blockedReason: String?
 
     private struct ConfirmTracker {
         var nextTag: UInt64 = 1
@@ -791,8 +796,13 @@ public final class BlockingConnection {
             var ok = amqp_connection_close_ok_t(dummy: 0)
             _ = amqp_send_method(st, 0, Method.connectionCloseOk, &ok)
             throw fail(e)
+        case Method.connectionBlocked:
+            let m = decoded!.assumingMemoryBound(to: amqp_connection_blocked_t.self).pointee
+            blockedReason = String(amqp: m.reason)
+        case Method.connectionUnblocked:
+            blockedReason = nil
         default:
-            break  // cancel-ok after a cancel, connection.blocked, ...: nothing to do
+            break  // cancel-ok after a cancel, ...: nothing to do
         }
         return true
     }

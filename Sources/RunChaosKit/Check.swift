@@ -125,19 +125,29 @@ public struct Report: Sendable {
         }
     }
 
-    /// The dead-letter queue must hold exactly the unattributable messages sent, by reason;
-    /// `givenUp` lists messages dead-lettered after their delivery limit (each one lost).
-    public mutating func compareDeadLetters(_ plans: [PlannedRun], got: [String: Int], givenUp: [String]) {
-        var expected: [String: Int] = [:]
-        for p in plans { for (k, v) in p.deadLetters { expected[k, default: 0] += v } }
+    /// The dead-letter queue must hold exactly the unattributable messages sent, each with
+    /// its reason (by message id: a copy of one is at-least-once delivery, not a violation), and
+    /// never a command given up after its delivery limit (`givenUp`, each one lost).
+    public mutating func compareDeadLetters(_ plans: [PlannedRun], got: [String: String], givenUp: [String]) {
+        var expected: [String: String] = [:]
+        for p in plans { expected.merge(p.deadLetterIDs) { a, _ in a } }
         for g in givenUp {
             lost += 1
             violation("dead-lettered after its delivery limit: \(g)")
         }
-        var unexplained = got
-        unexplained["delivery_limit_exceeded"] = nil
-        if unexplained != expected {
-            violation("dead letters by reason \(unexplained.sorted { $0.key < $1.key }), the model says \(expected.sorted { $0.key < $1.key })")
+        for (id, reason) in expected.sorted(by: { $0.key < $1.key }) {
+            switch got[id] {
+            case nil:
+                lost += 1
+                violation("message \(id) should be dead-lettered (\(reason)); it is not in the dead-letter queue")
+            case let r? where r != reason:
+                violation("message \(id) dead-lettered as \(r), the model says \(reason)")
+            default:
+                break
+            }
+        }
+        for (id, reason) in got.sorted(by: { $0.key < $1.key }) where expected[id] == nil {
+            violation("message \(id) dead-lettered (\(reason)), the model applies or refuses it")
         }
     }
 

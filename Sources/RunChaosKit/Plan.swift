@@ -54,6 +54,9 @@ public struct PlannedRun: Sendable {
     public var refusals: [String: String] = [:]
     /// Messages sent for this run that cannot be attributed (dead-lettered), by reason.
     public var deadLetters: [String: Int] = [:]
+    /// The same, by message id: a dead letter may come twice (a worker that dies between
+    /// publishing it and acking the message), so the checker compares ids, not counts.
+    public var deadLetterIDs: [String: String] = [:]
     public var finalStatus: RunStatus?
     public var commands = 0
 }
@@ -109,6 +112,7 @@ struct RunPlanner {
             envelope = try CommandEnvelope.parse(body: message.body, routingKey: message.routingKey, messageID: message.messageID)
         } catch {
             plan.deadLetters[error.code.rawValue, default: 0] += 1
+            if let id = message.messageID { plan.deadLetterIDs[id] = error.code.rawValue }
             return false
         }
         if let id = envelope.commandID, let earlier = outcomes[id] {
@@ -419,6 +423,67 @@ public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int
         p.send("start", ["agent_id": "agent-chaos", "input": ["blob": .string(String(repeating: "x", count: inputBytes))]])
         p.actionsRoundTrip()
         p.send("complete", ["result": "probe done"])
+        p.finish()
+        return p.plan
+    }
+}
+
+/// A flood of hostile messages, each on a run id of its own (so that it cannot change a
+/// valid run): garbage bytes, JSON that is not an object, nesting past the limit, duplicate
+/// keys, bad or mismatched run ids, bodies over the size limit, unknown commands, bad fields,
+/// commands for runs that do not exist. Every one must be answered (`command_rejected`) or
+/// dead-lettered with its reason; the model (the contract's codec and state machine) says which.
+public func planFlood(seed: UInt64, count: Int, prefix: String, maxBodyBytes: Int = 1_048_576) -> [PlannedRun] {
+    var rng = SeededRandom(seed: seed ^ 0xF100D)
+    return (0..<count).map { i in
+        let runID = "\(prefix)-h\(i)"
+        var p = RunPlanner(runID: runID, rng: SeededRandom(seed: rng.next()), noise: 0)
+        p.plan.shape = "hostile"
+        let id = "\(runID)-x"
+        func raw(_ body: [UInt8]) { p.publish(PlannedMessage(routingKey: runID, messageID: id, body: body)) }
+        switch Int.random(in: 0..<100, using: &rng) {
+        case 0..<12:
+            raw((0..<Int.random(in: 1...300, using: &rng)).map { _ in UInt8.random(in: 0...255, using: &rng) })
+        case 12..<18:
+            raw(Array(["[1,2,3]", "\"start\"", "42", "null", "", "{", "{\"command\":\"start\",\"run_id\":"].randomElement(using: &rng)!.utf8))
+        case 18..<22:
+            let depth = Int.random(in: 129...5_000, using: &rng)
+            raw(Array((String(repeating: "[", count: depth) + String(repeating: "]", count: depth)).utf8))
+        case 22..<28:
+            raw(Array("{\"command\":\"start\",\"run_id\":\"\(runID)\",\"command\":\"cancel\"}".utf8))
+        case 28..<34:
+            raw(JSONValue.object(["command": "start", "run_id": .string(["a b", "", "é", String(repeating: "x", count: 129)].randomElement(using: &rng)!)]).serialized())
+        case 34..<40:
+            raw(JSONValue.object(["command": "start", "run_id": .string("\(runID)-other")]).serialized())
+        case 40:
+            raw(JSONValue.object(["command": "start", "run_id": .string(runID), "input": .string(String(repeating: "z", count: maxBodyBytes + 1))]).serialized())
+        case 41..<55:
+            p.send(["launch", "delete", "", "START", "start "].randomElement(using: &rng)!, ["x": 1], id: id)
+        case 55..<75:
+            let bad: [(String, JSONObject)] = [
+                ("start", ["config": ["timeout_s": -1]]),
+                ("start", ["config": ["retry": ["max_attempts": 0]]]),
+                ("create", ["metadata": "not an object"]),
+                ("require_action", [:]),
+                ("require_action", ["action": ["type": "teleport"]]),
+                ("fail_action", ["action_id": 7]),
+                ("fail", ["error": ["code": "no message"]]),
+                ("complete", ["expected_version": "three"]),
+            ]
+            let (name, fields) = bad.randomElement(using: &rng)!
+            p.send(name, fields, id: id)
+        default:
+            let name = ["complete_action", "fail_action", "complete", "fail", "cancel", "require_action"].randomElement(using: &rng)!
+            let fields: JSONObject =
+                switch name {
+                case "complete_action": ["action_id": "a1"]
+                case "fail_action": ["action_id": "a1", "error": ["message": "m"]]
+                case "fail": ["error": ["message": "m"]]
+                case "require_action": ["action": ["type": "tool_call", "tool": "t", "args": [:]]]
+                default: [:]
+                }
+            p.send(name, fields, id: id)  // run_not_found
+        }
         p.finish()
         return p.plan
     }

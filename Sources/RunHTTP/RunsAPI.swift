@@ -42,7 +42,10 @@ struct RunsAPI: Sendable {
     func ready() async throws -> Response {
         let status = shared.status
         var checks: [(String, String)] = []
-        checks.append(("broker", status.connected ? "ok" : "not connected to the broker"))
+        checks.append((
+            "broker",
+            !status.connected ? "not connected to the broker"
+                : status.brokerBlocked.map { "publishing blocked by the broker: \($0)" } ?? "ok"))
         // A store that answers reads may still refuse writes (a full disk): the loop says so.
         if let error = status.storeError {
             checks.append(("store", "cannot write: \(error)"))

@@ -518,6 +518,9 @@ final class WorkerLoop: @unchecked Sendable {
         while !pipeline.isEmpty {
             guard Self.monotonic() < deadline else { throw AMQPError(.timeout, "no publisher confirms for 30 s") }
             try pump(timeout: 0.1)
+            // A broker that blocks publishing (a resource alarm) holds the confirms back: say
+            // so while waiting for them.
+            writeStatus()
         }
     }
 
@@ -1128,6 +1131,16 @@ final class WorkerLoop: @unchecked Sendable {
     private func writeStatus(force: Bool = false) {
         if let http = shared.httpAddress, status.httpAddress != http {
             status.httpAddress = http
+            statusDirty = true
+        }
+        let blocked = conn?.blockedReason
+        if blocked != status.brokerBlocked {
+            if let blocked {
+                logger.warning("the broker blocks publishing (resource alarm); events wait", metadata: ["reason": .string(blocked)])
+            } else {
+                logger.notice("the broker unblocked publishing")
+            }
+            status.brokerBlocked = blocked
             statusDirty = true
         }
         guard statusDirty || force else { return }

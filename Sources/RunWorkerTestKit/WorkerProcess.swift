@@ -165,6 +165,7 @@ extension WorkerStatus {
         partitions = (json["partitions"]?.arrayValue ?? []).compactMap { $0.intValue.map(Int.init) }
         httpAddress = json["http_address"]?.stringValue
         storeError = json["store_error"]?.stringValue
+        brokerBlocked = json["broker_blocked"]?.stringValue
         func n(_ key: String) -> Int { Int(c[key]?.intValue ?? 0) }
         counters.applied = n("applied")
         counters.refused = n("refused")

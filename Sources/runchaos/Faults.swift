@@ -68,6 +68,7 @@ enum FaultKind: String, Sendable, CaseIterable {
     case brokerKill = "broker_kill"
     case postgresRestart = "postgres_restart"
     case diskFull = "disk_full"
+    case brokerAlarm = "broker_alarm"
 }
 
 struct ScheduledFault: Sendable {
@@ -158,6 +159,7 @@ final class FaultInjector: @unchecked Sendable {
         case .brokerKill: "broker node kill -9, restarted after \(String(format: "%.1f", f.pause)) s"
         case .postgresRestart: "PostgreSQL restart"
         case .diskFull: "the store's filesystem full for \(String(format: "%.1f", 5 + f.pause)) s"
+        case .brokerAlarm: "broker memory alarm for \(String(format: "%.1f", 5 + f.pause)) s"
         }
     }
 
@@ -184,7 +186,30 @@ final class FaultInjector: @unchecked Sendable {
             try script("postgres", "restart")
         case .diskFull:
             try fillDisk(for: 5 + f.pause)
+        case .brokerAlarm:
+            try brokerAlarm(for: 5 + f.pause)
         }
+    }
+
+    /// Raises the broker's memory alarm, holds it, clears it: the workers must say they are
+    /// blocked (status broker_blocked, /readyz), lose nothing meanwhile, and carry on after.
+    private func brokerAlarm(for seconds: Double) throws {
+        try script("broker-node", "alarm", brokerNode!, "on")
+        let until = Date().addingTimeInterval(seconds)
+        var noticed: Set<Int> = []
+        while Date() < until {
+            for i in 0..<pool.count where pool.worker(i)?.status?.brokerBlocked != nil { noticed.insert(i) }
+            Thread.sleep(forTimeInterval: 0.1)
+        }
+        try script("broker-node", "alarm", brokerNode!, "off")
+        say("broker alarm: workers that reported being blocked: \(noticed.sorted())")
+        guard !noticed.isEmpty else { throw ChaosError("no worker reported the broker's block (broker_blocked) in \(seconds) s") }
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline {
+            if (0..<pool.count).allSatisfy({ pool.worker($0)?.status?.brokerBlocked == nil }) { return }
+            Thread.sleep(forTimeInterval: 0.2)
+        }
+        throw ChaosError("a worker still reports being blocked 60 s after the alarm cleared")
     }
 
     /// Fills the store's filesystem, holds it full, and frees it: a worker must notice (its
@@ -240,4 +265,81 @@ final class FaultInjector: @unchecked Sendable {
 struct ChaosError: Error, CustomStringConvertible {
     var description: String
     init(_ d: String) { description = d }
+}
+
+/// Publishes the hostile messages as fast as the broker confirms them, on a connection of
+/// its own, beside the load.
+final class Flooder: @unchecked Sendable {
+    let publisher: Publisher
+    let plans: [PlannedRun]
+    private let done = DispatchSemaphore(value: 0)
+    private(set) var seconds = 0.0
+
+    init(url: String, exchange: String, plans: [PlannedRun]) {
+        publisher = Publisher(url: url, exchange: exchange)
+        self.plans = plans
+    }
+
+    func start() {
+        let t = Thread { [self] in
+            let began = Date()
+            var n = 0
+            for p in plans {
+                for case .send(let m) in p.steps {
+                    publisher.publish(m)
+                    n += 1
+                    if n % 500 == 0 { publisher.flush() }
+                }
+            }
+            publisher.flush()
+            publisher.close()
+            seconds = Date().timeIntervalSince(began)
+            done.signal()
+        }
+        t.name = "runchaos-flood"
+        t.start()
+    }
+
+    func wait() { done.wait(); done.signal() }
+}
+
+/// Samples every worker's resident memory (VmRSS) twice a second; keeps each process's peak.
+final class MemorySampler: @unchecked Sendable {
+    let pool: WorkerPool
+    private let lock = NSLock()
+    private var peaks: [String: Int] = [:]
+    private var stopped = false
+    private let done = DispatchSemaphore(value: 0)
+
+    init(pool: WorkerPool) { self.pool = pool }
+
+    func start() {
+        let t = Thread { [self] in
+            while !lock.withLock({ stopped }) {
+                for w in pool.all() where w.isRunning {
+                    guard let mib = Self.rssMiB(w.pid) else { continue }
+                    let name = (w.logPath as NSString).lastPathComponent.replacingOccurrences(of: ".log", with: "")
+                    lock.withLock { peaks[name] = max(peaks[name] ?? 0, mib) }
+                }
+                Thread.sleep(forTimeInterval: 0.5)
+            }
+            done.signal()
+        }
+        t.name = "runchaos-memory"
+        t.start()
+    }
+
+    func stop() -> [String: Int] {
+        lock.withLock { stopped = true }
+        done.wait()
+        return lock.withLock { peaks }
+    }
+
+    static func rssMiB(_ pid: Int32) -> Int? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmRSS:") }),
+              let kb = Int(line.split(separator: " ").dropFirst().first ?? "")
+        else { return nil }
+        return kb / 1024
+    }
 }

@@ -66,6 +66,9 @@ struct RunChaos: ParsableCommand {
     @Option(help: "kill -9 of the broker node, then restart (needs --broker-node).")
     var brokerKill = 1
 
+    @Option(help: "Broker memory alarms, publishers blocked (needs --broker-node).")
+    var brokerAlarm = 1
+
     @Option(help: "PostgreSQL restarts (with --store postgres; scripts/postgres restart).")
     var postgresRestart = 1
 
@@ -74,6 +77,12 @@ struct RunChaos: ParsableCommand {
 
     @Option(help: "Where the SQLite store goes: a small filesystem of its own for the disk-full fault (default: --directory, no disk-full fault).")
     var storeDirectory: String?
+
+    @Option(help: "Hostile messages flooded in beside the load, as fast as the broker takes them.")
+    var flood = 100_000
+
+    @Option(help: "A worker's resident memory above this (MiB) is a violation.")
+    var maxWorkerRSSMiB = 512
 
     @Option(help: "Partition lease TTL of the workers, seconds.")
     var leaseTTL = 3.0
@@ -94,11 +103,12 @@ struct RunChaos: ParsableCommand {
         let load = planLoad(seed: seed, count: runs, prefix: prefix, noise: noise)
         let diskFaults = store == "sqlite" && storeDirectory != nil ? diskFull : 0
         let probes = planProbes(seed: seed, count: 20 * diskFaults, prefix: prefix)
-        let plans = load + probes
-        let commandCount = plans.reduce(0) { $0 + $1.commands }
+        let hostile = planFlood(seed: seed, count: flood, prefix: prefix)
+        let plans = load + probes + hostile
+        let commandCount = load.reduce(0) { $0 + $1.commands }
         var shapes: [String: Int] = [:]
         for p in plans { shapes[p.shape, default: 0] += 1 }
-        say("load: \(commandCount) messages; shapes " + shapes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
+        say("load: \(commandCount) messages, \(hostile.count) hostile ones beside it; shapes " + shapes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
 
         let schema = prefix.lowercased()
         let storeURL = store == "postgres"
@@ -135,6 +145,7 @@ struct RunChaos: ParsableCommand {
         if brokerNode != nil {
             counts[.brokerRestart] = brokerRestart
             counts[.brokerKill] = brokerKill
+            counts[.brokerAlarm] = brokerAlarm
         }
         if store == "postgres" { counts[.postgresRestart] = postgresRestart }
         counts[.diskFull] = diskFaults
@@ -151,10 +162,16 @@ struct RunChaos: ParsableCommand {
         defer { publisher.close() }
         let t0 = Date()
         injector.start(at: t0)
+        let memory = MemorySampler(pool: pool)
+        memory.start()
+        let flooder = Flooder(url: amqpURL, exchange: topology.commandsExchange, plans: hostile)
+        flooder.start()
         let stuck = drive(load, publisher: publisher, subscriber: subscriber, t0: t0)
         say(String(format: "load sent in %.1f s (publisher reconnects %d, messages republished %d)",
                    Date().timeIntervalSince(t0), publisher.reconnects, publisher.republished))
         injector.wait()
+        flooder.wait()
+        say(String(format: "flood: %d hostile messages sent in %.1f s", hostile.count, flooder.seconds))
         // Every worker runs again for the end (a fault may have left a slot empty).
         for i in 0..<workers where pool.worker(i)?.isRunning != true { try pool.start(i) }
 
@@ -173,6 +190,7 @@ struct RunChaos: ParsableCommand {
         }
         Thread.sleep(forTimeInterval: 1)  // late copies, so that they are compared too
         let observed = subscriber.stop()
+        let peaks = memory.stop()
         say("events: \(expectedEvents) expected, \(observed.total) messages received (\(observed.repeats) repeated events, \(observed.rejectionCopies) repeated refusals; subscriber reconnects \(subscriber.reconnects.load(ordering: .relaxed)))")
 
         let shown = Atomic<Int>(0)
@@ -183,6 +201,10 @@ struct RunChaos: ParsableCommand {
         report.checkDeadLetters(plans, topology: topology, url: amqpURL)
         report.checkSnapshots(plans, worker: pool.all().first)
         for f in injector.failures { report.violation("fault: \(f)") }
+        say("worker peak RSS (MiB) by process: \(peaks.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))")
+        for (name, mib) in peaks where mib > maxWorkerRSSMiB {
+            report.violation("worker \(name) reached \(mib) MiB resident, above \(maxWorkerRSSMiB)")
+        }
         for w in pool.all() {
             let problems = w.log.split(separator: "\n").filter { $0.contains(" critical ") }
             for p in problems.prefix(3) { report.violation("worker log: \(p)") }
@@ -256,23 +278,34 @@ struct RunChaos: ParsableCommand {
 extension Report {
     /// Reads the dead-letter queue empty and compares it with the plans.
     mutating func checkDeadLetters(_ plans: [PlannedRun], topology: Topology, url: String) {
-        var got: [String: Int] = [:]
+        var got: [String: String] = [:]
+        var copies = 0
         var givenUp: [String] = []
         do {
             let c = try BlockingConnection(url: url)
             defer { c.close() }
             let ch = try c.openChannel()
-            while let d = try c.get(channel: ch, queue: topology.deadQueue, noAck: true) {
+            try c.qos(channel: ch, prefetchCount: 5000)
+            _ = try c.consume(channel: ch, queue: topology.deadQueue, noAck: true)
+            while true {
+                let batch = try c.nextDeliveries(max: 5000, timeout: 2)
+                if batch.isEmpty { break }
+                for d in batch {
                 let reason = d.properties.headers?["x-reason"]?.stringValue ?? "(none)"
-                got[reason, default: 0] += 1
                 if reason == "delivery_limit_exceeded" {
                     givenUp.append("\(d.routingKey) \(d.properties.messageID ?? "") \(d.properties.headers?["x-reason-message"]?.stringValue ?? "")")
+                    continue
+                }
+                let id = d.properties.messageID ?? "(no id) \(d.routingKey)"
+                if got[id] != nil { copies += 1 }
+                got[id] = reason
                 }
             }
         } catch {
             violation("could not read the dead-letter queue: \(error)")
             return
         }
+        say("dead letters: \(got.count) messages (\(copies) copies)")
         compareDeadLetters(plans, got: got, givenUp: givenUp)
     }
 
@@ -283,8 +316,17 @@ extension Report {
             return
         }
         var checked = 0
-        for p in plans {
+        // Hostile messages make no run: a sample is enough to see that none was made.
+        let hostile = plans.filter { $0.shape == "hostile" }
+        let sample = plans.filter { $0.shape != "hostile" } + hostile.prefix(200)
+        for p in sample {
             do {
+                if p.finalStatus == nil {
+                    let a = try HTTPProbe.request(base, "/v1/runs/\(p.runID)")
+                    if a.status != 404 { violation("\(p.runID) (\(p.shape)): GET answered \(a.status); the model made no run") }
+                    checked += 1
+                    continue
+                }
                 let a = try HTTPProbe.request(base, "/v1/runs/\(p.runID)")
                 guard a.status == 200, let json = try? JSONValue.parse(a.body) else {
                     violation("\(p.runID): GET /v1/runs/\(p.runID) answered \(a.status)")

@@ -18,12 +18,12 @@ final class ManualClock: Sendable {
 /// What the worker's own decision path (BatchApplier on the in-memory store) makes of a load:
 /// every message it would publish recorded as the soak's subscriber records it, dead letters
 /// counted by reason, timers fired at each `await` step.
-func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [String: Int], InMemoryRunStore) {
+func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [String: String], InMemoryRunStore) {
     let store = InMemoryRunStore()
     let clock = ManualClock()
     let applier = BatchApplier(store: store, processor: CommandProcessor(machine: RunStateMachine()), clock: { clock.read() })
     var observed = Observed()
-    var dead: [String: Int] = [:]
+    var dead: [String: String] = [:]
     func take(_ batch: ProcessedBatch) {
         for m in batch.messages {
             switch m.destination {
@@ -32,7 +32,7 @@ func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [S
                 let reason = m.headers.first { $0.key == "x-reason" }.map { h -> String in
                     if case .string(let s) = h.value { s } else { "?" }
                 }
-                dead[reason ?? "(none)", default: 0] += 1
+                dead[m.messageID ?? "(none)"] = reason ?? "(none)"
             case .reply: break
             }
         }
@@ -103,6 +103,21 @@ func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [S
         #expect(observed.isComplete(plans))
     }
 
+    /// The hostile flood: every message refused or dead-lettered exactly as the model says,
+    /// no run made, and both kinds of answer present.
+    @Test func theFloodMatchesTheModel() async throws {
+        let plans = planFlood(seed: 3, count: 1_500, prefix: "f")
+        let (observed, dead, store) = try await runThroughTheProcessor(plans)
+        var report = Report()
+        report.check(plans, observed)
+        report.compareDeadLetters(plans, got: dead, givenUp: [])
+        #expect(report.violations == [])
+        #expect(observed.events.isEmpty)
+        #expect(Set(dead.values) == ["malformed_message", "validation_error", "payload_too_large"])
+        #expect(Set(plans.flatMap(\.refusals.values)) == ["unknown_command", "validation_error", "run_not_found"])
+        for p in plans.prefix(100) { #expect(try await store.run(p.runID) == nil) }
+    }
+
     /// The checker catches what the soak exists to catch: a lost event, an event applied twice,
     /// a different event, a refusal missing or with another code, a refusal of an applied
     /// command, conflicting copies, dead letters off, a stored run off.
@@ -146,8 +161,18 @@ func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [S
 
         var d = Report()
         var fewer = dead
-        fewer["malformed_message", default: 0] -= 1
+        fewer[dead.keys.sorted()[0]] = nil
         d.compareDeadLetters(plans, got: fewer, givenUp: [])
+        #expect(d.lost == 1 && d.violations.count == 1)
+        d = Report()
+        var wrong = dead
+        wrong[dead.keys.sorted()[0]] = "payload_too_large"
+        d.compareDeadLetters(plans, got: wrong, givenUp: [])
+        #expect(d.violations.count == 1)
+        d = Report()
+        var extra = dead
+        extra["stray"] = "malformed_message"
+        d.compareDeadLetters(plans, got: extra, givenUp: [])
         #expect(d.violations.count == 1)
         d = Report()
         d.compareDeadLetters(plans, got: dead, givenUp: ["run.x c-1"])

@@ -57,6 +57,8 @@ public struct WorkerStatus: Sendable, Equatable {
     /// Why the store refused the last batch after its retries (full disk, database down);
     /// nil once a batch commits again. The worker is not ready meanwhile (`/readyz`).
     public var storeError: String? = nil
+    /// The broker's reason while it blocks this worker's publishing (a resource alarm).
+    public var brokerBlocked: String? = nil
     public var counters = Counters()
 
     public init(workerID: String) { self.workerID = workerID }
@@ -68,6 +70,7 @@ public struct WorkerStatus: Sendable, Equatable {
             "partitions": .array(partitions.map { .int(Int64($0)) }),
             "http_address": httpAddress.map(JSONValue.string) ?? .null,
             "store_error": storeError.map(JSONValue.string) ?? .null,
+            "broker_blocked": brokerBlocked.map(JSONValue.string) ?? .null,
             "counters": .object([
                 "applied": .int(Int64(c.applied)), "refused": .int(Int64(c.refused)),
                 "duplicates": .int(Int64(c.duplicates)), "dead_lettered": .int(Int64(c.deadLettered)),
