@@ -46,15 +46,30 @@ func fuzzJSON(_ bytes: [UInt8]) {
             fatalError("accepted, but Foundation refuses it: \(Array(bytes.prefix(200)))")
         }
     case .failure(let error):
-        if theirs && !documentedStrictness.contains(where: { error.reason.contains($0) }) {
+        if theirs && !documentedStrictness.contains(where: { error.reason.contains($0) })
+            && !foundationStopsAtNUL(bytes, error)
+            && !foundationLeniencies.contains(where: { error.reason.contains($0) })
+        {
             fatalError("refused (\(error)), but Foundation accepts it: \(Array(bytes.prefix(200)))")
         }
     }
 }
 
 /// Foundation's own departures from RFC 8259, found by this fuzzer (docs/reliability.md):
-/// none known so far; a finding here is examined and either fixed or listed.
+/// none where it refuses valid JSON so far; a finding here is examined and either fixed or listed.
 func foundationRefusesWhatRFC8259Allows(_ bytes: [UInt8]) -> Bool { false }
+
+/// Found by this fuzzer: what Foundation's parser accepts although RFC 8259 does not (ours
+/// refuses it, with this reason): a trailing comma in an object or array (`{"k":0,}`).
+let foundationLeniencies = ["trailing comma"]
+
+/// Found by this fuzzer: Foundation's parser ignores everything from a NUL byte outside a
+/// string on (`5\0\0\0\xa0` is 5 to it); RFC 8259 allows no such byte there, and ours refuses
+/// it where it stands.
+func foundationStopsAtNUL(_ bytes: [UInt8], _ error: JSONParseError) -> Bool {
+    guard let nul = bytes.firstIndex(of: 0) else { return false }
+    return error.offset >= nul
+}
 
 // MARK: - command
 
@@ -127,7 +142,9 @@ func fuzzProcessor(_ bytes: [UInt8]) {
     let applier = BatchApplier(
         store: store, processor: CommandProcessor(machine: RunStateMachine(), maxBodyBytes: 4096),
         clock: { Timestamp(milliseconds: 3_000_000) })
-    var published: [String: [Int64]] = [:]
+    // A repeated command id publishes its first outcome's events again: each seq's copies
+    // must be identical.
+    var published: [String: [Int64: [UInt8]]] = [:]
     for (i, body) in messages.enumerated() {
         // The routing key is the body's run_id when it has one (else a fixed key).
         let key = (try? JSONValue.parse(body))?["run_id"]?.stringValue ?? "r1"
@@ -140,10 +157,14 @@ func fuzzProcessor(_ bytes: [UInt8]) {
         }
         for m in batch.messages where m.destination == .events && m.type != "command_rejected" {
             guard let e = try? RunEvent.decode(m.body) else { fatalError("an event does not decode") }
-            published[e.runID, default: []].append(e.seq)
+            if let first = published[e.runID]?[e.seq] {
+                guard first == m.body else { fatalError("\(e.runID): seq \(e.seq) published with two bodies") }
+            }
+            published[e.runID, default: [:]][e.seq] = m.body
         }
     }
-    for (runID, seqs) in published {
+    for (runID, events) in published {
+        let seqs = events.keys.sorted()
         guard seqs == Array(1...Int64(seqs.count)) else { fatalError("\(runID): events \(seqs) are not 1…n") }
         let run = try? Blocking.run { try await store.run(runID) }
         guard let run, run.version == Int64(seqs.count) else { fatalError("\(runID): stored version is not the event count") }
