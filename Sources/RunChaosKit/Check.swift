@@ -4,6 +4,8 @@ import RunContract
 public struct Observed: Sendable {
     /// run id → seq → digest of the first copy.
     public var events: [String: [Int64: String]] = [:]
+    /// run id → seq → hash of the first copy's body: a copy must be the same bytes.
+    public var bodies: [String: [Int64: Int]] = [:]
     /// run id → highest seq up to which nothing is missing.
     public var contiguous: [String: Int64] = [:]
     /// Copies of an event already seen (at-least-once delivery allows them).
@@ -42,12 +44,18 @@ public struct Observed: Sendable {
             return
         }
         let d = digest(e)
+        let hash = body.hashValue
         if let first = events[e.runID]?[e.seq] {
             repeats += 1
-            if first != d { conflicting.append("\(e.runID): seq \(e.seq) was \(first), then \(d)") }
+            if first != d {
+                conflicting.append("\(e.runID): seq \(e.seq) was \(first), then \(d)")
+            } else if bodies[e.runID]?[e.seq] != hash {
+                conflicting.append("\(e.runID): seq \(e.seq) published again with a different body")
+            }
             return
         }
         events[e.runID, default: [:]][e.seq] = d
+        bodies[e.runID, default: [:]][e.seq] = hash
         var c = contiguous[e.runID] ?? 0
         while events[e.runID]?[c + 1] != nil { c += 1 }
         contiguous[e.runID] = c
@@ -90,6 +98,8 @@ public struct Report: Sendable {
         if o.undecodable > 0 { violation("\(o.undecodable) messages on the events exchange did not decode") }
         let known = Set(plans.map(\.runID))
         for run in o.events.keys.sorted() where !known.contains(run) { violation("events for a run never planned: \(run)") }
+        for run in o.rejections.keys.sorted() where !known.contains(run) { violation("refusals for a run never planned: \(run)") }
+        for (run, seqs) in o.events where seqs.keys.contains(where: { $0 < 1 }) { violation("\(run): an event with seq < 1") }
         for p in plans {
             if let s = stuck[p.runID] { violation("\(p.runID) (\(p.shape)): \(s)") }
             let seen = o.events[p.runID] ?? [:]

@@ -340,7 +340,7 @@ public enum Shapes {
             p.send("require_action", ["actions": [.object(p.actionRequest()), .object(p.actionRequest())]])
             p.maybeNoise()
         default:  // retrying: a delay long enough that the cancel always comes first
-            begin(&p, config: ["retry": ["max_attempts": 2, "delay_s": 3600]])
+            begin(&p, config: ["retry": ["max_attempts": 2, "delay_s": 3600, "max_delay_s": 7200]])
             p.send("fail", ["error": ["message": "flaky"], "retryable": true])
             p.maybeNoise()
         }

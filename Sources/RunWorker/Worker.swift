@@ -187,6 +187,10 @@ final class WorkerLoop: @unchecked Sendable {
 
     // Per connection.
     var conn: BlockingConnection?
+    /// Keys of messages this worker requeued because the store was out (`requeue`).
+    private var requeuedForOutage: Set<String> = []
+    /// When `status.storeError` was last set (monotonic seconds).
+    private var storeErrorAt = 0.0
     var control: UInt16 = 0
     var publisher: UInt16 = 0
     /// Partition consumers: channel → partition.
@@ -519,8 +523,8 @@ final class WorkerLoop: @unchecked Sendable {
             guard Self.monotonic() < deadline else { throw AMQPError(.timeout, "no publisher confirms for 30 s") }
             try pump(timeout: 0.1)
             // A broker that blocks publishing (a resource alarm) holds the confirms back: say
-            // so while waiting for them.
-            writeStatus()
+            // so while waiting for them (the status file is rewritten only when that changes).
+            if conn?.blockedReason != status.brokerBlocked { writeStatus() }
         }
     }
 
@@ -633,6 +637,7 @@ final class WorkerLoop: @unchecked Sendable {
                 if attempt == 4 || stop.isSet {
                     if error.code == .unavailable {
                         status.storeError = "\(error)"
+                        storeErrorAt = Self.monotonic()
                         statusDirty = true
                     }
                     return .unavailable(error)
@@ -666,8 +671,10 @@ final class WorkerLoop: @unchecked Sendable {
             guard channels[r.channel] != nil else { continue }  // its partition was lost: back in its queue
             if r.redelivered {
                 let attempts: Int
+                // A message this worker gave back during an outage is not an attempt.
+                let increment = requeuedForOutage.remove(key) == nil
                 do {
-                    attempts = try awaitStore { try await store.recordDeliveryAttempt(key: key, error: nil, increment: true, at: now) }
+                    attempts = try awaitStore { try await store.recordDeliveryAttempt(key: key, error: nil, increment: increment, at: now) }
                 } catch let error as AMQPError {
                     throw error
                 } catch {
@@ -712,7 +719,7 @@ final class WorkerLoop: @unchecked Sendable {
                     continue
                 case .requeue(let seconds):
                     // Back to the queue, with what followed it (order).
-                    try requeue(rest, because: error, pause: seconds)
+                    try requeue(rest, because: error, pause: seconds, outage: false)
                     return
                 case .apply:
                     continue
@@ -723,9 +730,16 @@ final class WorkerLoop: @unchecked Sendable {
 
     /// Gives deliveries back to their queues, with everything read after them (so that the
     /// queue order is kept), and pauses.
-    private func requeue(_ batch: [Received], because error: Error, pause seconds: Double) throws {
+    private func requeue(_ batch: [Received], because error: Error, pause seconds: Double, outage: Bool = true) throws {
         let all = batch + buffered
         buffered = []
+        if outage {
+            // Given back because the store (or the lease check) was out, not because of the
+            // message: its redelivery must not count toward the delivery limit, or an outage
+            // longer than a few retries would dead-letter good commands.
+            if requeuedForOutage.count > 100_000 { requeuedForOutage.removeAll() }
+            for r in all { requeuedForOutage.insert(r.key) }
+        }
         logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(all.count)"])
         status.counters.requeued += all.count
         statusDirty = true
@@ -874,6 +888,13 @@ final class WorkerLoop: @unchecked Sendable {
         } catch {
             logger.warning("cannot renew partition leases", metadata: ["error": "\(error)"])
             return false
+        }
+        // The store took this write; a refused batch long enough ago (with nothing refused
+        // since) no longer makes the worker unready, even when no command comes to prove it.
+        if status.storeError != nil, Self.monotonic() - storeErrorAt > 10 {
+            logger.notice("the store accepts writes again")
+            status.storeError = nil
+            statusDirty = true
         }
         if knownWorkers != live.count { logger.info("live workers", metadata: ["workers": "\(live.count)"]) }
         knownWorkers = max(1, live.count)

@@ -93,8 +93,18 @@ struct RunChaos: ParsableCommand {
     @Option(help: "Where the workers' logs, status files and SQLite store go (removed after a pass).")
     var directory = NSTemporaryDirectory() + "runworker-chaos"
 
+    @Option(help: "Give up (exit 1) after this many seconds in all: a hung soak must not hang CI.")
+    var deadline = 3600.0
+
     mutating func run() throws {
         let seed = self.seed ?? UInt64(Date().timeIntervalSince1970 * 1000) % 1_000_000_007
+        let limit = deadline
+        Thread.detachNewThread {
+            Thread.sleep(forTimeInterval: limit)
+            say("gave up after \(Int(limit)) s (--deadline); workers may be left running (scripts/chaos stops them)")
+            print("chaos TIMED OUT seed \(seed)")
+            Glibc.exit(1)
+        }
         let prefix = "chaos\(seed % 100_000)x\(UInt32.random(in: 0...0xffff))"
         say("seed \(seed), prefix \(prefix), \(runs) runs at \(Int(rate)) cmd/s, \(workers) workers on \(store)")
         try? FileManager.default.removeItem(atPath: directory)
@@ -164,7 +174,10 @@ struct RunChaos: ParsableCommand {
         injector.start(at: t0)
         let memory = MemorySampler(pool: pool)
         memory.start()
-        let flooder = Flooder(url: amqpURL, exchange: topology.commandsExchange, plans: hostile)
+        // The flood spreads over the first 80 % of the load, beside it.
+        let flooder = Flooder(
+            url: amqpURL, exchange: topology.commandsExchange, plans: hostile,
+            rate: max(50, Double(hostile.count) / max(1, span * 0.8)))
         flooder.start()
         let stuck = drive(load, publisher: publisher, subscriber: subscriber, t0: t0)
         say(String(format: "load sent in %.1f s (publisher reconnects %d, messages republished %d)",
@@ -179,7 +192,7 @@ struct RunChaos: ParsableCommand {
         var lastTotal = -1
         var quietSince = Date()
         let expectedEvents = plans.reduce(0) { $0 + $1.events.count }
-        while Date().timeIntervalSince(quietSince) < 30 {
+        while Date().timeIntervalSince(quietSince) < 60 {
             let o = subscriber.snapshot
             if o.isComplete(plans) { break }
             if o.total != lastTotal {
@@ -217,7 +230,7 @@ struct RunChaos: ParsableCommand {
 
     /// Publishes every run's steps at `rate`, `window` runs at a time, each run's in order;
     /// a run waits at an `await` step until its events reach that seq. Returns the runs that
-    /// waited in vain (120 s without the seq they needed).
+    /// waited in vain (300 s without the seq they needed).
     func drive(_ plans: [PlannedRun], publisher: Publisher, subscriber: Subscriber, t0: Date) -> [String: String] {
         var cursor = Array(repeating: 0, count: plans.count)
         var waitingSince = Array(repeating: Date.distantFuture, count: plans.count)
@@ -257,8 +270,8 @@ struct RunChaos: ParsableCommand {
                         progressed = true
                     } else if waitingSince[r] == .distantFuture {
                         waitingSince[r] = Date()
-                    } else if Date().timeIntervalSince(waitingSince[r]) > 120 {
-                        stuck[plan.runID] = "waited 120 s for seq \(seq), saw \(subscriber.contiguous(plan.runID))"
+                    } else if Date().timeIntervalSince(waitingSince[r]) > 300 {
+                        stuck[plan.runID] = "waited 300 s for seq \(seq), saw \(subscriber.contiguous(plan.runID))"
                         cursor[r] = plan.steps.count
                     }
                 }
@@ -285,11 +298,18 @@ extension Report {
             let c = try BlockingConnection(url: url)
             defer { c.close() }
             let ch = try c.openChannel()
-            try c.qos(channel: ch, prefetchCount: 5000)
-            _ = try c.consume(channel: ch, queue: topology.deadQueue, noAck: true)
+            // Acked in batches, so that the prefetch bounds what is in flight (some bodies
+            // are over 1 MiB); read until the queue says it is empty.
+            try c.qos(channel: ch, prefetchCount: 500)
+            _ = try c.consume(channel: ch, queue: topology.deadQueue)
             while true {
-                let batch = try c.nextDeliveries(max: 5000, timeout: 2)
-                if batch.isEmpty { break }
+                let batch = try c.nextDeliveries(max: 500, timeout: 2)
+                if let last = batch.last { try c.ack(channel: ch, deliveryTag: last.deliveryTag, multiple: true) }
+                if batch.isEmpty {
+                    let left = try c.queueDeclare(channel: ch, name: topology.deadQueue, passive: true)
+                    if left.messageCount == 0 { break }
+                    continue
+                }
                 for d in batch {
                 let reason = d.properties.headers?["x-reason"]?.stringValue ?? "(none)"
                 if reason == "delivery_limit_exceeded" {
@@ -297,7 +317,11 @@ extension Report {
                     continue
                 }
                 let id = d.properties.messageID ?? "(no id) \(d.routingKey)"
-                if got[id] != nil { copies += 1 }
+                if let first = got[id] {
+                    copies += 1
+                    if first != reason { violation("message \(id) dead-lettered twice, as \(first) and as \(reason)") }
+                    continue
+                }
                 got[id] = reason
                 }
             }

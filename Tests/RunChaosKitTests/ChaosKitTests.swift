@@ -159,6 +159,9 @@ func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [S
         r = violations { $0.conflicting.append("x") }
         #expect(r.violations.count == 1)
 
+        r = violations { $0.rejections["never-planned"] = ["c": "run_not_found"] }
+        #expect(r.violations.count == 1)
+
         var d = Report()
         var fewer = dead
         fewer[dead.keys.sorted()[0]] = nil
@@ -204,10 +207,14 @@ func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [S
         #expect(o.contiguous["r"] == 2)
         o.record(type: "created", body: created.encode())
         #expect(o.repeats == 1 && o.conflicting.isEmpty)
+        var sameDigest = created
+        sameDigest.occurredAt = Timestamp(milliseconds: 99)
+        o.record(type: "created", body: sameDigest.encode())
+        #expect(o.conflicting.count == 1)  // a copy must be the same bytes
         var other = created
         other.commandID = "c9"
         o.record(type: "created", body: other.encode())
-        #expect(o.conflicting.count == 1)
+        #expect(o.conflicting.count == 2)
         o.record(type: "created", body: Array("{".utf8))
         #expect(o.undecodable == 1)
     }
