@@ -109,7 +109,7 @@ import Testing
         #expect(b.terminate() == 0)
     }
 
-    /// Worker A takes all partitions and starts on 400 runs; `isolate` stops it mid-stream and
+    /// Worker A takes all partitions and starts on 800 runs; `isolate` stops it mid-stream and
     /// returns what ends the isolation. Worker B takes over and finishes; the outbox drains; then
     /// A comes back, and for a few seconds nothing may change: no event, no stored run.
     private func takeover(
@@ -138,7 +138,9 @@ import Testing
         try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
 
-        let runs = 400
+        // Enough that A cannot finish while the isolation waits for a moment outside a SQLite
+        // write (400 runs were once all applied by then on a fast CI machine).
+        let runs = 800
         try publishLifecycles(client, runs: 0..<runs)
         try a.waitForStatus("A is working", timeout: 60) { $0.counters.applied >= 200 }
         let end = try await isolate(a, relay, store)
