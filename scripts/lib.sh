@@ -102,12 +102,15 @@ pip_ensure() {
         || { log "could not install $package"; return 1; }
 }
 
-# The interop test drives the worker with pika, a third-party Python client; the deployment
-# test validates docker-compose.yml with check-jsonschema.
+# The interop test drives the worker with pika, a third-party Python client, and validates
+# what it sends and receives with Python jsonschema against docs/schemas; the deployment test
+# validates docker-compose.yml and scripts/check-spec the contract's spec with check-jsonschema
+# (which brings jsonschema and referencing along).
 ensure_test_deps() {
     command -v python3 >/dev/null 2>&1 || apt_install python3 python3-pip || return 1
     pip_ensure "python3 -c 'import pika'" pika python3-pika || return 1
-    pip_ensure "command -v check-jsonschema" check-jsonschema
+    pip_ensure "command -v check-jsonschema" check-jsonschema || return 1
+    pip_ensure "python3 -c 'import jsonschema, referencing'" jsonschema python3-jsonschema
 }
 
 # The board test drives the live run board in a real browser: Debian's chromium and
