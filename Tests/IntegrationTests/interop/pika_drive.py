@@ -3,13 +3,22 @@
 
 Usage: pika_drive.py AMQP_URL PREFIX RUN_ID
 Exits 0 when every reply and event is as the contract says; prints what differed otherwise.
+
+Every command it sends, and every reply and event it receives (body and AMQP headers), is also
+validated with Python jsonschema, a third-party validator, against the machine-readable
+contract in docs/schemas (command.json, event.json, reply.json, headers.json).
 """
 import json
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import pika
+
+# docs/schemas as validators (scripts/contract_schemas.py registers every schema by its $id).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "scripts"))
+import contract_schemas  # noqa: E402
 
 url, prefix, run_id = sys.argv[1], sys.argv[2], sys.argv[3]
 conn = pika.BlockingConnection(pika.URLParameters(url))
@@ -28,7 +37,22 @@ def check(cond, what):
         failures.append(what)
 
 
+validated = {"command": 0, "reply": 0, "event": 0}
+
+
+def conforms(kind, what, instance, headers=None, headers_def=None):
+    """Validates a body against docs/schemas/<kind>.json and its AMQP headers against
+    headers.json#/$defs/<headers_def>; every violation is a failure."""
+    validated[kind] += 1
+    for line in contract_schemas.errors(kind, instance):
+        failures.append(f"{what} does not match docs/schemas/{kind}.json: {line}")
+    if headers_def is not None:
+        for line in contract_schemas.errors("headers", headers or {}, f"#/$defs/{headers_def}"):
+            failures.append(f"{what} headers {headers} do not match headers.json#/$defs/{headers_def}: {line}")
+
+
 def send(body, command_id):
+    conforms("command", f"command {command_id}", body)
     corr = str(uuid.uuid4())
     ch.basic_publish(
         exchange=f"{prefix}.commands",
@@ -45,7 +69,9 @@ def send(body, command_id):
             time.sleep(0.02)
             continue
         check(props.correlation_id == corr, f"reply correlation_id {props.correlation_id} != {corr}")
-        return json.loads(payload)
+        reply = json.loads(payload)
+        conforms("reply", f"reply to {command_id}", reply, props.headers, "reply")
+        return reply
     failures.append(f"no reply to {command_id}")
     return {}
 
@@ -77,6 +103,11 @@ while time.time() < deadline and len([e for e in seen if e[1]["type"] != "comman
         continue
     seen.append((method, json.loads(payload), props))
 
+for m, e, p in seen:
+    rejected = e.get("type") == "command_rejected"
+    conforms("event", f"event {m.routing_key} {p.message_id}", e, p.headers,
+             "command_rejected" if rejected else "event")
+
 state_events = [(m, e, p) for (m, e, p) in seen if e["type"] != "command_rejected"]
 rejections = [(m, e, p) for (m, e, p) in seen if e["type"] == "command_rejected"]
 check([e["type"] for _, e, _ in state_events] == expected, f"event types {[e['type'] for _, e, _ in state_events]}")
@@ -94,8 +125,13 @@ check(state_events and state_events[2][1]["action"]["tool"] == "calculator", "ac
 check(len(rejections) >= 1 and rejections[0][1]["error"]["code"] == "invalid_transition"
       and rejections[0][1]["after_seq"] == 3, f"command_rejected {[e for _, e, _ in rejections]}")
 
+check(validated["command"] >= 6 and validated["reply"] >= 6 and validated["event"] >= 6,
+      f"too little was validated against docs/schemas: {validated}")
+
 conn.close()
 if failures:
     print("FAILED:\n  " + "\n  ".join(failures))
     sys.exit(1)
+print(f"validated against docs/schemas: {validated['command']} commands, {validated['reply']} replies, "
+      f"{validated['event']} events")
 print("pika interop: ok")
