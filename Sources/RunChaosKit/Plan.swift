@@ -35,7 +35,12 @@ public enum Step: Sendable {
 public func digest(_ e: RunEvent) -> String {
     var s = "\(e.seq) \(e.type.rawValue) \(e.previousStatus?.rawValue ?? "-")>\(e.status.rawValue) attempt=\(e.attempt)"
     if let c = e.commandID { s += " cmd=\(c)" }
-    if let a = e.action { s += " action=\(a.id):\(a.status.rawValue)" }
+    if let a = e.action {
+        s += " action=\(a.id):\(a.status.rawValue)"
+        // Heartbeats add no event; the count on the action's later events shows each was
+        // applied exactly once.
+        if a.heartbeatCount > 0 { s += " heartbeats=\(a.heartbeatCount)" }
+    }
     if let r = e.stopReason { s += " stop=\(r.rawValue)" }
     if let code = e.error?.code { s += " error=\(code)" }
     if let ids = e.stoppedActionIDs, !ids.isEmpty { s += " stopped=\(ids.joined(separator: ","))" }
@@ -257,6 +262,8 @@ public enum Shapes {
         ("action_timeout_retried", 4, actionTimeoutRetried),
         ("fail", 8, failed),
         ("created_only_then_start", 5, createThenStart),
+        ("heartbeats", 6, heartbeats),
+        ("heartbeat_timeout", 3, heartbeatTimeout),
     ]
 
     static func pick(_ rng: inout SeededRandom) -> (String, @Sendable (inout RunPlanner) -> Void) {
@@ -387,6 +394,40 @@ public enum Shapes {
         begin(&p)
         if p.rng.chance(0.5) { p.actionsRoundTrip() }
         p.send("fail", ["error": ["message": "the agent crashed", "code": "E_CRASH"], "retryable": .bool(p.rng.chance(0.5))])
+        p.finish()
+    }
+
+    /// An action heartbeated 1–5 times (repeats among the noise must not count twice), then
+    /// completed; a heartbeat for an unknown action and one after completion are refused. The
+    /// heartbeat timeout is long enough never to fire during a soak.
+    static func heartbeats(_ p: inout RunPlanner) {
+        begin(&p)
+        var request = p.actionRequest()
+        request["heartbeat_timeout_s"] = 600
+        p.send("require_action", ["action": .object(request)])
+        guard let id = p.pendingActionIDs.first else { return p.finish() }
+        for n in 0..<Int.random(in: 1...5, using: &p.rng) {
+            p.send("heartbeat_action", ["action_id": .string(id), "details": ["done": .int(Int64(n))]])
+            p.maybeNoise()
+        }
+        if p.rng.chance(0.3) { p.send("heartbeat_action", ["action_id": "no-such-action"]) }
+        p.send("complete_action", ["action_id": .string(id), "result": "crawled"])
+        p.send("heartbeat_action", ["action_id": .string(id)])
+        p.send("complete", ["result": "done"])
+        p.finish()
+    }
+
+    /// An action that never heartbeats times out by its heartbeat timeout; a late heartbeat
+    /// is refused. (No heartbeat is sent before the timeout: under faults it could arrive after
+    /// the deadline, and the model cannot know.)
+    static func heartbeatTimeout(_ p: inout RunPlanner) {
+        begin(&p)
+        var request = p.actionRequest(timeout: 60)
+        request["heartbeat_timeout_s"] = .double(Double.random(in: 0.5...1.5, using: &p.rng))
+        p.send("require_action", ["action": .object(request)])
+        let id = p.pendingActionIDs.first
+        p.letTimersFire()  // action_failed (heartbeat_timeout), timed_out
+        if let id { p.send("heartbeat_action", ["action_id": .string(id)]) }
         p.finish()
     }
 

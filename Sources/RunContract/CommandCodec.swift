@@ -96,6 +96,13 @@ public struct CommandEnvelope: Sendable, Hashable {
         case .complete: kind = .complete(result: r.any("result"), usage: r.any("usage"))
         case .fail: kind = .fail(error: try Self.errorInfo(r), retryable: try r.bool("retryable") ?? false)
         case .cancel: kind = .cancel(reason: try r.string("reason"))
+        case .heartbeatAction: kind = .heartbeatAction(actionID: try Self.actionID(r), details: r.any("details"))
+        case .rerun:
+            let spec = try RunSpec(reader: r)
+            guard spec.previousRunID != nil else {
+                throw r.error("previous_run_id is required (the finished run to run again)")
+            }
+            kind = .rerun(spec)
         }
         return Command(runID: runID, commandID: commandID, expectedVersion: expectedVersion, kind: kind)
     }
@@ -163,7 +170,7 @@ extension Command {
         o.set("command_id", commandID.map(JSONValue.string))
         o.set("expected_version", expectedVersion.map(JSONValue.int))
         switch kind {
-        case .create(let spec), .start(let spec):
+        case .create(let spec), .start(let spec), .rerun(let spec):
             spec.write(to: &o)
         case .requireAction(let actions):
             if actions.count == 1 {
@@ -185,6 +192,9 @@ extension Command {
             o["retryable"] = .bool(retryable)
         case .cancel(let reason):
             o.set("reason", reason.map(JSONValue.string))
+        case .heartbeatAction(let actionID, let details):
+            o["action_id"] = .string(actionID)
+            o.set("details", details)
         }
         return o
     }

@@ -1,6 +1,15 @@
 // The contract's nouns as plain values. Encoding and decoding live in the codec files;
 // the rules for moving between states live in RunStateMachine.
 
+/// The version of the wire contract this code speaks (`docs/CONTRACT.md`, `docs/asyncapi.yaml`):
+/// every message the worker publishes carries it in the `contract_version` header. A minor
+/// version adds (optional fields, commands, event types, error codes, headers); a major one
+/// would remove or change something clients rely on.
+public enum ContractVersion {
+    public static let current = "1.1"
+    public static let header = "contract_version"
+}
+
 /// `[A-Za-z0-9_-]{1,128}`: the run id grammar, also the command routing key.
 public enum RunID {
     public static func isValid(_ id: String) -> Bool {
@@ -110,12 +119,19 @@ public struct ActionRequest: Sendable, Hashable {
     public var id: String?
     public var type: ActionType
     public var timeoutS: Double?
+    /// The action times out when no `heartbeat_action` arrives within this long of its request
+    /// or of its latest heartbeat.
+    public var heartbeatTimeoutS: Double?
     public var fields: JSONObject
 
-    public init(id: String? = nil, type: ActionType, timeoutS: Double? = nil, fields: JSONObject = [:]) {
+    public init(
+        id: String? = nil, type: ActionType, timeoutS: Double? = nil, heartbeatTimeoutS: Double? = nil,
+        fields: JSONObject = [:]
+    ) {
         self.id = id
         self.type = type
         self.timeoutS = timeoutS
+        self.heartbeatTimeoutS = heartbeatTimeoutS
         self.fields = fields
     }
 }
@@ -141,12 +157,28 @@ public struct Action: Sendable, Hashable {
     public var error: ErrorInfo?
     /// The attempt that asked for it.
     public var attempt: Int
+    /// Heartbeats (`heartbeat_action`): recorded on the action, not as events.
+    public var heartbeatTimeoutS: Double?
+    public var heartbeatCount: Int
+    public var lastHeartbeatAt: Timestamp?
+    /// The `details` of the latest heartbeat that carried some.
+    public var heartbeatDetails: JSONValue?
+    /// When the heartbeat timeout fires: `heartbeat_timeout_s` after the request or the latest
+    /// heartbeat.
+    public var heartbeatDeadline: Timestamp?
 
     public init(
         id: String, type: ActionType, fields: JSONObject = [:], timeoutS: Double? = nil,
         status: ActionStatus = .pending, requestedAt: Timestamp, deadline: Timestamp? = nil,
-        result: JSONValue? = nil, error: ErrorInfo? = nil, attempt: Int = 1
+        result: JSONValue? = nil, error: ErrorInfo? = nil, attempt: Int = 1,
+        heartbeatTimeoutS: Double? = nil, heartbeatCount: Int = 0, lastHeartbeatAt: Timestamp? = nil,
+        heartbeatDetails: JSONValue? = nil, heartbeatDeadline: Timestamp? = nil
     ) {
+        self.heartbeatTimeoutS = heartbeatTimeoutS
+        self.heartbeatCount = heartbeatCount
+        self.lastHeartbeatAt = lastHeartbeatAt
+        self.heartbeatDetails = heartbeatDetails
+        self.heartbeatDeadline = heartbeatDeadline
         self.id = id
         self.type = type
         self.fields = fields
@@ -190,6 +222,8 @@ public enum CommandName: String, Sendable, Hashable, CaseIterable {
     case completeAction = "complete_action"
     case failAction = "fail_action"
     case complete, fail, cancel
+    case heartbeatAction = "heartbeat_action"
+    case rerun
 }
 
 /// A decoded, validated command.
@@ -203,6 +237,11 @@ public struct Command: Sendable, Hashable {
         case complete(result: JSONValue?, usage: JSONValue?)
         case fail(error: ErrorInfo, retryable: Bool)
         case cancel(reason: String?)
+        /// Records a heartbeat on a pending action (no event, no new version).
+        case heartbeatAction(actionID: String, details: JSONValue?)
+        /// Creates and starts a new run (`runID`) from the finished run `spec.previousRunID`,
+        /// inheriting what `spec` leaves out.
+        case rerun(RunSpec)
 
         /// The wire name, typed.
         public var commandName: CommandName {
@@ -215,6 +254,8 @@ public struct Command: Sendable, Hashable {
             case .complete: .complete
             case .fail: .fail
             case .cancel: .cancel
+            case .heartbeatAction: .heartbeatAction
+            case .rerun: .rerun
             }
         }
 

@@ -119,9 +119,12 @@ extension RunSpec {
 extension ActionRequest {
     /// Keys an action's `fields` may not use, because events and snapshots write them beside
     /// the fields in the same object: `status`, `result`, `error`, `requested_at`,
-    /// `deadline_at`, `attempt` (plus `id`, `type`, `timeout_s`, which are never fields).
+    /// `deadline_at`, `attempt`, the heartbeat record (`heartbeat_count`, `last_heartbeat_at`,
+    /// `heartbeat_details`, `heartbeat_deadline_at`) (plus `id`, `type`, `timeout_s`,
+    /// `heartbeat_timeout_s`, which are never fields).
     public static let reservedKeys: Set<String> = [
         "id", "type", "timeout_s", "status", "result", "error", "requested_at", "deadline_at", "attempt",
+        "heartbeat_timeout_s", "heartbeat_count", "last_heartbeat_at", "heartbeat_details", "heartbeat_deadline_at",
     ]
 
     /// `{"id"?, "type", ...fields, "timeout_s"?}`, as `require_action` carries it.
@@ -131,6 +134,7 @@ extension ActionRequest {
         o["type"] = .string(type.rawValue)
         for (k, v) in fields { o[k] = v }
         o.set("timeout_s", timeoutS.map(JSONValue.double))
+        o.set("heartbeat_timeout_s", heartbeatTimeoutS.map(JSONValue.double))
         return o
     }
 
@@ -139,6 +143,7 @@ extension ActionRequest {
         let type = try r.requiredEnum("type", ActionType.self)
         let id = try r.nonEmptyString("id")
         let timeoutS = try r.duration("timeout_s")
+        let heartbeatTimeoutS = try r.duration("heartbeat_timeout_s")
         switch type {
         case .toolCall:
             _ = try r.requiredString("tool")
@@ -154,14 +159,14 @@ extension ActionRequest {
         var fields = JSONObject()
         for (k, v) in r.object {
             switch k {
-            case "id", "type", "timeout_s": continue
+            case "id", "type", "timeout_s", "heartbeat_timeout_s": continue
             case _ where Self.reservedKeys.contains(k):
                 throw r.error(
-                    "\(r.name(k)) is reserved (status, result, error, requested_at, deadline_at, attempt)")
+                    "\(r.name(k)) is reserved (status, result, error, requested_at, deadline_at, attempt, heartbeat_count, last_heartbeat_at, heartbeat_details, heartbeat_deadline_at)")
             default: fields[k] = v
             }
         }
-        self.init(id: id, type: type, timeoutS: timeoutS, fields: fields)
+        self.init(id: id, type: type, timeoutS: timeoutS, heartbeatTimeoutS: heartbeatTimeoutS, fields: fields)
     }
 }
 
@@ -179,6 +184,11 @@ extension Action {
         o["requested_at"] = .string(requestedAt.rfc3339)
         o.set("deadline_at", deadline.map { .string($0.rfc3339) })
         o["attempt"] = .int(Int64(attempt))
+        o.set("heartbeat_timeout_s", heartbeatTimeoutS.map(JSONValue.double))
+        o.set("heartbeat_deadline_at", heartbeatDeadline.map { .string($0.rfc3339) })
+        if heartbeatCount > 0 { o["heartbeat_count"] = .int(Int64(heartbeatCount)) }
+        o.set("last_heartbeat_at", lastHeartbeatAt.map { .string($0.rfc3339) })
+        o.set("heartbeat_details", heartbeatDetails)
         return o
     }
 
@@ -198,7 +208,11 @@ extension Action {
             requestedAt: try r.requiredTimestamp("requested_at"), deadline: try r.timestamp("deadline_at"),
             result: r.any("result"),
             error: try r.object("error").map { (o) throws(RunError) in try ErrorInfo(reader: r.nested(o, key: "error")) },
-            attempt: Int(try r.int("attempt", min: 0) ?? 1))
+            attempt: Int(try r.int("attempt", min: 0) ?? 1),
+            heartbeatTimeoutS: try r.number("heartbeat_timeout_s"),
+            heartbeatCount: Int(try r.int("heartbeat_count", min: 0) ?? 0),
+            lastHeartbeatAt: try r.timestamp("last_heartbeat_at"), heartbeatDetails: r.any("heartbeat_details"),
+            heartbeatDeadline: try r.timestamp("heartbeat_deadline_at"))
     }
 
     /// Storage form: fields nested under `fields`, times as integer milliseconds.
@@ -212,6 +226,11 @@ extension Action {
         o.set("deadline_at", deadline.map { .int($0.milliseconds) })
         o.set("result", result)
         o.set("error", error.map { .object($0.jsonObject) })
+        o.set("heartbeat_timeout_s", heartbeatTimeoutS.map(JSONValue.double))
+        if heartbeatCount > 0 { o["heartbeat_count"] = .int(Int64(heartbeatCount)) }
+        o.set("last_heartbeat_at", lastHeartbeatAt.map { .int($0.milliseconds) })
+        o.set("heartbeat_details", heartbeatDetails)
+        o.set("heartbeat_deadline_at", heartbeatDeadline.map { .int($0.milliseconds) })
         return o
     }
 
@@ -228,6 +247,11 @@ extension Action {
         w.set("deadline_at", int: deadline?.milliseconds)
         w.set("result", result)
         w.set("error", error?.jsonObject)
+        w.set("heartbeat_timeout_s", heartbeatTimeoutS.map(JSONValue.double))
+        if heartbeatCount > 0 { w.set("heartbeat_count", int: Int64(heartbeatCount)) }
+        w.set("last_heartbeat_at", int: lastHeartbeatAt?.milliseconds)
+        w.set("heartbeat_details", heartbeatDetails)
+        w.set("heartbeat_deadline_at", int: heartbeatDeadline?.milliseconds)
         out.append(contentsOf: w.finish())
     }
 
@@ -239,6 +263,10 @@ extension Action {
             requestedAt: try r.requiredMilliseconds("requested_at"), deadline: try r.milliseconds("deadline_at"),
             result: r.any("result"),
             error: try r.object("error").map { (o) throws(RunError) in try ErrorInfo(reader: r.nested(o, key: "error")) },
-            attempt: Int(try r.requiredInt("attempt", min: 0)))
+            attempt: Int(try r.requiredInt("attempt", min: 0)),
+            heartbeatTimeoutS: try r.number("heartbeat_timeout_s"),
+            heartbeatCount: Int(try r.int("heartbeat_count", min: 0) ?? 0),
+            lastHeartbeatAt: try r.milliseconds("last_heartbeat_at"), heartbeatDetails: r.any("heartbeat_details"),
+            heartbeatDeadline: try r.milliseconds("heartbeat_deadline_at"))
     }
 }

@@ -29,6 +29,7 @@ struct RunsAPI: Sendable {
         router.get("/v1/runs") { request, _ in try await listRuns(request) }
         router.get("/v1/runs/:id") { _, context in try await getRun(try runID(context)) }
         router.get("/v1/runs/:id/events") { request, context in try await history(try runID(context), request) }
+        router.get("/v1/runs/:id/chain") { _, context in try await chain(try runID(context)) }
         router.get("/v1/counts") { _, _ in try await counts() }
         router.get("/v1/events/stream") { request, _ in try await stream(request) }
         router.get("/") { _, _ in file("index.html") }
@@ -128,6 +129,25 @@ struct RunsAPI: Sendable {
     func getRun(_ id: String) async throws -> Response {
         guard let run = try await store.run(id) else { throw notFound(id) }
         return json(run.snapshotJSON)
+    }
+
+    /// Most runs `chain` follows back.
+    static let maxChain = 100
+
+    /// The run and the runs it was rerun from (`previous_run_id`), newest first: the run
+    /// itself, then its previous run, and so on back to the first one (or one that retention
+    /// removed, or `maxChain` runs).
+    func chain(_ id: String) async throws -> Response {
+        guard var run = try await store.run(id) else { throw notFound(id) }
+        var chain: [JSONValue] = [.object(run.snapshotJSON)]
+        var seen: Set<String> = [run.runID]
+        while chain.count < Self.maxChain, let previousID = run.previousRunID, seen.insert(previousID).inserted,
+            let previous = try await store.run(previousID)
+        {
+            chain.append(.object(previous.snapshotJSON))
+            run = previous
+        }
+        return json(["run_id": .string(id), "chain": .array(chain)])
     }
 
     /// The run's history: the stored bodies, exactly as published, spliced into the answer.

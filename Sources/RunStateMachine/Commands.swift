@@ -24,6 +24,27 @@ extension RunStateMachine {
         return recorder.transition
     }
 
+    /// What a `rerun` registers: the previous run's agent, input, metadata and effective
+    /// config, each overridden by what the command gives (`config` field by field).
+    func rerunSpec(_ given: RunSpec, previous: Run?, runID: String) throws(RunError) -> RunSpec {
+        let previousID = given.previousRunID ?? ""
+        guard let previous else {
+            throw RunError(
+                .runNotFound,
+                "cannot rerun \"\(previousID)\" as run \"\(runID)\": run \"\(previousID)\" does not exist (a finished run is removed once its retention period has passed)")
+        }
+        guard previous.status.isTerminal else {
+            throw RunError(
+                .invalidTransition,
+                "cannot rerun run \"\(previousID)\": it is \(previous.status.rawValue), and only a finished run (completed, failed, cancelled) can be run again")
+        }
+        return RunSpec(
+            agentID: given.agentID ?? previous.agentID, input: given.input ?? previous.input,
+            metadata: given.metadata ?? previous.metadata,
+            config: given.config.map { $0.merged(over: previous.config) } ?? previous.config,
+            previousRunID: previous.runID, resumeFrom: given.resumeFrom)
+    }
+
     func start(_ r: inout Recorder) throws(RunError) {
         guard r.run.status == .created else {
             let hint = r.run.status == .retrying ? "the next attempt starts by itself after the retry delay" : nil
@@ -76,7 +97,8 @@ extension RunStateMachine {
             let action = Action(
                 id: id, type: request.type, fields: request.fields, timeoutS: request.timeoutS,
                 status: .pending, requestedAt: r.now, deadline: timeout.map { r.now.adding(seconds: $0) },
-                attempt: r.run.attempt)
+                attempt: r.run.attempt, heartbeatTimeoutS: request.heartbeatTimeoutS,
+                heartbeatDeadline: request.heartbeatTimeoutS.map { r.now.adding(seconds: $0) })
             r.run.actions.append(action)
             r.emit(.actionRequired, status: .waiting) { $0.action = action }
         }
@@ -130,6 +152,34 @@ extension RunStateMachine {
         let action = r.run.actions[index]
         let status: RunStatus = r.run.actions.contains { $0.status == .pending } ? .waiting : .running
         r.emit(type, status: status) { $0.action = action }
+    }
+
+    /// `heartbeat_action`: records the heartbeat on the action and moves its heartbeat deadline.
+    /// No event and no new version: like Temporal's, heartbeats stay out of the history, so
+    /// that thousands of actions can send one every second.
+    func heartbeat(_ actionID: String, details: JSONValue?, _ r: inout Recorder) throws(RunError) {
+        let run = r.run
+        guard run.status == .waiting else {
+            throw RunError(
+                .invalidTransition,
+                "cannot record a heartbeat for action \"\(actionID)\" of run \"\(run.runID)\": the run is \(run.status.rawValue) and has no pending action")
+        }
+        guard let index = run.actions.firstIndex(where: { $0.id == actionID }) else {
+            throw RunError(
+                .actionNotFound,
+                "run \"\(run.runID)\" has no action \"\(actionID)\" (pending: \(run.pendingActions.map(\.id).listed))")
+        }
+        guard run.actions[index].status == .pending else {
+            throw RunError(
+                .invalidTransition,
+                "cannot record a heartbeat for action \"\(actionID)\" of run \"\(run.runID)\": it is already \(run.actions[index].status.rawValue)")
+        }
+        r.run.actions[index].heartbeatCount += 1
+        r.run.actions[index].lastHeartbeatAt = r.now
+        if let details { r.run.actions[index].heartbeatDetails = details }
+        if let limit = run.actions[index].heartbeatTimeoutS {
+            r.run.actions[index].heartbeatDeadline = r.now.adding(seconds: limit)
+        }
     }
 
     func complete(result: JSONValue?, usage: JSONValue?, _ r: inout Recorder) throws(RunError) {

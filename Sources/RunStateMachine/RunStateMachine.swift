@@ -26,9 +26,15 @@ public struct RunStateMachine: Sendable {
     /// Applies a decoded command to a run (nil = the run does not exist). Checks, in the
     /// contract's order: run existence, `expected_version`, state. Returns the new run and the
     /// events to append, or a typed refusal; a refusal changes nothing.
-    public func apply(_ command: Command, to run: Run?, at now: Timestamp) -> Result<Transition, RunError> {
+    ///
+    /// `previous` is the run that `rerun` names in `previous_run_id`, as the caller read it (nil
+    /// when it does not exist); other commands ignore it. A rerun is the one command that reads
+    /// a second run: the caller loads it, so that the machine stays pure.
+    public func apply(
+        _ command: Command, to run: Run?, previous: Run? = nil, at now: Timestamp
+    ) -> Result<Transition, RunError> {
         do {
-            guard let run else { return .success(try applyToUnknownRun(command, at: now)) }
+            guard let run else { return .success(try applyToUnknownRun(command, previous: previous, at: now)) }
             return .success(try applyToExistingRun(command, run, at: now))
         } catch {
             return .failure(error)
@@ -54,17 +60,19 @@ public struct RunStateMachine: Sendable {
 // MARK: - Routing a command
 
 extension RunStateMachine {
-    private func applyToUnknownRun(_ command: Command, at now: Timestamp) throws(RunError) -> Transition {
-        let spec: RunSpec
+    private func applyToUnknownRun(_ command: Command, previous: Run?, at now: Timestamp) throws(RunError) -> Transition {
+        var spec: RunSpec
         let starts: Bool
         switch command.kind {
         case .create(let s): (spec, starts) = (s, false)
         case .start(let s): (spec, starts) = (s, true)
+        case .rerun(let s): (spec, starts) = (try rerunSpec(s, previous: previous, runID: command.runID), true)
         default: throw Refusal.runNotFound(command)
         }
         if let expected = command.expectedVersion, expected != 0 {
             throw Refusal.versionConflict(expected: expected, runID: command.runID, actual: nil)
         }
+        if case .rerun = command.kind { spec.previousRunID = previous?.runID }
         return create(command, spec: spec, andStart: starts, at: now)
     }
 
@@ -73,7 +81,10 @@ extension RunStateMachine {
             throw RunError.validation(
                 "command for run \"\(command.runID)\" cannot be applied to run \"\(run.runID)\"")
         }
-        if case .create = command.kind { throw Refusal.runExists(run) }
+        switch command.kind {
+        case .create, .rerun: throw Refusal.runExists(run)
+        default: break
+        }
         if let expected = command.expectedVersion, expected != run.version {
             throw Refusal.versionConflict(expected: expected, runID: run.runID, actual: run.version)
         }
@@ -81,7 +92,7 @@ extension RunStateMachine {
 
         var recorder = Recorder(run: run, now: now, commandID: command.commandID)
         switch command.kind {
-        case .create: throw Refusal.runExists(run)  // handled above; kept for exhaustiveness
+        case .create, .rerun: throw Refusal.runExists(run)  // handled above; kept for exhaustiveness
         case .start: try start(&recorder)
         case .requireAction(let requests): try requireActions(requests, &recorder)
         case .completeAction(let id, let result): try finishAction(id, .completed(result), &recorder)
@@ -89,6 +100,7 @@ extension RunStateMachine {
         case .complete(let result, let usage): try complete(result: result, usage: usage, &recorder)
         case .fail(let error, let retryable): try fail(error: error, retryable: retryable, &recorder)
         case .cancel(let reason): cancel(reason: reason, &recorder)
+        case .heartbeatAction(let id, let details): try heartbeat(id, details: details, &recorder)
         }
         return recorder.transition
     }

@@ -9,6 +9,7 @@ extension RunStateMachine {
             case retryStart
             case startTimeout
             case actionTimeout(actionIndex: Int)
+            case heartbeatTimeout(actionIndex: Int)
             case attemptTimeout
         }
         var kind: Kind
@@ -28,6 +29,9 @@ extension RunStateMachine {
             for (index, action) in run.actions.enumerated() where action.status == .pending {
                 if let deadline = action.deadline {
                     timers.append(Timer(kind: .actionTimeout(actionIndex: index), deadline: deadline))
+                }
+                if let deadline = action.heartbeatDeadline {
+                    timers.append(Timer(kind: .heartbeatTimeout(actionIndex: index), deadline: deadline))
                 }
             }
             if let limit = run.config.timeoutS, let began = run.attemptStartedAt {
@@ -71,19 +75,17 @@ extension RunStateMachine {
             let id = r.run.actions[index].id
             let limit = r.run.actions[index].timeoutS ?? r.run.config.actionTimeoutS
             let within = limit.map { " within \(formatSeconds($0))" } ?? ""
-            let actionError = ErrorInfo(message: "action \"\(id)\" did not finish\(within)", code: "action_timeout")
-            r.run.actions[index].status = .timedOut
-            r.run.actions[index].error = actionError
-            let action = r.run.actions[index]
-            r.emit(.actionFailed, status: r.run.status) {
-                $0.action = action
-                $0.error = actionError
-            }
-            let stopped = r.cancelPendingActions()
-            let runError = ErrorInfo(
-                message: "attempt \(r.run.attempt) timed out: action \"\(id)\" did not finish\(within)",
-                code: "action_timeout")
-            endAttempt(&r, error: runError, wantsRetry: retryTimeouts, timeout: .actionTimeout, stopped: stopped)
+            timeOutAction(
+                index, actionError: "action \"\(id)\" did not finish\(within)",
+                runError: "action \"\(id)\" did not finish\(within)", code: "action_timeout", &r)
+
+        case .heartbeatTimeout(let index):
+            let id = r.run.actions[index].id
+            let limit = formatSeconds(r.run.actions[index].heartbeatTimeoutS ?? 0)
+            let since = r.run.actions[index].heartbeatCount > 0 ? "its last heartbeat" : "it was requested"
+            timeOutAction(
+                index, actionError: "action \"\(id)\" sent no heartbeat within \(limit) of \(since)",
+                runError: "action \"\(id)\" sent no heartbeat within \(limit)", code: "heartbeat_timeout", &r)
 
         case .attemptTimeout:
             let limit = r.run.config.timeoutS ?? 0
@@ -92,6 +94,25 @@ extension RunStateMachine {
                 message: "attempt \(r.run.attempt) did not finish within \(formatSeconds(limit))", code: "timeout")
             endAttempt(&r, error: error, wantsRetry: retryTimeouts, timeout: .timeout, stopped: stopped)
         }
+    }
+
+    /// An action's timeout (its own, or its heartbeat's) fails the action and the attempt.
+    private func timeOutAction(
+        _ index: Int, actionError actionMessage: String, runError runMessage: String, code: String,
+        _ r: inout Recorder
+    ) {
+        let retryTimeouts = r.run.config.retry?.retryTimeouts ?? false
+        let actionError = ErrorInfo(message: actionMessage, code: code)
+        r.run.actions[index].status = .timedOut
+        r.run.actions[index].error = actionError
+        let action = r.run.actions[index]
+        r.emit(.actionFailed, status: r.run.status) {
+            $0.action = action
+            $0.error = actionError
+        }
+        let stopped = r.cancelPendingActions()
+        let runError = ErrorInfo(message: "attempt \(r.run.attempt) timed out: \(runMessage)", code: code)
+        endAttempt(&r, error: runError, wantsRetry: retryTimeouts, timeout: .actionTimeout, stopped: stopped)
     }
 }
 

@@ -199,6 +199,12 @@ public struct CommandProcessor: Sendable {
                         maxBodyBytes: maxBodyBytes)
                     batch.entries.append(.command(inbound, envelope))
                     batch.runIDs.insert(envelope.runID)
+                    // A rerun reads the run it starts from (only read: it is finished).
+                    if envelope.commandName == CommandName.rerun.rawValue,
+                        let previous = envelope.body["previous_run_id"]?.stringValue, RunID.isValid(previous)
+                    {
+                        batch.runIDs.insert(previous)
+                    }
                     if let id = envelope.commandID { batch.commandKeys.insert(CommandKey(runID: envelope.runID, commandID: id)) }
                 } catch {
                     batch.entries.append(.unattributable(inbound, error))
@@ -259,7 +265,9 @@ private struct Decider {
     /// Runs touched by this batch, in first-touch order: the version they had in the store,
     /// where they are now, and the partition their latest command came from.
     var touched: [String] = []
-    var runs: [String: (stored: Int64?, run: Run?, partition: Int?)] = [:]
+    /// `changed`: the run changed without a new event (a heartbeat), so it is written although
+    /// its version did not move.
+    var runs: [String: (stored: Int64?, run: Run?, partition: Int?, changed: Bool)] = [:]
     /// Outcomes recorded by this batch, so a repeat within the batch is a duplicate too.
     var outcomes: [CommandKey: CommandOutcome] = [:]
 
@@ -273,7 +281,7 @@ private struct Decider {
     mutating func current(_ id: String) -> Run? {
         if let entry = runs[id] { return entry.run }
         let run = snapshot.runs[id]
-        runs[id] = (run?.version, run, nil)
+        runs[id] = (run?.version, run, nil, false)
         touched.append(id)
         return run
     }
@@ -308,13 +316,19 @@ private struct Decider {
         let run = current(runID)
         let outcome: Result<Transition, RunError>
         do throws(RunError) {
-            outcome = machine.apply(try envelope.decodeCommand(), to: run, at: now)
+            let command = try envelope.decodeCommand()
+            var previous: Run?
+            if case .rerun(let spec) = command.kind, let previousID = spec.previousRunID, previousID != runID {
+                previous = current(previousID)
+            }
+            outcome = machine.apply(command, to: run, previous: previous, at: now)
         } catch {
             outcome = .failure(error)
         }
         switch outcome {
         case .success(let transition):
             runs[runID]!.run = transition.run
+            if transition.events.isEmpty { runs[runID]!.changed = true }
             appendEvents(transition.events)
             record(key, CommandOutcome(command: envelope.commandName, error: nil))
             if let reply = OutboundMessage.reply(to: inbound, commandID: envelope.commandID, run: transition.run, error: nil) {
@@ -400,7 +414,9 @@ private struct Decider {
     /// One write per run that changed (or whose partition is now known), version-checked.
     mutating func finish() {
         for id in touched {
-            guard let entry = runs[id], let run = entry.run, run.version != entry.stored || entry.partition != nil else { continue }
+            guard let entry = runs[id], let run = entry.run,
+                run.version != entry.stored || entry.partition != nil || entry.changed
+            else { continue }
             decision.commit.runs.append(RunWrite(
                 run: run, previousVersion: entry.stored, nextDeadline: RunStateMachine.nextDeadline(of: run),
                 partition: entry.partition))

@@ -1127,6 +1127,7 @@ final class WorkerLoop: @unchecked Sendable {
                 case .int(let i): headers[k] = .int64(i)
                 }
             }
+            headers[ContractVersion.header] = .string(ContractVersion.current)
             let exchange: String
             switch m.destination {
             case .events: exchange = topology.eventsExchange
@@ -1136,7 +1137,7 @@ final class WorkerLoop: @unchecked Sendable {
             return AMQPOutgoingMessage(
                 exchange: exchange, routingKey: m.routingKey, body: m.body,
                 properties: AMQPProperties(
-                    contentType: "application/json", headers: headers.isEmpty ? nil : headers,
+                    contentType: "application/json", headers: headers,
                     deliveryMode: m.persistent ? 2 : 1, correlationID: m.correlationID, messageID: m.messageID,
                     timestamp: timestamp, type: m.type))
         }

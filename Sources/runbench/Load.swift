@@ -10,16 +10,29 @@ import Synchronization
 struct RunLoad: Sendable {
     var runs: Range<Int>
     var chunk = 250
+    /// `heartbeat_action`s per run, sent while its action is pending (phase `heartbeat`); they
+    /// add commands but no events, so every run still has 5 events.
+    var heartbeats = 0
 
-    var commandCount: Int { runs.count * 4 }
+    var stepsPerRun: Int { 4 + heartbeats }
+    var commandCount: Int { runs.count * stepsPerRun }
 
     /// Command `k` (0-based within this load): its run and step.
     func command(_ k: Int) -> (run: Int, step: Int) {
-        let c = k / (4 * chunk)
+        let c = k / (stepsPerRun * chunk)
         let base = c * chunk
         let n = min(chunk, runs.count - base)
-        let j = k - c * 4 * chunk
+        let j = k - c * stepsPerRun * chunk
         return (runs.lowerBound + base + j % n, j / n)
+    }
+
+    /// The body of (run, step): start, require_action, the heartbeats, complete_action, complete.
+    func body(run: Int, step: Int) -> [UInt8] {
+        guard heartbeats > 0, step >= 2 else { return Self.body(run: run, step: step) }
+        if step >= 2 + heartbeats { return Self.body(run: run, step: step - heartbeats) }
+        let r = Self.runID(run), c = Self.commandID(run: run, step: step)
+        let s = #"{"command":"heartbeat_action","run_id":"\#(r)","command_id":"\#(c)","action_id":"a-1","details":{"done":\#(step - 1)}}"#
+        return Array(s.utf8)
     }
 
     static func runID(_ run: Int) -> String { "r\(run)" }
@@ -140,7 +153,7 @@ final class Producer: @unchecked Sendable {
             let t = nowNs()
             if k == 0 { r.firstPublishNs = t }
             _ = try conn.publish(channel: ch, exchange: exchange, routingKey: RunLoad.runID(run),
-                                 body: RunLoad.body(run: run, step: step), properties: props)
+                                 body: load.body(run: run, step: step), properties: props)
             if rate != nil { r.publishNs[k] = t }
             // Sliding window: never more than 2 windows unconfirmed, drained back to one.
             if conn.unconfirmedCount(channel: ch) >= 2 * window {

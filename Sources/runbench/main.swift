@@ -29,8 +29,8 @@ struct RunBench: ParsableCommand {
     @Flag(help: "Small loads (under a minute), for development.")
     var quick = false
 
-    @Option(help: "Phases to run, comma-separated: ceiling, one, two, latency (memory rides on 'one'), scale (1, 2 and 4 workers), retention (a memory-runs soak with short retention, the store's size sampled), bigstore (the one-worker load on a store of --runs and of --big-store-runs finished runs), backlog (--backlog-commands queued, then drained by one worker); or stream (alone).")
-    var phases = "ceiling,one,two,latency,bigstore,backlog"
+    @Option(help: "Phases to run, comma-separated: ceiling, one, heartbeat (runs whose action is heartbeated 8 times), two, latency (memory rides on 'one'), scale (1, 2 and 4 workers), retention (a memory-runs soak with short retention, the store's size sampled), bigstore (the one-worker load on a store of --runs and of --big-store-runs finished runs), backlog (--backlog-commands queued, then drained by one worker); or stream (alone).")
+    var phases = "ceiling,one,heartbeat,two,latency,bigstore,backlog"
 
     @Option(help: "Runs (4 commands each) of the throughput phases; default 10000 (quick: 2000).")
     var runs: Int?
@@ -161,6 +161,7 @@ final class Bench {
             + (brokerPIDs.isEmpty ? ", broker process not found (no broker CPU figures)" : ""))
         if phases.contains("ceiling") { try phaseCeiling() }
         if phases.contains("one") { try phaseOne() }
+        if phases.contains("heartbeat") { try phaseHeartbeat() }
         if phases.contains("two") { try phaseTwo() }
         if phases.contains("latency") { try phaseLatency() }
         if phases.contains("scale") { try phaseScale() }
@@ -262,6 +263,29 @@ final class Bench {
         if let size = try? FileManager.default.attributesOfItem(atPath: "\(dir)/\(t.prefix).sqlite")[.size] as? Int {
             say("memory: SQLite file \(fmt(Double(size) / 1_048_576, 1)) MiB")
         }
+    }
+
+    /// Heartbeats are meant to be sent every second by thousands of actions: one worker takes
+    /// runs whose action is heartbeated 8 times between its request and its completion (12
+    /// commands per run, 5 events). Prints the rate and the worker's CPU per command, to set
+    /// beside phase one's (4 commands per run, each with an event).
+    func phaseHeartbeat() throws {
+        let t = Topology(prefix: "\(runID)-hb", partitions: o.partitions)
+        defer { deleteTopology(t, url: o.amqpURL) }
+        let w = try startWorkers(t, count: 1)
+        defer { stopWorkers(w, "heartbeat") }
+        let load = RunLoad(runs: 0..<max(1, runs / 4), heartbeats: 8)
+        let beats = load.runs.count * load.heartbeats
+        say("heartbeat: \(load.runs.count) runs, \(load.commandCount) commands of which \(beats) heartbeat_action")
+        let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 5)
+        let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
+        check("heartbeat", r, load: load, eventsPerRun: 5)
+        rows.append(("2b heartbeats, 1 process", "\(load.runs.count) runs, \(load.commandCount) cmds (\(beats) heartbeats)",
+                     "\(fmt(r.rate)) cmd/s", cpuText(usage, us: us)))
+        say("heartbeat: \(fmt(r.rate)) cmd/s (\(fmt(r.rate * Double(beats) / Double(load.commandCount))) heartbeats/s); "
+            + "worker CPU \(fmt(us["worker"] ?? .nan)) µs per command (phase one: \(fmt(workerMicroseconds)))")
     }
 
     /// A soak of `memoryRuns` runs on one worker whose retention is short (finished runs 5 s,

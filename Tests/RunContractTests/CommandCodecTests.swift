@@ -52,15 +52,23 @@ enum Fixtures {
         .init("fail minimal", Command(runID: "r", kind: .fail(error: ErrorInfo(message: "x"), retryable: false))),
         .init("cancel full", Command(runID: "r", commandID: "c", kind: .cancel(reason: "user asked"))),
         .init("cancel minimal", Command(runID: "r", kind: .cancel(reason: nil))),
+        .init("heartbeat_action full", Command(runID: "r", commandID: "c", kind: .heartbeatAction(actionID: "a-1", details: .object(["pct": .int(40)])))),
+        .init("heartbeat_action minimal", Command(runID: "r", kind: .heartbeatAction(actionID: "a-1", details: nil))),
+        .init("rerun full", Command(runID: "r2", commandID: "c", expectedVersion: 0, kind: .rerun(RunSpec(
+            agentID: "agent", input: .string("again"), metadata: ["k": .string("v")], config: RunConfig(timeoutS: 5),
+            previousRunID: "r1", resumeFrom: .object(["step": .int(2)]))))),
+        .init("rerun minimal", Command(runID: "r2", kind: .rerun(RunSpec(previousRunID: "r1")))),
     ]
 }
 
 @Suite struct CommandCodecTests {
-    /// The wire names are the contract's eight, in its order; every kind names itself with one
+    /// The wire names are the contract's ten (eight, then `heartbeat_action` and `rerun` of
+    /// contract 1.1), in its order; every kind names itself with one
     /// of them, and the codec decodes every name (so the lists cannot drift apart).
     @Test func commandNamesAreOneList() throws {
         let contract = [
             "create", "start", "require_action", "complete_action", "fail_action", "complete", "fail", "cancel",
+            "heartbeat_action", "rerun",
         ]
         #expect(CommandName.allCases.map(\.rawValue) == contract)
         #expect(Command.names == contract)
@@ -238,6 +246,11 @@ enum Fixtures {
         Labelled("error.code", (#""command":"fail","error":{"message":"m","code":5}"#, .validationError, "error.code must be a string")),
         Labelled("retryable", (#""command":"fail","error":{"message":"m"},"retryable":"yes""#, .validationError, "retryable must be a boolean")),
         Labelled("reason", (#""command":"cancel","reason":false"#, .validationError, "reason must be a string")),
+        Labelled("heartbeat action_id", (#""command":"heartbeat_action","details":{}"#, .validationError, "action_id is required")),
+        Labelled("action.heartbeat_timeout_s", (#""command":"require_action","action":{"type":"system_action","action":"x","heartbeat_timeout_s":0}"#, .validationError, "action.heartbeat_timeout_s must be a number > 0")),
+        Labelled("action heartbeat reserved", (#""command":"require_action","action":{"type":"system_action","action":"x","heartbeat_count":2}"#, .validationError, "action.heartbeat_count is reserved")),
+        Labelled("rerun previous missing", (#""command":"rerun","input":1"#, .validationError, "previous_run_id is required")),
+        Labelled("rerun previous grammar", (#""command":"rerun","previous_run_id":"a b""#, .validationError, "previous_run_id must match")),
     ] as [Labelled<(String, RunError.Code, String)>])
     func stageTwoRefusals(_ c: Labelled<(String, RunError.Code, String)>) throws {
         let (fields, code, fragment) = c.value
