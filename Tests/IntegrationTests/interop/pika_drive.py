@@ -51,13 +51,15 @@ def conforms(kind, what, instance, headers=None, headers_def=None):
             failures.append(f"{what} headers {headers} do not match headers.json#/$defs/{headers_def}: {line}")
 
 
-def send(body, command_id):
-    conforms("command", f"command {command_id}", body)
+def send(body, command_id, routing_key=None, raw=None):
+    """Publishes a command (or `raw` bytes, not validated) and returns the parsed reply."""
+    if raw is None:
+        conforms("command", f"command {command_id}", body)
     corr = str(uuid.uuid4())
     ch.basic_publish(
         exchange=f"{prefix}.commands",
-        routing_key=run_id,
-        body=json.dumps(body).encode(),
+        routing_key=routing_key or run_id,
+        body=raw if raw is not None else json.dumps(body).encode(),
         properties=pika.BasicProperties(
             content_type="application/json", delivery_mode=2, message_id=command_id,
             reply_to=replies_q, correlation_id=corr),
@@ -124,6 +126,69 @@ check(state_events and state_events[-1][1].get("stop_reason") == "completed", "t
 check(state_events and state_events[2][1]["action"]["tool"] == "calculator", "action_required carries the action")
 check(len(rejections) >= 1 and rejections[0][1]["error"]["code"] == "invalid_transition"
       and rejections[0][1]["after_seq"] == 3, f"command_rejected {[e for _, e, _ in rejections]}")
+
+# Contract 1.1 and the other message shapes, on runs of their own: a heartbeated action, a
+# re-run, refusals with and without a run, and an unattributable message (dead-lettered and
+# answered). Every reply and event is validated as above.
+more_q = ch.queue_declare("", exclusive=True, auto_delete=True).method.queue
+for suffix in ("hb", "rerun"):
+    ch.queue_bind(more_q, f"{prefix}.events", routing_key=f"run.{run_id}-{suffix}.#")
+hb_run, rerun_run = f"{run_id}-hb", f"{run_id}-rerun"
+r = send({"command": "start", "run_id": hb_run, "agent_id": "pika", "input": {"n": 1}, "config": {"timeout_s": 600}},
+         f"{hb_run}-c1", hb_run)
+check(r.get("ok") is True, f"start {hb_run}: {r}")
+r = send({"command": "require_action", "run_id": hb_run,
+          "action": {"id": "job", "type": "system_action", "action": "crunch", "heartbeat_timeout_s": 60}},
+         f"{hb_run}-c2", hb_run)
+check(r.get("ok") is True, f"require_action with heartbeat_timeout_s: {r}")
+r = send({"command": "heartbeat_action", "run_id": hb_run, "action_id": "job", "details": {"progress": 0.5}},
+         f"{hb_run}-c3", hb_run)
+pending = (r.get("run") or {}).get("pending_actions") or [{}]
+check(r.get("ok") is True and r["run"]["version"] == 3 and pending[0].get("heartbeat_count") == 1
+      and pending[0].get("heartbeat_details") == {"progress": 0.5}, f"heartbeat_action reply {r}")
+r = send({"command": "complete_action", "run_id": hb_run, "action_id": "job", "result": {"rows": 3}}, f"{hb_run}-c4", hb_run)
+r = send({"command": "complete", "run_id": hb_run, "result": 3}, f"{hb_run}-c5", hb_run)
+check(r.get("ok") is True and r["run"]["status"] == "completed", f"complete {hb_run}: {r}")
+r = send({"command": "heartbeat_action", "run_id": hb_run, "action_id": "job"}, f"{hb_run}-c6", hb_run)
+check(r.get("ok") is False and r.get("error", {}).get("code") == "invalid_transition", f"late heartbeat {r}")
+r = send({"command": "rerun", "run_id": rerun_run, "previous_run_id": hb_run, "input": {"n": 2}},
+         f"{rerun_run}-c1", rerun_run)
+check(r.get("ok") is True and r["run"]["previous_run_id"] == hb_run and r["run"]["agent_id"] == "pika"
+      and r["run"]["status"] == "running", f"rerun reply {r}")
+r = send({"command": "cancel", "run_id": f"{run_id}-none"}, f"{run_id}-none-c1", f"{run_id}-none")
+check(r.get("ok") is False and r.get("run") is None and r.get("error", {}).get("code") == "run_not_found",
+      f"command for an unknown run: {r}")
+r = send(None, f"{run_id}-junk", run_id, raw=b'{"command": ')
+check(r.get("ok") is False and r.get("error", {}).get("code") == "malformed_message", f"unparsable body: {r}")
+more = []
+deadline = time.time() + 20
+while time.time() < deadline and len([e for e in more if e["type"] != "command_rejected"]) < 7:
+    method, props, payload = ch.basic_get(more_q, auto_ack=True)
+    if method is None:
+        time.sleep(0.02)
+        continue
+    e = json.loads(payload)
+    more.append(e)
+    conforms("event", f"event {method.routing_key} {props.message_id}", e, props.headers,
+             "command_rejected" if e.get("type") == "command_rejected" else "event")
+check([e["type"] for e in more if e["run_id"] == hb_run and e["type"] != "command_rejected"]
+      == ["created", "started", "action_required", "action_completed", "completed"], f"events of {hb_run}: {more}")
+check([e["type"] for e in more if e["run_id"] == rerun_run] == ["created", "started"], f"events of {rerun_run}: {more}")
+
+# The unparsable body is in the dead-letter queue, with its reason in the headers.
+dead = None
+deadline = time.time() + 20
+while time.time() < deadline and dead is None:
+    method, props, payload = ch.basic_get(f"{prefix}.dead", auto_ack=True)
+    if method is None:
+        time.sleep(0.02)
+    elif props.message_id == f"{run_id}-junk":
+        dead = (props, payload)
+check(dead is not None and dead[1] == b'{"command": ', f"dead letter of {run_id}-junk: {dead}")
+if dead is not None:
+    for line in contract_schemas.errors("headers", dead[0].headers or {}, "#/$defs/dead_letter"):
+        failures.append(f"dead letter headers {dead[0].headers} do not match headers.json#/$defs/dead_letter: {line}")
+    check((dead[0].headers or {}).get("x-reason") == "malformed_message", f"dead letter headers {dead[0].headers}")
 
 check(validated["command"] >= 6 and validated["reply"] >= 6 and validated["event"] >= 6,
       f"too little was validated against docs/schemas: {validated}")
