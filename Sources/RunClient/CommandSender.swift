@@ -123,6 +123,12 @@ final class CommandSender: ConnectionHandler, @unchecked Sendable {
         case .confirm(let c) where c.channel == channel:
             guard let id = tags.removeValue(forKey: c.deliveryTag), var e = entries[id] else { return }
             if !c.acked {
+                // A channel the broker closed nacks what it had not confirmed; the close that
+                // follows says why (handled below).
+                if !conn.isChannelOpen(channel) {
+                    tags[c.deliveryTag] = id
+                    return
+                }
                 finish(id, .failure(RunClientError(.notConfirmed, "the broker refused the command (nack)")))
             } else if e.returned {
                 finish(id, .failure(RunClientError(
@@ -148,6 +154,14 @@ final class CommandSender: ConnectionHandler, @unchecked Sendable {
                 finish(id, .failure(RunClientError(.malformedReply, "the reply to \(e.outgoing.commandID) cannot be read: \(error)")))
             }
         case .channelClosed(let ch, let error) where ch == channel:
+            if error.isNotFound {
+                // The commands exchange does not exist: no worker with this prefix ever ran.
+                for id in Set(tags.values) {
+                    guard let e = entries[id] else { continue }
+                    finish(id, .failure(RunClientError(
+                        .unroutable, "\(e.outgoing.exchange) does not exist: is a runworker with this prefix running? (\(error.message))")))
+                }
+            }
             // Start over on a fresh connection (and channel); pending commands go out again.
             throw AMQPError(.connectionClosed, "the command channel was closed: \(error.message)")
         case .consumerCancelled(let ch, _) where ch == channel:

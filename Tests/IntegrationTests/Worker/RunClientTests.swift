@@ -114,6 +114,53 @@ final class UpdateCollector: Sendable {
         #expect(worker.terminate() == 0)
     }
 
+    /// Transport failures are `RunClientError`s with a code, and come at once: no worker with
+    /// the prefix (no exchange, or no queue bound), no broker at all.
+    @Test func transportFailures() async throws {
+        let nobody = try RunClient(url: amqpURL, prefix: uniquePrefix("nobody"))
+        defer { nobody.close() }
+        for awaitReply in [true, false] {
+            do {
+                try await nobody.send(.start(runID: "r"), awaitReply: awaitReply)
+                Issue.record("sent to a prefix without exchanges")
+            } catch let error as RunClientError {
+                #expect(error.code == .unroutable, "\(error)")
+            }
+        }
+        // The exchange exists but no queue is bound to it (basic.return).
+        let prefix = uniquePrefix("unbound")
+        let topology = Topology(prefix: prefix, partitions: 4)
+        defer { deleteTopology(topology, url: amqpURL) }
+        let conn = try BlockingConnection(url: amqpURL)
+        defer { conn.close() }
+        try conn.exchangeDeclare(channel: try conn.openChannel(), name: topology.commandsExchange, type: .direct, durable: true)
+        let unbound = try RunClient(url: amqpURL, prefix: prefix)
+        defer { unbound.close() }
+        do {
+            try await unbound.send(.start(runID: "r"))
+            Issue.record("sent to an exchange without queues")
+        } catch let error as RunClientError {
+            #expect(error.code == .unroutable, "\(error)")
+        }
+
+        let closedPort = try RunClient(url: "amqp://guest:guest@127.0.0.1:1/", prefix: "runs")
+        defer { closedPort.close() }
+        let started = Date()
+        do {
+            try await closedPort.send(.start(runID: "r"))
+            Issue.record("sent without a broker")
+        } catch let error as RunClientError {
+            #expect(error.code == .connectionFailed, "\(error)")
+        }
+        do {
+            _ = try await closedPort.subscribe(binding: "run.#")
+            Issue.record("subscribed without a broker")
+        } catch let error as RunClientError {
+            #expect(error.code == .connectionFailed, "\(error)")
+        }
+        #expect(Date().timeIntervalSince(started) < 5)
+    }
+
     /// The client's connections go through a relay that is cut and then closed: the
     /// subscription reconnects and reports the gap (or reads the missed events back from the
     /// worker's history), and a command published into the cut is published again after the
