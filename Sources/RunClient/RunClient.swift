@@ -41,7 +41,8 @@ public final class RunClient: Sendable {
         try self.init(configuration: RunClientConfiguration(url: url, prefix: prefix, historyURL: historyURL))
     }
 
-    deinit { close() }
+    /// Stops the sending connection; subscriptions live on as long as their streams.
+    deinit { sender.stop() }
 
     /// Stops every connection of this client: waiting sends throw `.closed`, subscriptions end.
     public func close() {
