@@ -200,8 +200,15 @@ public struct EventStream: AsyncSequence, Sendable {
         mutating func catchUp(_ runIDs: some Sequence<String>) async {
             guard let history else { return }
             for runID in runIDs {
-                guard let last = tracker.lastSeq(of: runID),
-                      let missed = try? await history.events(runID: runID, after: last, before: nil) else { continue }
+                guard let last = tracker.lastSeq(of: runID) else { continue }
+                let missed: [HistoryClient.Item]
+                do {
+                    missed = try await history.events(runID: runID, after: last, before: nil)
+                } catch {
+                    // The API is unreachable: the runs' next events report their gaps instead
+                    // (one timeout, not one per run).
+                    return
+                }
                 for m in missed {
                     guard let s = m.seq, tracker.observe(runID: runID, seq: s) != .duplicate else { continue }
                     ready.append(m.update)

@@ -5,7 +5,7 @@ import FoundationNetworking
 import RunContract
 
 /// Reads a run's stored events from a worker's HTTP API (`GET /v1/runs/{id}/events?after_seq=`),
-/// to fill what a subscription missed. Bounded: 10 s per request, at most `maxPages` pages.
+/// to fill what a subscription missed. Bounded: 5 s per request, at most `maxPages` pages.
 struct HistoryClient: Sendable {
     struct Item: Sendable {
         var seq: Int64?
@@ -14,7 +14,7 @@ struct HistoryClient: Sendable {
 
     var base: String
     var token: String?
-    var timeout: Double = 10
+    var timeout: Double = 5
     var maxPages = 20
 
     /// Events with `after < seq < before` (no upper bound when `before` is nil), in order.
@@ -44,6 +44,7 @@ struct HistoryClient: Sendable {
         var request = URLRequest(url: url, timeoutInterval: timeout)
         if let token, !token.isEmpty { request.setValue("Bearer \(token)", forHTTPHeaderField: "Authorization") }
         let (data, status) = try await Self.get(request)
+        if status == 404 { return [] }  // no such run (yet): nothing missed
         guard (200..<300).contains(status) else {
             throw RunClientError(.connectionFailed, "history of \(runID): HTTP \(status)")
         }
