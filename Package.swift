@@ -18,6 +18,8 @@ let package = Package(
         .library(name: "RunJSON", targets: ["RunJSON"]),
         .library(name: "RunContract", targets: ["RunContract"]),
         .library(name: "RunStateMachine", targets: ["RunStateMachine"]),
+        .library(name: "RunClient", targets: ["RunClient"]),
+        .executable(name: "example-agent", targets: ["example-agent"]),
     ],
     dependencies: [
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.1"),
@@ -42,6 +44,10 @@ let package = Package(
         .target(name: "RunJSON"),
         .target(name: "RunContract", dependencies: ["RunJSON"]),
         .target(name: "RunStateMachine", dependencies: ["RunContract"]),
+        // The Swift client for agents and tools: typed commands, replies, event streams, reconnects.
+        .target(name: "RunClient", dependencies: ["AMQPClient", "RunContract"]),
+        // The README's agent, runnable (and run by the integration tests); beside the pika version.
+        .executableTarget(name: "example-agent", dependencies: ["RunClient"], path: "docs/examples/swift-agent"),
         .target(
             name: "RunStore",
             dependencies: [
@@ -89,7 +95,7 @@ let package = Package(
         .executableTarget(
             name: "runctl",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                "RunClient", "RunContract", "RunStore", "RunWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -128,6 +134,7 @@ let package = Package(
         .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
         .testTarget(name: "RunJSONTests", dependencies: ["RunJSON"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
+        .testTarget(name: "RunClientTests", dependencies: ["RunClient", "AMQPClient"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
         .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore"]),
         .testTarget(name: "RunChaosKitTests", dependencies: ["RunChaosKit", "RunWorker", "RunStore"]),
@@ -136,7 +143,10 @@ let package = Package(
         // Depends on the executables so that `swift test` builds the binaries it launches.
         .testTarget(
             name: "IntegrationTests",
-            dependencies: ["AMQPClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit", "runworker", "runctl"],
+            dependencies: [
+                "AMQPClient", "RunClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit", "runworker", "runctl",
+                "example-agent",
+            ],
             exclude: ["interop"]
         ),
         .testTarget(

@@ -156,7 +156,9 @@ public final class TCPRelay: Sendable {
             if state.withLock({ $0.cut }) { continue }
             var sent = 0
             while sent < n {
-                let w = buffer.withUnsafeBytes { write(sink, $0.baseAddress! + sent, n - sent) }
+                // send with MSG_NOSIGNAL, not write: a peer that heal() just shut down would
+                // otherwise raise SIGPIPE and kill the whole test process.
+                let w = buffer.withUnsafeBytes { send(sink, $0.baseAddress! + sent, n - sent, Int32(MSG_NOSIGNAL)) }
                 if w < 0, errno == EINTR { continue }
                 guard w > 0 else { return }
                 sent += w

@@ -1,13 +1,13 @@
-import AMQPClient
 import ArgumentParser
 import Foundation
 #if canImport(FoundationNetworking)
 import FoundationNetworking
 #endif
+import RunClient
 import RunContract
 import RunWorker
 
-struct Watch: ParsableCommand {
+struct Watch: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Print events live, for one run or all.")
     @Argument(help: "Only this run's events.") var runID: String?
     @Option(help: "Only this event type (e.g. completed, action_required, command_rejected).") var type: String?
@@ -15,34 +15,53 @@ struct Watch: ParsableCommand {
     @Option(help: "Exit after this many events (default: run until interrupted).") var count: Int?
     @OptionGroup var connection: ConnectionOptions
 
-    func run() throws {
+    func run() async throws {
         let settings = try connection.settings()
-        let conn = try BlockingConnection(url: settings.amqpURL)
-        defer { conn.close() }
-        let channel = try conn.openChannel()
-        let queue = try conn.queueDeclare(channel: channel, name: "", exclusive: true, autoDelete: true).name
+        let client = try makeClient(settings)
+        defer { client.close() }
         let key = "run.\(runID ?? "*").\(type ?? "#")"
-        try conn.queueBind(channel: channel, queue: queue, exchange: settings.topology.eventsExchange, routingKey: key)
-        _ = try conn.consume(channel: channel, queue: queue, noAck: true)
+        // Repeats are dropped; gaps and reconnects are reported on stderr.
+        let events = try await client.subscribe(binding: key)
         // On stderr in every mode (stdout stays one JSON object per line with --json): once this
         // line is out, the queue is bound and no event published after it is missed.
         FileHandle.standardError.write(Data("watching \(settings.topology.eventsExchange) \(key)\n".utf8))
         var seen = 0
-        while count.map({ seen < $0 }) ?? true {
-            guard case .delivery(let d)? = try conn.nextEvent(timeout: 1) else { continue }
-            seen += 1
-            if json {
-                print(String(decoding: d.body, as: UTF8.self))
-            } else {
-                print(Self.line(d.body))
+        if let count, count <= 0 { return }
+        for try await update in events {
+            switch update {
+            case .gap(let id, let expected, let got):
+                FileHandle.standardError.write(Data("gap: \(id) events #\(expected)..#\(got - 1) were missed\n".utf8))
+                continue
+            case .reconnected:
+                FileHandle.standardError.write(Data("reconnected; events published meanwhile were missed\n".utf8))
+                continue
+            default:
+                break
             }
+            seen += 1
+            print(json ? String(decoding: Self.body(update), as: UTF8.self) : Self.line(update))
             fflush(nil)
+            if let count, seen >= count { return }
         }
     }
 
+    /// The message's body: events and rejections as the contract writes them (the worker's own
+    /// encoding), anything unrecognized as it came.
+    static func body(_ update: RunUpdate) -> [UInt8] {
+        switch update {
+        case .event(let e): e.encode()
+        case .rejected(let r): r.encode()
+        case .unrecognized(let u): u.body
+        default: []
+        }
+    }
+
+    static func line(_ body: [UInt8]) -> String { line(RunUpdate.decode(body: body)) }
+
     /// `12:00:01.123  run-42  #3  running → waiting  action_required  a-1 tool_call calculator`
-    static func line(_ body: [UInt8]) -> String {
-        if let e = try? RunEvent.decode(body) {
+    static func line(_ update: RunUpdate) -> String {
+        switch update {
+        case .event(let e):
             let time = String(e.occurredAt.rfc3339.dropFirst(11).dropLast())
             var parts = [time, e.runID, "#\(e.seq)",
                          "\(e.previousStatus?.rawValue ?? "-") → \(e.status.rawValue)", e.type.rawValue]
@@ -59,13 +78,15 @@ struct Watch: ParsableCommand {
             if let r = e.result { parts.append("result=\(String(decoding: r.serialized(), as: UTF8.self))") }
             if let c = e.commandID { parts.append("cmd=\(c)") }
             return parts.joined(separator: "  ")
-        }
-        if let r = try? CommandRejected.decode(body) {
+        case .rejected(let r):
             let time = String(r.occurredAt.rfc3339.dropFirst(11).dropLast())
             return [time, r.runID, "after #\(r.afterSeq)", "rejected", "\(r.command ?? "?")",
                     "\(r.error.code.rawValue): \(r.error.message)", "cmd=\(r.commandID ?? "-")"].joined(separator: "  ")
+        case .unrecognized(let u):
+            return String(decoding: u.body, as: UTF8.self)
+        case .gap, .reconnected:
+            return ""
         }
-        return String(decoding: body, as: UTF8.self)
     }
 }
 

@@ -1,6 +1,6 @@
-import AMQPClient
 import ArgumentParser
 import Foundation
+import RunClient
 import RunContract
 import RunStore
 import RunWorker
@@ -71,55 +71,44 @@ func jsonArgument(_ text: String?, _ option: String) throws -> JSONValue? {
 
 // MARK: - Sending a command
 
-func send(_ kind: Command.Kind, runID: String, _ options: CommandOptions) throws {
+/// A RunClient for the configured broker and prefix.
+func makeClient(_ settings: WorkerSettings, replyTimeout: Double = 15) throws -> RunClient {
+    var configuration = try RunClientConfiguration(url: settings.amqpURL, prefix: settings.prefix, replyTimeout: replyTimeout)
+    configuration.amqp.connectionName = "runctl"
+    return try RunClient(configuration: configuration)
+}
+
+func send(_ kind: Command.Kind, runID: String, _ options: CommandOptions) async throws {
     guard RunID.isValid(runID) else { throw ValidationError("run id must match [A-Za-z0-9_-]{1,128}") }
     let settings = try options.connection.settings()
     let commandID = options.commandID ?? "runctl-\(UUID().uuidString.lowercased())"
     let command = Command(runID: runID, commandID: commandID, expectedVersion: options.expectedVersion, kind: kind)
-    let body = command.encode()
+    let client = try makeClient(settings, replyTimeout: options.waitSeconds)
+    defer { client.close() }
 
-    let conn = try BlockingConnection(url: settings.amqpURL)
-    defer { conn.close() }
-    let channel = try conn.openChannel()
-    try conn.confirmSelect(channel: channel)
-    var properties = AMQPProperties(contentType: "application/json", deliveryMode: 2, messageID: commandID)
-    if !options.noWait {
-        // Direct reply-to: no queue to declare or clean up.
-        _ = try conn.consume(channel: channel, queue: "amq.rabbitmq.reply-to", noAck: true)
-        properties.replyTo = "amq.rabbitmq.reply-to"
-        properties.correlationID = commandID
+    let receipt: SendReceipt
+    do {
+        receipt = try await client.submit(command, awaitReply: !options.noWait)
+    } catch let error as RunClientError where error.code == .unroutable {
+        throw RunCtlFailure(
+            "no queue is bound to \(settings.topology.commandsExchange): is a runworker with prefix \"\(settings.prefix)\" running?")
+    } catch let error as RunClientError where error.code == .notConfirmed {
+        throw RunCtlFailure("the broker refused the command")
+    } catch let error as RunClientError where error.code == .timedOut && !options.noWait {
+        throw RunCtlFailure("no reply within \(options.waitSeconds) s (is a worker running?); the command may still be applied")
     }
-    _ = try conn.publish(
-        channel: channel, exchange: settings.topology.commandsExchange, routingKey: runID, body: body,
-        properties: properties, mandatory: true)
-    let confirms = try conn.waitForConfirms(channel: channel, timeout: 10)
-    guard confirms.allAcked else { throw RunCtlFailure("the broker refused the command") }
-
-    if options.noWait {
+    guard let reply = receipt.reply, let body = receipt.replyBody else {
         print("published \(kind.name) for \(runID) (command id \(commandID))")
         return
     }
-    let deadline = Date().addingTimeInterval(options.waitSeconds)
-    while Date() < deadline {
-        guard let event = try conn.nextEvent(timeout: 0.2) else { continue }
-        switch event {
-        case .returned:
-            throw RunCtlFailure(
-                "no queue is bound to \(settings.topology.commandsExchange): is a runworker with prefix \"\(settings.prefix)\" running?")
-        case .delivery(let d) where d.properties.correlationID == commandID:
-            let reply = try CommandReply.decode(d.body)
-            if options.json { print(String(decoding: d.body, as: UTF8.self)) }
-            if let error = reply.error {
-                if !options.json { printError("\(error.code.rawValue): \(error.message)") }
-                throw ExitCode(1)
-            }
-            if !options.json, let run = reply.run { print("ok: " + describe(run)) }
-            return
-        default:
-            continue
-        }
+    if options.json { print(String(decoding: body, as: UTF8.self)) }
+    switch reply.outcome() {
+    case .failure(let error):
+        if !options.json { printError("\(error.code.rawValue): \(error.message)") }
+        throw ExitCode(1)
+    case .success(let run):
+        if !options.json { print("ok: " + describe(run)) }
     }
-    throw RunCtlFailure("no reply within \(options.waitSeconds) s (is a worker running?); the command may still be applied")
 }
 
 struct RunCtlFailure: Error, CustomStringConvertible {
@@ -178,25 +167,25 @@ struct SpecOptions: ParsableArguments {
     }
 }
 
-struct Create: ParsableCommand {
+struct Create: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Register a run without starting it.")
     @Argument var runID: String
     @OptionGroup var spec: SpecOptions
     @OptionGroup var options: CommandOptions
-    func run() throws { try send(.create(try spec.spec()), runID: runID, options) }
+    func run() async throws { try await send(.create(try spec.spec()), runID: runID, options) }
 }
 
-struct Start: ParsableCommand {
+struct Start: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Start a run (creating it when unknown).")
     @Argument var runID: String
     @OptionGroup var spec: SpecOptions
     @OptionGroup var options: CommandOptions
-    func run() throws { try send(.start(try spec.spec()), runID: runID, options) }
+    func run() async throws { try await send(.start(try spec.spec()), runID: runID, options) }
 }
 
 // MARK: - Actions
 
-struct RequireAction: ParsableCommand {
+struct RequireAction: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "require-action",
         abstract: "Ask for outside work: a tool call (--tool, --args), a message (--to, --content) or a system action (--system).")
@@ -211,7 +200,7 @@ struct RequireAction: ParsableCommand {
     @Option(name: .customLong("action-timeout"), help: "timeout_s of this action.") var actionTimeout: Double?
     @OptionGroup var options: CommandOptions
 
-    func run() throws {
+    func run() async throws {
         var fields = JSONObject()
         let type: ActionType
         switch (tool, to, system) {
@@ -232,63 +221,63 @@ struct RequireAction: ParsableCommand {
             throw ValidationError("give exactly one of --tool, --to or --system")
         }
         let request = ActionRequest(id: id, type: type, timeoutS: actionTimeout, fields: fields)
-        try send(.requireAction([request]), runID: runID, options)
+        try await send(.requireAction([request]), runID: runID, options)
     }
 }
 
-struct CompleteAction: ParsableCommand {
+struct CompleteAction: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "complete-action", abstract: "An outside action finished.")
     @Argument var runID: String
     @Argument var actionID: String
     @Option(help: "result, as JSON.") var result: String?
     @OptionGroup var options: CommandOptions
-    func run() throws {
-        try send(.completeAction(actionID: actionID, result: try jsonArgument(result, "--result")), runID: runID, options)
+    func run() async throws {
+        try await send(.completeAction(actionID: actionID, result: try jsonArgument(result, "--result")), runID: runID, options)
     }
 }
 
-struct FailAction: ParsableCommand {
+struct FailAction: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "fail-action", abstract: "An outside action failed.")
     @Argument var runID: String
     @Argument var actionID: String
     @Option(help: "error.message.") var message: String
     @Option(help: "error.code.") var code: String?
     @OptionGroup var options: CommandOptions
-    func run() throws {
-        try send(.failAction(actionID: actionID, error: ErrorInfo(message: message, code: code)), runID: runID, options)
+    func run() async throws {
+        try await send(.failAction(actionID: actionID, error: ErrorInfo(message: message, code: code)), runID: runID, options)
     }
 }
 
 // MARK: - Ending a run
 
-struct Complete: ParsableCommand {
+struct Complete: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The run finished successfully.")
     @Argument var runID: String
     @Option(help: "result, as JSON.") var result: String?
     @Option(help: "usage, as JSON.") var usage: String?
     @OptionGroup var options: CommandOptions
-    func run() throws {
-        try send(.complete(result: try jsonArgument(result, "--result"), usage: try jsonArgument(usage, "--usage")),
+    func run() async throws {
+        try await send(.complete(result: try jsonArgument(result, "--result"), usage: try jsonArgument(usage, "--usage")),
                  runID: runID, options)
     }
 }
 
-struct Fail: ParsableCommand {
+struct Fail: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "The run failed.")
     @Argument var runID: String
     @Option(help: "error.message.") var message: String
     @Option(help: "error.code.") var code: String?
     @Flag(help: "Retry the run when its retry policy allows.") var retryable = false
     @OptionGroup var options: CommandOptions
-    func run() throws {
-        try send(.fail(error: ErrorInfo(message: message, code: code), retryable: retryable), runID: runID, options)
+    func run() async throws {
+        try await send(.fail(error: ErrorInfo(message: message, code: code), retryable: retryable), runID: runID, options)
     }
 }
 
-struct Cancel: ParsableCommand {
+struct Cancel: AsyncParsableCommand {
     static let configuration = CommandConfiguration(abstract: "Stop the run.")
     @Argument var runID: String
     @Option(help: "reason.") var reason: String?
     @OptionGroup var options: CommandOptions
-    func run() throws { try send(.cancel(reason: reason), runID: runID, options) }
+    func run() async throws { try await send(.cancel(reason: reason), runID: runID, options) }
 }
