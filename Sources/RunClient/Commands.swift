@@ -71,12 +71,36 @@ extension Command {
     ) -> Command {
         Command(runID: runID, commandID: commandID, expectedVersion: expectedVersion, kind: .cancel(reason: reason))
     }
+
+    /// A pending action is alive: moves its heartbeat deadline; `details` (progress, a
+    /// cursor) is recorded on the action. No event.
+    public static func heartbeatAction(
+        runID: String, actionID: String, details: JSONValue? = nil, commandID: String? = nil,
+        expectedVersion: Int64? = nil
+    ) -> Command {
+        Command(runID: runID, commandID: commandID, expectedVersion: expectedVersion,
+                kind: .heartbeatAction(actionID: actionID, details: details))
+    }
+
+    /// Creates and starts `runID` from the finished run `previousRunID`, inheriting its agent,
+    /// input, metadata and config unless given here.
+    public static func rerun(
+        runID: String, previousRunID: String, agentID: String? = nil, input: JSONValue? = nil,
+        metadata: JSONObject? = nil, config: RunConfig? = nil, resumeFrom: JSONValue? = nil, commandID: String? = nil
+    ) -> Command {
+        Command(runID: runID, commandID: commandID,
+                kind: .rerun(RunSpec(agentID: agentID, input: input, metadata: metadata, config: config,
+                                     previousRunID: previousRunID, resumeFrom: resumeFrom)))
+    }
 }
 
 extension ActionRequest {
     /// A `tool_call` action: `tool` with `args` (a JSON object).
-    public static func toolCall(_ tool: String, args: JSONObject = [:], id: String? = nil, timeoutS: Double? = nil) -> ActionRequest {
-        ActionRequest(id: id, type: .toolCall, timeoutS: timeoutS, fields: ["tool": .string(tool), "args": .object(args)])
+    public static func toolCall(
+        _ tool: String, args: JSONObject = [:], id: String? = nil, timeoutS: Double? = nil, heartbeatTimeoutS: Double? = nil
+    ) -> ActionRequest {
+        ActionRequest(id: id, type: .toolCall, timeoutS: timeoutS, heartbeatTimeoutS: heartbeatTimeoutS,
+                      fields: ["tool": .string(tool), "args": .object(args)])
     }
 
     /// A `send_message` action: `content` for `recipient`.

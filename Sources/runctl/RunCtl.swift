@@ -20,7 +20,7 @@ struct RunCtl: AsyncParsableCommand {
             """,
         subcommands: [
             Create.self, Start.self, RequireAction.self, CompleteAction.self, FailAction.self, Complete.self,
-            Fail.self, Cancel.self, Watch.self, Get.self, List.self, Events.self, Describe.self,
+            Fail.self, Cancel.self, Heartbeat.self, Rerun.self, Watch.self, Get.self, List.self, Events.self, Describe.self,
         ])
 }
 
@@ -198,6 +198,7 @@ struct RequireAction: AsyncParsableCommand {
     @Option(help: "system_action: the action's name.") var system: String?
     @Option(help: "system_action: duration_s.") var duration: Double?
     @Option(name: .customLong("action-timeout"), help: "timeout_s of this action.") var actionTimeout: Double?
+    @Option(name: .customLong("heartbeat-timeout"), help: "heartbeat_timeout_s of this action.") var heartbeatTimeout: Double?
     @OptionGroup var options: CommandOptions
 
     func run() async throws {
@@ -220,7 +221,7 @@ struct RequireAction: AsyncParsableCommand {
         default:
             throw ValidationError("give exactly one of --tool, --to or --system")
         }
-        let request = ActionRequest(id: id, type: type, timeoutS: actionTimeout, fields: fields)
+        let request = ActionRequest(id: id, type: type, timeoutS: actionTimeout, heartbeatTimeoutS: heartbeatTimeout, fields: fields)
         try await send(.requireAction([request]), runID: runID, options)
     }
 }
@@ -280,4 +281,32 @@ struct Cancel: AsyncParsableCommand {
     @Option(help: "reason.") var reason: String?
     @OptionGroup var options: CommandOptions
     func run() async throws { try await send(.cancel(reason: reason), runID: runID, options) }
+}
+
+// MARK: - Contract 1.1
+
+struct Heartbeat: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "heartbeat", abstract: "A pending action is alive (heartbeat_action): moves its heartbeat deadline.")
+    @Argument var runID: String
+    @Argument var actionID: String
+    @Option(help: "details, as JSON (progress, a cursor).") var details: String?
+    @OptionGroup var options: CommandOptions
+    func run() async throws {
+        try await send(.heartbeatAction(actionID: actionID, details: try jsonArgument(details, "--details")), runID: runID, options)
+    }
+}
+
+struct Rerun: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create and start a new run from a finished one, inheriting what the options leave out.")
+    @Argument(help: "The new run's id.") var runID: String
+    @Option(name: .customLong("from"), help: "The finished run to run again (previous_run_id).") var previousRunID: String
+    @OptionGroup var spec: SpecOptions
+    @OptionGroup var options: CommandOptions
+    func run() async throws {
+        var given = try spec.spec()
+        given.previousRunID = previousRunID
+        try await send(.rerun(given), runID: runID, options)
+    }
 }

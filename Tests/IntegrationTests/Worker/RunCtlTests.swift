@@ -47,9 +47,13 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
 
         var r = try runctl(["start", "run-42", "--agent", "demo", "--input", #"{"question": "2 + 2"}"#], prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.contains("run-42 is running"), "\(r.output)")
-        r = try runctl(["require-action", "run-42", "--tool", "calculator", "--args", #"{"expression": "2 + 2"}"#, "--id", "a-1"],
+        r = try runctl(["require-action", "run-42", "--tool", "calculator", "--args", #"{"expression": "2 + 2"}"#, "--id", "a-1",
+                        "--heartbeat-timeout", "60"],
                        prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.contains("pending action a-1"), "\(r.output)")
+        r = try runctl(["heartbeat", "run-42", "a-1", "--details", #"{"step": 1}"#, "--json"], prefix: prefix, store: store)
+        let beat = try CommandReply.decode(Array(r.output.utf8))
+        #expect(r.status == 0 && beat.run?.pendingActions.first?.heartbeatCount == 1, "\(r.output)")
         r = try runctl(["complete", "run-42"], prefix: prefix, store: store)
         #expect(r.status == 1 && r.output.contains("invalid_transition"), "\(r.output)")
         r = try runctl(["complete-action", "run-42", "a-1", "--result", "4"], prefix: prefix, store: store)
@@ -57,6 +61,9 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
         r = try runctl(["complete", "run-42", "--result", #""4""#, "--json"], prefix: prefix, store: store)
         let reply = try CommandReply.decode(Array(r.output.utf8))
         #expect(r.status == 0 && reply.run?.status == .completed && reply.run?.result == "4")
+        r = try runctl(["rerun", "run-42-b", "--from", "run-42", "--json"], prefix: prefix, store: store)
+        let rerun = try CommandReply.decode(Array(r.output.utf8))
+        #expect(r.status == 0 && rerun.run?.previousRunID == "run-42" && rerun.run?.agentID == "demo", "\(r.output)")
         // The reads go through the worker's HTTP API.
         let http = try #require(worker.httpBase)
         r = try runctl(["get", "run-42", "--http", http], prefix: prefix, store: store)
