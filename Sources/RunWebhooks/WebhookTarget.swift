@@ -176,7 +176,7 @@ public struct TargetPolicy: Sendable {
     }
 
     /// The system resolver: every TCP address of `host`.
-    @Sendable public static func getaddrinfo(_ host: String, _ port: Int) -> Result<[ResolvedAddress], ResolveError> {
+    public static func getaddrinfo(_ host: String, _ port: Int) -> Result<[ResolvedAddress], ResolveError> {
         var hints = addrinfo()
         hints.ai_family = AF_UNSPEC
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
