@@ -151,7 +151,7 @@ struct HTTPClientPoster: WebhookPoster {
 final class WebhookMetrics: Sendable {
     let delivered: Counter
     let retries: Counter
-    let postSeconds: Timer
+    let postSeconds: CoreMetrics.Timer
     private let factory: any MetricsFactory
     private let failed = Mutex<[String: Counter]>([:])
     let shared: SharedStatus?
@@ -161,7 +161,7 @@ final class WebhookMetrics: Sendable {
         self.shared = shared
         delivered = Counter(label: "runworker_webhook_delivered_total", factory: factory)
         retries = Counter(label: "runworker_webhook_retries_total", factory: factory)
-        postSeconds = Timer(label: "runworker_webhook_post_seconds", factory: factory)
+        postSeconds = CoreMetrics.Timer(label: "runworker_webhook_post_seconds", factory: factory)
         shared?.updateWebhooks { _ in }
     }
 

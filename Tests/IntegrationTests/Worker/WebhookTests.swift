@@ -296,7 +296,8 @@ final class WebhookReceiver {
     private let base: String
 
     init(secret: String, failFirst: Int = 0, hangS: Double = 0) throws {
-        base = NSTemporaryDirectory() + "webhook-receiver-" + UUID().uuidString.prefix(8).lowercased()
+        let base = NSTemporaryDirectory() + "webhook-receiver-" + UUID().uuidString.prefix(8).lowercased()
+        self.base = base
         try Self.script.write(toFile: base + ".py", atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: base + ".jsonl", contents: Data())
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
