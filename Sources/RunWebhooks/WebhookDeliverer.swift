@@ -15,8 +15,17 @@ enum WebhookOutcome: Sendable, Equatable {
     /// Publish a copy that waits `delayMS` in the delay queue of `queueMS`, marked as attempt
     /// `attempt`, then ack this one.
     case retry(attempt: Int, delayMS: Int, queueMS: Int)
-    /// The store did not answer: give the delivery back to the queue (after a pause).
+    /// The store did not answer (after a pause), or the dispatcher is stopping before this
+    /// POST began: give the delivery back to the queue.
     case requeue
+}
+
+/// Set once the dispatcher stops: deliveries still waiting for a POST slot go back to the
+/// queue instead of being POSTed, so that stopping waits only for the POSTs under way.
+final class StopSignal: Sendable {
+    private let value = Atomic<Bool>(false)
+    func set() { value.store(true, ordering: .releasing) }
+    var isSet: Bool { value.load(ordering: .acquiring) }
 }
 
 /// The fields of an event the dispatcher needs; the body itself is POSTed untouched.
@@ -124,10 +133,15 @@ protocol WebhookPoster: Sendable {
 struct HTTPClientPoster: WebhookPoster {
     let client: HTTPClient
 
-    static func makeClient() -> HTTPClient {
+    static func makeClient(timeoutS: Double) -> HTTPClient {
         var configuration = HTTPClient.Configuration(redirectConfiguration: .disallow)
         configuration.httpVersion = .http1Only
         configuration.decompression = .disabled
+        configuration.timeout.connect = .milliseconds(Int64(timeoutS * 1000))
+        // A refused connection fails the attempt at once: retries are the dispatcher's (with
+        // backoff, through the broker), and the client's own would hold a POST slot until the
+        // deadline against a dead endpoint.
+        configuration.connectionPool.retryConnectionEstablishment = false
         return HTTPClient(eventLoopGroup: HTTPClient.defaultEventLoopGroup, configuration: configuration)
     }
 
@@ -210,6 +224,7 @@ struct WebhookDeliverer: Sendable {
     let random: @Sendable () -> Double
     /// Pause before giving back a delivery whose run could not be read.
     let storePauseS: Double
+    let stopping = StopSignal()
 
     init(
         settings: WebhookSettings, store: any RunStore, poster: any WebhookPoster, metrics: WebhookMetrics, logger: Logger,
@@ -275,6 +290,7 @@ struct WebhookDeliverer: Sendable {
 
         await slots.wait()
         defer { slots.signal() }
+        if stopping.isSet { return .requeue }
         let failure: String
         switch await policy.check(url) {
         case .refused(let reason, let message):

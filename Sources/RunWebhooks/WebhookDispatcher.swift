@@ -53,7 +53,7 @@ public final class WebhookDispatcher: Service, Sendable {
     }
 
     public func run() async throws {
-        let client = HTTPClientPoster.makeClient()
+        let client = HTTPClientPoster.makeClient(timeoutS: settings.webhooks.timeoutS)
         let metrics = WebhookMetrics(factory: metricsFactory, shared: shared)
         let deliverer = WebhookDeliverer(
             settings: settings.webhooks, store: store, poster: HTTPClientPoster(client: client), metrics: metrics, logger: logger)
@@ -129,6 +129,7 @@ final class WebhookLoop: @unchecked Sendable {
 
     func stop() {
         stopFlag.store(true, ordering: .releasing)
+        deliverer.stopping.set()
         waker.signal()
     }
 
@@ -188,8 +189,9 @@ final class WebhookLoop: @unchecked Sendable {
             if let event = try conn.nextEvent(timeout: 1, waker: waker) { try handle(event, conn) }
             try finish(conn)
         }
-        // Stopping: no new deliveries; the POSTs in flight (bounded by timeout_s) finish and are
-        // acked or retried; whatever is left goes back to the queue with the connection.
+        // Stopping: no new deliveries; the POSTs under way (bounded by timeout_s) finish and are
+        // acked or retried, those still waiting for a slot are given back; whatever is left
+        // goes back to the queue with the connection.
         try? conn.cancel(channel: consumer, consumerTag: tag)
         let deadline = Date().addingTimeInterval(settings.webhooks.timeoutS + 5)
         while inFlight > 0, Date() < deadline {

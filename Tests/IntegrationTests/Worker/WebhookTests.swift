@@ -185,6 +185,30 @@ import Glibc
         #expect(worker.terminate() == 0)
     }
 
+    /// At least once: a worker killed while its POST is under way never acked the event, so a
+    /// new worker delivers it again (the receiver sees the same event id twice).
+    @Test func redeliversAfterAWorkerDiesMidPOST() throws {
+        let receiver = try WebhookReceiver(secret: Self.secret, hangS: 60, hangFirst: 1)
+        let prefix = uniquePrefix("hookkill")
+        let client = try ContractClient(prefix: prefix)
+        defer { Self.cleanUp(client) }
+        let store = tempStore(prefix)
+        let env = Self.env(["RUNWORKER_WEBHOOKS_TIMEOUT_S": "30"])
+        let first = try WorkerProcess(prefix: prefix, store: store, extraEnv: env)
+        try first.waitReady()
+        _ = try client.call(["command": "start", "run_id": "r1", "config": ["webhook": ["url": .string(receiver.url("/k"))]]], id: "a1")
+        _ = try client.call(["command": "complete", "run_id": "r1"], id: "a2")
+        _ = try receiver.waitForRequests(1)  // held by the receiver
+        first.kill()
+        let second = try WorkerProcess(prefix: prefix, store: store, extraEnv: env)
+        try second.waitReady()
+        let requests = try receiver.waitForRequests(2, timeout: 30)
+        #expect(requests.map(\.eventID) == ["r1:3", "r1:3"])
+        #expect(requests.allSatisfy(\.verified) && requests[0].body == requests[1].body)
+        try second.waitForStatus("delivered by the second worker") { $0.webhooks?.delivered == 1 }
+        #expect(second.terminate() == 0)
+    }
+
     /// An endpoint that hangs (every POST waits out timeout_s) does not slow the commands:
     /// the run's own commands, each of which produces a webhook event, are answered at their
     /// usual pace while the POSTs wait.
@@ -246,7 +270,7 @@ final class WebhookReceiver {
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
         port_file, log_file, secret = sys.argv[1], sys.argv[2], sys.argv[3].encode()
-        fail_first, hang_s = int(sys.argv[4]), float(sys.argv[5])
+        fail_first, hang_s, hang_first = int(sys.argv[4]), float(sys.argv[5]), int(sys.argv[6])
         lock = threading.Lock()
         count = [0]
 
@@ -262,6 +286,7 @@ final class WebhookReceiver {
                 with lock:
                     count[0] += 1
                     status = 500 if count[0] <= fail_first else 200
+                    hang = hang_s > 0 and (hang_first < 0 or count[0] <= hang_first)
                     record = {
                         "path": self.path, "status": status, "at": time.time(),
                         "verified": bool(fresh and hmac.compare_digest(signature, expected)),
@@ -273,7 +298,7 @@ final class WebhookReceiver {
                     }
                     with open(log_file, "a") as f:
                         f.write(json.dumps(record) + "\n")
-                if hang_s > 0:
+                if hang:
                     time.sleep(hang_s)
                 self.send_response(status)
                 self.send_header("Content-Length", "2")
@@ -295,13 +320,15 @@ final class WebhookReceiver {
     let port: Int
     private let base: String
 
-    init(secret: String, failFirst: Int = 0, hangS: Double = 0) throws {
+    /// - hangFirst: how many POSTs hang `hangS` (the first ones); nil: all.
+    init(secret: String, failFirst: Int = 0, hangS: Double = 0, hangFirst: Int? = nil) throws {
         let base = NSTemporaryDirectory() + "webhook-receiver-" + UUID().uuidString.prefix(8).lowercased()
         self.base = base
         try Self.script.write(toFile: base + ".py", atomically: true, encoding: .utf8)
         _ = FileManager.default.createFile(atPath: base + ".jsonl", contents: Data())
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = ["python3", base + ".py", base + ".port", base + ".jsonl", secret, String(failFirst), String(hangS)]
+        process.arguments = ["python3", base + ".py", base + ".port", base + ".jsonl", secret, String(failFirst), String(hangS),
+                             String(hangFirst ?? -1)]
         process.standardError = FileHandle(forWritingAtPath: "/dev/null")
         try process.run()
         var port: Int?
