@@ -175,6 +175,11 @@ public struct TargetPolicy: Sendable {
         return .allowed
     }
 
+    /// A NUL-terminated C buffer as text.
+    private static func text(_ buffer: [CChar]) -> String {
+        String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// The system resolver: every TCP address of `host`.
     public static func getaddrinfo(_ host: String, _ port: Int) -> Result<[ResolvedAddress], ResolveError> {
         var hints = addrinfo()
@@ -195,12 +200,12 @@ public struct TargetPolicy: Sendable {
                 var a = sa.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { $0.pointee.sin_addr }
                 inet_ntop(AF_INET, &a, &buffer, socklen_t(buffer.count))
                 let kind = withUnsafeBytes(of: &a) { AddressClass.ipv4(Array($0)) }
-                out.append(ResolvedAddress(text: String(cString: buffer), kind: kind))
+                out.append(ResolvedAddress(text: Self.text(buffer), kind: kind))
             case AF_INET6:
                 var a = sa.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { $0.pointee.sin6_addr }
                 inet_ntop(AF_INET6, &a, &buffer, socklen_t(buffer.count))
                 let kind = withUnsafeBytes(of: &a) { AddressClass.ipv6(Array($0)) }
-                out.append(ResolvedAddress(text: String(cString: buffer), kind: kind))
+                out.append(ResolvedAddress(text: Self.text(buffer), kind: kind))
             default:
                 continue
             }
