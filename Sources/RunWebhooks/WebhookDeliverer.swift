@@ -49,7 +49,8 @@ struct WebhookEvent: Sendable, Equatable {
 
 /// Runs' `config.webhook`, remembered per run id (a run's config never changes once created),
 /// `nil` included, so that a run costs one store read however many events it has. Bounded:
-/// past `capacity` runs the oldest entries go first.
+/// past `capacity` runs the oldest entries go first, and an entry is read again after `ttl`
+/// seconds (a run id that retention removed may be used again by a new run).
 final class WebhookTargetCache: Sendable {
     enum Entry: Sendable, Equatable {
         case webhook(WebhookConfig?)
@@ -57,21 +58,30 @@ final class WebhookTargetCache: Sendable {
     }
 
     private struct State {
-        var entries: [String: Entry] = [:]
+        var entries: [String: (entry: Entry, at: ContinuousClock.Instant)] = [:]
         var order: [String] = []
         var head = 0
     }
 
     private let state = Mutex(State())
     let capacity: Int
+    let ttl: Duration
 
-    init(capacity: Int = 10_000) { self.capacity = capacity }
+    init(capacity: Int = 10_000, ttlS: Double = 600) {
+        self.capacity = capacity
+        ttl = .milliseconds(Int64(ttlS * 1000))
+    }
 
-    func get(_ runID: String) -> Entry? { state.withLock { $0.entries[runID] } }
+    func get(_ runID: String) -> Entry? {
+        state.withLock { s in
+            guard let e = s.entries[runID], e.at.duration(to: .now) < ttl else { return nil }
+            return e.entry
+        }
+    }
 
     func put(_ runID: String, _ entry: Entry) {
         state.withLock { s in
-            if s.entries.updateValue(entry, forKey: runID) == nil { s.order.append(runID) }
+            if s.entries.updateValue((entry, .now), forKey: runID) == nil { s.order.append(runID) }
             while s.entries.count > capacity, s.head < s.order.count {
                 s.entries.removeValue(forKey: s.order[s.head])
                 s.head += 1

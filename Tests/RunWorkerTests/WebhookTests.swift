@@ -346,5 +346,8 @@ import Testing
         for i in 0..<10 { cache.put("r\(i)", .webhook(nil)) }
         #expect(cache.count == 3)
         #expect(cache.get("r9") == .webhook(nil) && cache.get("r0") == nil)
+        let expiring = WebhookTargetCache(capacity: 3, ttlS: 0)
+        expiring.put("r1", .missing)
+        #expect(expiring.get("r1") == nil)
     }
 }
