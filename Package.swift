@@ -32,6 +32,10 @@ let package = Package(
         .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.1"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        // Webhooks: an HTTP/1.1 client with TLS, and HMAC-SHA256 for the signature (swift-crypto is
+        // already in the graph through postgres-nio).
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.12.3"..<"5.0.0"),
     ],
     targets: [
         .systemLibrary(
@@ -68,6 +72,19 @@ let package = Package(
                 .product(name: "Metrics", package: "swift-metrics"),
             ]
         ),
+        // Completion webhooks: a dispatcher that consumes the worker's own durable webhook queue
+        // and POSTs signed events. Its own target so that only `runworker` links the HTTP client.
+        .target(
+            name: "RunWebhooks",
+            dependencies: [
+                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Metrics", package: "swift-metrics"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ]
+        ),
         // The worker's HTTP side: health, Prometheus metrics, the read-only runs API, the live
         // event stream and the run board (static files in Resources, no build step).
         .target(
@@ -85,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "runworker",
             dependencies: [
-                "RunWorker", "RunHTTP",
+                "RunWorker", "RunHTTP", "RunWebhooks",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
                 .product(name: "Logging", package: "swift-log"),
@@ -136,7 +153,7 @@ let package = Package(
         .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
         .testTarget(name: "RunClientTests", dependencies: ["RunClient", "AMQPClient"]),
         .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
-        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore"]),
+        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore", "RunWebhooks"]),
         .testTarget(name: "RunChaosKitTests", dependencies: ["RunChaosKit", "RunWorker", "RunStore"]),
         // Integration tests: a real RabbitMQ (and the worker's own processes). Skipped with a
         // message when no broker answers outside CI; required when CI is set.

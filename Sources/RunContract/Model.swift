@@ -76,6 +76,31 @@ public struct RetryPolicy: Sendable, Hashable {
     }
 }
 
+/// `config.webhook`: where the worker POSTs the run's events (when webhooks are enabled on the
+/// worker). `url` is http or https with a host; `events` names the event types to deliver, nil
+/// meaning the terminal ones (events whose `status` is completed, failed or cancelled).
+public struct WebhookConfig: Sendable, Hashable {
+    public var url: String
+    public var events: [EventType]?
+
+    public init(url: String, events: [EventType]? = nil) {
+        self.url = url
+        self.events = events
+    }
+
+    /// Field by field, like the rest of `config`: `events` not given here comes from `defaults`.
+    public func merged(over defaults: WebhookConfig?) -> WebhookConfig {
+        WebhookConfig(url: url, events: events ?? defaults?.events)
+    }
+
+    /// Whether an event of this type and status is delivered: the listed types, or by default
+    /// the terminal events.
+    public func matches(type: String, status: String?) -> Bool {
+        if let events { return events.contains { $0.rawValue == type } }
+        return status.flatMap(RunStatus.init(rawValue:))?.isTerminal ?? false
+    }
+}
+
 /// A run's `config`. Durations are seconds (> 0, fractions allowed); nil means no limit.
 public struct RunConfig: Sendable, Hashable {
     /// Start to finish of one attempt.
@@ -85,15 +110,18 @@ public struct RunConfig: Sendable, Hashable {
     /// Default per action; an action's own `timeout_s` overrides it.
     public var actionTimeoutS: Double?
     public var retry: RetryPolicy?
+    /// Where the worker POSTs this run's events; nil: the worker's `webhooks.default_url`, if any.
+    public var webhook: WebhookConfig?
 
     public init(
         timeoutS: Double? = nil, startTimeoutS: Double? = nil, actionTimeoutS: Double? = nil,
-        retry: RetryPolicy? = nil
+        retry: RetryPolicy? = nil, webhook: WebhookConfig? = nil
     ) {
         self.timeoutS = timeoutS
         self.startTimeoutS = startTimeoutS
         self.actionTimeoutS = actionTimeoutS
         self.retry = retry
+        self.webhook = webhook
     }
 
     /// Values given here win; omitted ones come from `defaults` (the worker's configuration).
@@ -102,7 +130,8 @@ public struct RunConfig: Sendable, Hashable {
             timeoutS: timeoutS ?? defaults.timeoutS,
             startTimeoutS: startTimeoutS ?? defaults.startTimeoutS,
             actionTimeoutS: actionTimeoutS ?? defaults.actionTimeoutS,
-            retry: retry.map { $0.merged(over: defaults.retry) } ?? defaults.retry)
+            retry: retry.map { $0.merged(over: defaults.retry) } ?? defaults.retry,
+            webhook: webhook.map { $0.merged(over: defaults.webhook) } ?? defaults.webhook)
     }
 }
 

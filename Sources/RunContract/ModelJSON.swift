@@ -52,6 +52,7 @@ extension RunConfig {
         o.set("start_timeout_s", startTimeoutS.map(JSONValue.double))
         o.set("action_timeout_s", actionTimeoutS.map(JSONValue.double))
         o.set("retry", retry.map { .object($0.jsonObject) })
+        o.set("webhook", webhook.map { .object($0.jsonObject) })
         return o
     }
 
@@ -70,6 +71,84 @@ extension RunConfig {
         if let retry = try r.object("retry") {
             self.retry = try RetryPolicy(reader: r.nested(retry, key: "retry"))
         }
+        if let webhook = try r.object("webhook") {
+            self.webhook = try WebhookConfig(reader: r.nested(webhook, key: "webhook"))
+        }
+    }
+}
+
+extension WebhookConfig {
+    /// `{"url", "events"?}`.
+    public var jsonObject: JSONObject {
+        var o: JSONObject = ["url": .string(url)]
+        o.set("events", events.map { .array($0.map { .string($0.rawValue) }) })
+        return o
+    }
+
+    /// `url`: an absolute http or https URL with a host, at most 2048 bytes; `events`: a list
+    /// of event type names (an empty list delivers nothing). Unknown keys are ignored.
+    init(reader r: FieldReader) throws(RunError) {
+        let url = try r.requiredString("url")
+        guard Self.isValidURL(url) else {
+            throw r.error("\(r.name("url")) must be an http:// or https:// URL with a host")
+        }
+        var events: [EventType]?
+        if let names = try r.stringList("events") {
+            var types: [EventType] = []
+            for name in names {
+                guard let type = EventType(rawValue: name) else {
+                    throw r.error(
+                        "\(r.name("events")) must list event types: " + EventType.allCases.map(\.rawValue).joined(separator: ", "))
+                }
+                if !types.contains(type) { types.append(type) }
+            }
+            events = types
+        }
+        self.init(url: url, events: events)
+    }
+
+    /// http or https (any case), `//`, a non-empty host (a name, an IPv4 address or a bracketed
+    /// IPv6 one), an optional port 1-65535, then a path, query or nothing; no user info, no
+    /// spaces or control characters. Where the host may be (loopback, private networks) is the
+    /// worker's decision at delivery time, not the contract's.
+    public static func isValidURL(_ url: String) -> Bool {
+        let bytes = Array(url.utf8)
+        guard bytes.count <= 2048, bytes.allSatisfy({ $0 > 0x20 && $0 < 0x7F }) else { return false }
+        let lower = url.lowercased()
+        let rest: Substring
+        if lower.hasPrefix("http://") {
+            rest = url.dropFirst(7)
+        } else if lower.hasPrefix("https://") {
+            rest = url.dropFirst(8)
+        } else {
+            return false
+        }
+        let authority = rest.prefix { $0 != "/" && $0 != "?" && $0 != "#" }
+        guard !authority.isEmpty, !authority.contains("@") else { return false }
+        var host = authority
+        var port: Substring?
+        if authority.hasPrefix("[") {
+            guard let close = authority.firstIndex(of: "]") else { return false }
+            host = authority[authority.index(after: authority.startIndex)..<close]
+            let after = authority[authority.index(after: close)...]
+            if !after.isEmpty {
+                guard after.hasPrefix(":") else { return false }
+                port = after.dropFirst()
+            }
+            guard !host.isEmpty, host.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else { return false }
+        } else {
+            if let colon = authority.lastIndex(of: ":") {
+                host = authority[..<colon]
+                port = authority[authority.index(after: colon)...]
+            }
+            guard !host.isEmpty,
+                host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == "." || $0 == "_") })
+            else { return false }
+        }
+        if let port {
+            guard let n = Int(port), (1...65535).contains(n), port.allSatisfy(\.isNumber) else { return false }
+        }
+        return true
     }
 }
 

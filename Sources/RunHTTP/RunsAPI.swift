@@ -60,6 +60,9 @@ struct RunsAPI: Sendable {
             "checks": .object(JSONObject(checks.map { ($0.0, JSONValue.string($0.1)) })),
         ]
         if let failing { body["reason"] = .string("\(failing.0): \(failing.1)") }
+        // Informational: webhooks are delivered beside the commands, so their dispatcher being
+        // down (it reconnects) does not make the worker unready.
+        if let webhooks = status.webhooks { body["webhooks"] = .object(webhooks.json) }
         return json(body, status: failing == nil ? .ok : .serviceUnavailable)
     }
 

@@ -41,6 +41,8 @@ public struct WorkerSettings: Sendable, Equatable {
     public var retentionCommandIDsS: Double? = 86_400
     /// Seconds between retention passes.
     public var retentionIntervalS = 60.0
+    /// Completion webhooks (`webhooks.*`): off unless enabled.
+    public var webhooks = WebhookSettings()
 
     public init() {}
 
@@ -80,6 +82,7 @@ public struct WorkerSettings: Sendable, Equatable {
         // client, could be applied twice.
         if let s = retentionCommandIDsS, s < 60 { throw SettingsError("retention.command_ids must be at least 60s (or off)") }
         guard retentionIntervalS > 0 else { throw SettingsError("retention.interval_s must be > 0") }
+        try webhooks.validate()
     }
 
     /// Where to listen: nil when `http_address` is `off`.
@@ -134,6 +137,8 @@ public struct WorkerSettings: Sendable, Equatable {
 
     /// Applies `RUNWORKER_*` variables (`SettingSpec.environmentName`); others are ignored.
     public mutating func apply(environment env: [String: String]) throws(SettingsError) {
+        // The secret's short name; RUNWORKER_WEBHOOKS_SECRET (the table's) wins when both are set.
+        if let secret = env["RUNWORKER_WEBHOOK_SECRET"] { webhooks.secret = secret.isEmpty ? nil : secret }
         for spec in Self.table {
             if let v = env[spec.environmentName] { try spec.set(&self, v) }
         }
@@ -275,6 +280,24 @@ extension WorkerSettings {
             duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
             duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
             number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),
+            boolean("webhooks.enabled", \.webhooks.enabled, "Deliver run events to webhooks (declares <prefix>.webhooks)."),
+            SettingSpec(
+                key: "webhooks.secret",
+                help: "HMAC-SHA256 key of Runworker-Signature, at least 16 characters; required when enabled (also RUNWORKER_WEBHOOK_SECRET)",
+                set: { (s, v) in s.webhooks.secret = (v == nil || v == "" || v == "null") ? nil : v },
+                get: { $0.webhooks.secret == nil ? nil : "(set)" }),
+            SettingSpec(
+                key: "webhooks.default_url", help: "webhook of runs without config.webhook (null: none)",
+                set: { (s, v) in s.webhooks.defaultURL = (v == nil || v == "" || v == "null") ? nil : v },
+                get: { $0.webhooks.defaultURL }),
+            boolean(
+                "webhooks.allow_private_targets", \.webhooks.allowPrivateTargets,
+                "Allow webhook hosts that resolve to loopback, private, link-local or unspecified addresses."),
+            integer("webhooks.max_attempts", \.webhooks.maxAttempts, "Delivery attempts of one event before giving up."),
+            number("webhooks.initial_backoff_s", \.webhooks.initialBackoffS, "Seconds before the first retry (doubling)."),
+            number("webhooks.max_backoff_s", \.webhooks.maxBackoffS, "Cap on the seconds between retries."),
+            number("webhooks.timeout_s", \.webhooks.timeoutS, "Seconds one POST may take, connecting included."),
+            integer("webhooks.concurrency", \.webhooks.concurrency, "POSTs in flight at most (the webhook consumer's prefetch)."),
             runDefault("timeout_s", "Default seconds for one attempt, start to finish (null: no limit)."),
             runDefault("start_timeout_s", "Default seconds from created to started (null: no limit)."),
             runDefault("action_timeout_s", "Default seconds per action (null: no limit)."),
@@ -306,6 +329,20 @@ extension WorkerSettings {
                     throw SettingsError("\(key) must be an integer, got \(text)")
                 }
                 s[keyPath: path] = n
+            },
+            get: { String($0[keyPath: path]) })
+    }
+
+    private static func boolean(_ key: String, _ path: WritableKeyPath<WorkerSettings, Bool>, _ help: String) -> SettingSpec {
+        SettingSpec(
+            key: key, help: help,
+            set: { (s, v) throws(SettingsError) in
+                let text = try required(key, v)
+                switch text.trimmingCharacters(in: .whitespaces).lowercased() {
+                case "true", "yes", "on", "1": s[keyPath: path] = true
+                case "false", "no", "off", "0": s[keyPath: path] = false
+                default: throw SettingsError("\(key) must be true or false, got \(text)")
+                }
             },
             get: { String($0[keyPath: path]) })
     }
@@ -398,6 +435,48 @@ extension JSONObject {
         var inner = self[first]?.objectValue ?? JSONObject()
         inner.setValue(value, at: path.dropFirst())
         self[first] = .object(inner)
+    }
+}
+
+/// `webhooks.*`: completion webhooks (see `RunWebhooks`).
+public struct WebhookSettings: Sendable, Equatable {
+    public var enabled = false
+    /// The HMAC-SHA256 key; required when enabled.
+    public var secret: String? = nil
+    /// The webhook of runs without `config.webhook` (their terminal events); nil: none.
+    public var defaultURL: String? = nil
+    /// Whether hosts that resolve to loopback, private, link-local or unspecified addresses
+    /// may be POSTed to (tests, a receiver on the same network).
+    public var allowPrivateTargets = false
+    /// Attempts of one event in all, the first included.
+    public var maxAttempts = 10
+    public var initialBackoffS = 1.0
+    public var maxBackoffS = 300.0
+    /// One POST, connecting included.
+    public var timeoutS = 10.0
+    /// POSTs in flight at most: the prefetch of the webhook queue's consumer.
+    public var concurrency = 8
+
+    public init() {}
+
+    public func validate() throws(SettingsError) {
+        if let url = defaultURL, !WebhookConfig.isValidURL(url) {
+            throw SettingsError("webhooks.default_url must be an http:// or https:// URL with a host")
+        }
+        guard (1...1000).contains(maxAttempts) else { throw SettingsError("webhooks.max_attempts must be between 1 and 1000") }
+        guard initialBackoffS > 0, initialBackoffS <= 86_400 else {
+            throw SettingsError("webhooks.initial_backoff_s must be > 0 (at most 86400)")
+        }
+        guard maxBackoffS >= initialBackoffS, maxBackoffS <= 86_400 else {
+            throw SettingsError("webhooks.max_backoff_s must be at least webhooks.initial_backoff_s (at most 86400)")
+        }
+        guard timeoutS > 0, timeoutS <= 3600 else { throw SettingsError("webhooks.timeout_s must be > 0 (at most 3600)") }
+        guard (1...1024).contains(concurrency) else { throw SettingsError("webhooks.concurrency must be between 1 and 1024") }
+        guard enabled else { return }
+        guard let secret, !secret.isEmpty else {
+            throw SettingsError("webhooks.enabled needs webhooks.secret (RUNWORKER_WEBHOOK_SECRET): the key that signs each POST")
+        }
+        guard secret.utf8.count >= 16 else { throw SettingsError("webhooks.secret must be at least 16 characters") }
     }
 }
 

@@ -42,6 +42,13 @@ public struct Topology: Sendable, Equatable {
     public var deadExchange: String { "\(prefix).dead" }
     public var deadQueue: String { "\(prefix).dead" }
 
+    /// Webhooks (only when enabled): a durable queue bound to the events exchange with `run.#`,
+    /// which the webhook dispatcher consumes, and the delay queues its retries wait in (one per
+    /// delay, dead-lettering back into it).
+    public var webhooksQueue: String { "\(prefix).webhooks" }
+    public static let webhooksBinding = "run.#"
+    public func webhookDelayQueue(milliseconds: Int) -> String { "\(prefix).webhooks.delay.\(milliseconds)" }
+
     public func partitionQueue(_ index: Int) -> String { "\(prefix).commands.\(index)" }
     public var partitionQueues: [String] { (0..<partitions).map(partitionQueue) }
 

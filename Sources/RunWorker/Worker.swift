@@ -348,6 +348,12 @@ final class WorkerLoop: @unchecked Sendable {
             try declareQueue(conn, q, arguments: t.partitionQueueArguments)
             try conn.queueBind(channel: control, queue: q, exchange: t.commandsExchange, routingKey: "")
         }
+        // Declared here, before any command is applied, so that no event published while the
+        // webhook dispatcher (its own connection) is still connecting misses its queue.
+        if settings.webhooks.enabled {
+            try declareQueue(conn, t.webhooksQueue, arguments: t.deadQueueArguments)
+            try conn.queueBind(channel: control, queue: t.webhooksQueue, exchange: t.eventsExchange, routingKey: Topology.webhooksBinding)
+        }
     }
 
     private func declareQueue(_ conn: BlockingConnection, _ name: String, arguments: AMQPTable) throws {
@@ -1153,6 +1159,10 @@ final class WorkerLoop: @unchecked Sendable {
     private func writeStatus(force: Bool = false) {
         if let http = shared.httpAddress, status.httpAddress != http {
             status.httpAddress = http
+            statusDirty = true
+        }
+        if let webhooks = shared.webhooks, status.webhooks != webhooks {
+            status.webhooks = webhooks
             statusDirty = true
         }
         let blocked = conn?.blockedReason

@@ -121,7 +121,7 @@ public final class ContractClient {
 /// Deletes the queues and exchanges of `topology`, each on a channel of its own (a failed
 /// delete closes its channel).
 public func deleteTopology(_ topology: Topology, on conn: BlockingConnection) {
-    for q in topology.partitionQueues + [topology.deadQueue] {
+    for q in topology.partitionQueues + [topology.deadQueue, topology.webhooksQueue] {
         if let ch = try? conn.openChannel() {
             _ = try? conn.queueDelete(channel: ch, queue: q)
             try? conn.closeChannel(ch)

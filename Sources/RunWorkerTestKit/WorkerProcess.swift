@@ -187,5 +187,14 @@ extension WorkerStatus {
         counters.stageStoreNs = n("stage_store_ns")
         counters.stagePublishNs = n("stage_publish_ns")
         counters.stageCommands = n("stage_commands")
+        if let w = json["webhooks"]?.objectValue {
+            var hooks = WebhookCounters()
+            hooks.connected = w["connected"]?.boolValue ?? false
+            hooks.delivered = Int(w["delivered"]?.intValue ?? 0)
+            hooks.retried = Int(w["retried"]?.intValue ?? 0)
+            hooks.failed = Int(w["failed"]?.intValue ?? 0)
+            hooks.skipped = Int(w["skipped"]?.intValue ?? 0)
+            webhooks = hooks
+        }
     }
 }

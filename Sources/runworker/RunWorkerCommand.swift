@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Prometheus
 import RunHTTP
+import RunWebhooks
 import RunWorker
 import ServiceLifecycle
 
@@ -42,6 +43,13 @@ struct RunWorkerCommand: AsyncParsableCommand {
         let registry = PrometheusCollectorRegistry()
         let worker = try Worker(settings: settings, logger: logger, metricsFactory: RunHTTPServer.metricsFactory(registry))
         var services = [ServiceGroupConfiguration.ServiceConfiguration(service: worker)]
+        if settings.webhooks.enabled {
+            // Its own connection and thread, beside the command loop; it stops before the worker
+            // (graceful shutdown runs in reverse order), while the store is still open.
+            services.append(.init(service: WebhookDispatcher(
+                settings: settings, store: worker.store, logger: logger,
+                metricsFactory: RunHTTPServer.metricsFactory(registry), shared: worker.shared)))
+        }
         if let endpoint = try settings.httpEndpoint() {
             // The HTTP side is an aid, not the job: when it cannot listen (the port is taken by
             // another worker on this host) the worker logs it and goes on without it.

@@ -60,12 +60,14 @@ public struct WorkerStatus: Sendable, Equatable {
     /// The broker's reason while it blocks this worker's publishing (a resource alarm).
     public var brokerBlocked: String? = nil
     public var counters = Counters()
+    /// The webhook dispatcher's counters; nil while webhooks are disabled.
+    public var webhooks: WebhookCounters? = nil
 
     public init(workerID: String) { self.workerID = workerID }
 
     public var json: JSONObject {
         let c = counters
-        return [
+        var o: JSONObject = [
             "worker_id": .string(workerID), "ready": .bool(ready), "connected": .bool(connected),
             "partitions": .array(partitions.map { .int(Int64($0)) }),
             "http_address": httpAddress.map(JSONValue.string) ?? .null,
@@ -85,6 +87,8 @@ public struct WorkerStatus: Sendable, Equatable {
                 "stage_commands": .int(Int64(c.stageCommands)),
             ]),
         ]
+        if let w = webhooks { o["webhooks"] = .object(w.json) }
+        return o
     }
 
     /// Counts the outcome of applied items.
@@ -111,6 +115,29 @@ public struct WorkerStatus: Sendable, Equatable {
     }
 }
 
+/// What the webhook dispatcher has done since the process started.
+public struct WebhookCounters: Sendable, Equatable {
+    /// Whether its own broker connection is up and consuming.
+    public var connected = false
+    /// Events POSTed and answered with a 2xx.
+    public var delivered = 0
+    /// Failed attempts sent to wait for a retry.
+    public var retried = 0
+    /// Events given up (attempts exhausted, or a refused target).
+    public var failed = 0
+    /// Events read from the webhook queue that had no webhook to go to (or did not match).
+    public var skipped = 0
+
+    public init() {}
+
+    public var json: JSONObject {
+        [
+            "connected": .bool(connected), "delivered": .int(Int64(delivered)), "retried": .int(Int64(retried)),
+            "failed": .int(Int64(failed)), "skipped": .int(Int64(skipped)),
+        ]
+    }
+}
+
 /// The loop's latest status, where other threads (the HTTP side, housekeeping) read it.
 public final class SharedStatus: Sendable {
     private let state: Mutex<(status: WorkerStatus, httpAddress: String?)>
@@ -121,8 +148,25 @@ public final class SharedStatus: Sendable {
         state = Mutex((WorkerStatus(workerID: workerID), nil))
     }
 
-    public var status: WorkerStatus { state.withLock { $0.status } }
+    private let webhookState = Mutex<WebhookCounters?>(nil)
+
+    /// The loop's status with the webhook dispatcher's counters, if it runs.
+    public var status: WorkerStatus {
+        var status = state.withLock { $0.status }
+        status.webhooks = webhooks
+        return status
+    }
     public var httpAddress: String? { state.withLock { $0.httpAddress } }
+    public var webhooks: WebhookCounters? { webhookState.withLock { $0 } }
+
+    /// Set by the webhook dispatcher; the loop copies it into the status file.
+    public func updateWebhooks(_ update: (inout WebhookCounters) -> Void) {
+        webhookState.withLock { state in
+            var counters = state ?? WebhookCounters()
+            update(&counters)
+            state = counters
+        }
+    }
 
     func update(_ status: WorkerStatus) { state.withLock { $0.status = status } }
     /// Set by the HTTP listener once bound; the loop copies it into the status file.
