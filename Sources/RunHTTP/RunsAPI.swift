@@ -144,8 +144,10 @@ struct RunsAPI: Sendable {
         guard var run = try await store.run(id) else { throw notFound(id) }
         var chain: [JSONValue] = [.object(run.snapshotJSON)]
         var seen: Set<String> = [run.runID]
+        // A previous run created after its successor is another run that reused the id once
+        // retention removed the original: the chain ends there.
         while chain.count < Self.maxChain, let previousID = run.previousRunID, seen.insert(previousID).inserted,
-            let previous = try await store.run(previousID)
+            let previous = try await store.run(previousID), previous.createdAt <= run.createdAt
         {
             chain.append(.object(previous.snapshotJSON))
             run = previous

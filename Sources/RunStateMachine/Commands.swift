@@ -176,7 +176,7 @@ extension RunStateMachine {
         }
         r.run.actions[index].heartbeatCount += 1
         r.run.actions[index].lastHeartbeatAt = r.now
-        if let details { r.run.actions[index].heartbeatDetails = details }
+        if let details, !details.isNull { r.run.actions[index].heartbeatDetails = details }
         if let limit = run.actions[index].heartbeatTimeoutS {
             r.run.actions[index].heartbeatDeadline = r.now.adding(seconds: limit)
         }

@@ -279,7 +279,10 @@ public struct StoreCommit: Sendable {
 /// decides in memory, and `commit` writes the whole batch in one transaction in which every
 /// run write is checked against the version that was read (and every command id against
 /// being recorded meanwhile). A conflict writes nothing and throws `versionConflict`; the
-/// caller loads again and decides again. No store promises a global write lock.
+/// caller loads again and decides again. No store promises a global write lock. The version
+/// moves only with events: a write that changes a run without one (a heartbeat) is not
+/// detected by another writer's version check, so such writes rely on the partition lease
+/// (one writer per run) rather than on the version.
 ///
 /// Every method is async: a network store suspends, the embedded one runs on its own
 /// serial queue; neither blocks the caller's thread.

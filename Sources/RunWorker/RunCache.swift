@@ -11,7 +11,7 @@ import Synchronization
 /// epoch whenever its ownership changes, so a batch that commits under that lease knows that
 /// no other worker wrote the partition's runs since the entry was made. A run changed anyway
 /// (a commit without fence, a second process on the file without leases) is still caught by
-/// the version-checked write: the conflict evicts the batch's runs and the batch is decided
+/// the version-checked write when it appended events (a heartbeat appends none: see `RunStore`): the conflict evicts the batch's runs and the batch is decided
 /// again from the store. Finished runs are not kept (retention may remove them, and commands
 /// for them are rare). A command from a partition queue always writes its run back
 /// (version-checked, to record the partition), refusals included, so its answer is checked

@@ -28,10 +28,11 @@ func heartbeatingCall(_ id: String, heartbeatS: Double, timeoutS: Double? = nil)
     #expect(RunStateMachine.nextDeadline(of: t.run) == t0.plus(s: 19))
     #expect(h.machine.advance(t.run, to: t0.plus(s: 18.999)) == nil)
 
-    // A heartbeat without details keeps the last ones.
+    // A heartbeat without details (or with null) keeps the last ones.
     h.now = t0.plus(s: 15)
+    try h.send(.heartbeatAction(actionID: "a-1", details: .null))
     let again = try h.send(.heartbeatAction(actionID: "a-1", details: nil))
-    #expect(again.run.actions[0].heartbeatCount == 2 && again.run.actions[0].heartbeatDetails == .object(["step": .int(3)]))
+    #expect(again.run.actions[0].heartbeatCount == 3 && again.run.actions[0].heartbeatDetails == .object(["step": .int(3)]))
     #expect(RunStateMachine.nextDeadline(of: again.run) == t0.plus(s: 25))
 }
 
@@ -130,4 +131,7 @@ func finishedRun(_ id: String, status: RunStatus = .failed) throws -> Run {
     }
     let conflict = command(.rerun(RunSpec(previousRunID: "r0")), run: "r1", expected: 3)
     #expect(machine.apply(conflict, to: nil, previous: try finishedRun("r0"), at: t0).refusal?.code == .versionConflict)
+    // expected_version is checked before the previous run's state, as the contract orders them.
+    #expect(machine.apply(conflict, to: nil, previous: nil, at: t0).refusal?.code == .versionConflict)
+    #expect(machine.apply(conflict, to: nil, previous: running, at: t0).refusal?.code == .versionConflict)
 }
