@@ -21,6 +21,10 @@ public final class ContractClient {
     public let eventQueue: String
     private var replies: [String: CommandReply] = [:]
     public private(set) var events: [Message] = []
+    /// Every command body sent with `send` and every reply body, by command id, for
+    /// `schemaViolations`.
+    public private(set) var sentCommands: [(id: String?, body: [UInt8])] = []
+    public private(set) var replyBodies: [String: [UInt8]] = [:]
 
     public init(amqpURL: String = TestEnvironment.amqpURL, prefix: String, partitions: Int = 4, bind: String = "run.#") throws {
         topology = Topology(prefix: prefix, partitions: partitions)
@@ -46,6 +50,7 @@ public final class ContractClient {
     }
 
     public func send(_ command: JSONValue, id: String?, reply: Bool = true) throws {
+        sentCommands.append((id, command.serialized()))
         try publish(command.serialized(), routingKey: command["run_id"]?.stringValue ?? "", id: id, reply: reply)
     }
 
@@ -63,6 +68,7 @@ public final class ContractClient {
             if d.routingKey == replyQueue {
                 let r = try CommandReply.decode(d.body)
                 replies[d.properties.correlationID ?? ""] = r
+                replyBodies[d.properties.correlationID ?? ""] = d.body
             } else {
                 events.append(Message(routingKey: d.routingKey, properties: d.properties, body: d.body))
             }
@@ -108,6 +114,52 @@ public final class ContractClient {
 
     public var rejections: [CommandRejected] {
         events.filter { $0.properties.type == "command_rejected" }.compactMap { try? CommandRejected.decode($0.body) }
+    }
+
+    /// Holds what this client saw to the contract's JSON Schemas (`docs/schemas`), judged by a
+    /// third-party validator (Python `jsonschema`, through `scripts/contract_schemas.py`):
+    /// every event and `command_rejected` received, every reply, and every command sent whose
+    /// answer was not a decoding refusal (those are meant to be invalid). Returns one line per
+    /// message that does not validate; empty when all do.
+    public func schemaViolations(repositoryRoot: URL) throws -> [String] {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("schema-\(UUID().uuidString)")
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let decodeRefusals: Set<String> = ["validation_error", "unknown_command", "malformed_message", "payload_too_large"]
+        var groups: [(kind: String, bodies: [[UInt8]])] = [
+            ("event", events.map(\.body)),
+            ("reply", Array(replyBodies.values)),
+            ("command", sentCommands.compactMap { sent in
+                if let id = sent.id, let code = replies[id]?.error?.code.rawValue ?? replyError(id), decodeRefusals.contains(code) {
+                    return nil
+                }
+                return sent.body
+            }),
+        ]
+        groups.removeAll { $0.bodies.isEmpty }
+        var violations: [String] = []
+        for group in groups {
+            let folder = dir.appendingPathComponent(group.kind)
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            var files: [String] = []
+            for (n, body) in group.bodies.enumerated() {
+                let file = folder.appendingPathComponent("\(n).json")
+                try Data(body).write(to: file)
+                files.append(file.path)
+            }
+            let script = repositoryRoot.appendingPathComponent("scripts/contract_schemas.py").path
+            let (status, output) = try runCommand("/usr/bin/env", ["python3", script, "validate", group.kind] + files, timeout: 120)
+            if status != 0 {
+                let invalid = output.split(separator: "\n").filter { !$0.hasSuffix(": ok") }
+                violations.append("\(group.kind): " + (invalid.isEmpty ? output : invalid.joined(separator: "\n")))
+            }
+        }
+        return violations
+    }
+
+    /// The error code of a reply already read by `reply(_:)` (its body is kept).
+    private func replyError(_ id: String) -> String? {
+        guard let body = replyBodies[id], let reply = try? CommandReply.decode(body) else { return nil }
+        return reply.error?.code.rawValue
     }
 
     /// Deletes what the worker declared under this prefix.

@@ -77,5 +77,6 @@ import Testing
             #expect(message.properties.headers?[ContractVersion.header] == .string(ContractVersion.current),
                     "\(message.routingKey)")
         }
+        expectSchemaValid(client)
     }
 }

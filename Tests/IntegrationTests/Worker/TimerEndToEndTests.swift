@@ -43,6 +43,7 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         if let d = waiting.run?.pendingActions.first?.deadline, let e = timedOut["action-to"] { late.append(lateness(e, deadline: d)) }
         print("timer lateness ms: \(late)")
         #expect(late.count == 3 && late.allSatisfy { $0 >= 0 && $0 < 1_000 })
+        expectSchemaValid(client)
     }
 
     /// A timer whose run completed in time does nothing; a retry succeeds on attempt 2 and
@@ -75,6 +76,7 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         #expect(!client.runEvents.contains { $0.runID == "quick" && $0.type == .timedOut })
         #expect(client.runEvents.filter { $0.runID == "flaky" }.map(\.type)
                 == [.created, .started, .retryScheduled, .started, .completed])
+        expectSchemaValid(client)
         #expect(worker.terminate() == 0)
     }
 

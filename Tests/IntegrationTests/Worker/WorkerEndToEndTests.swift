@@ -52,6 +52,7 @@ import Testing
         }
         let last = try RunEvent.decode(client.events.last!.body)
         #expect(last.type == .completed && last.result == "done" && last.usage == ["tokens": 7] && last.stopReason == .completed)
+        expectSchemaValid(client)
         #expect(worker.terminate() == 0)
         let stored = try await openRunStore(url: tempStore(prefix)).run("run-1")
         #expect(stored?.status == .completed && stored?.version == 7)
@@ -101,6 +102,7 @@ import Testing
         let stored = try await openRunStore(url: tempStore(prefix)).run("r1")
         #expect(stored?.status == .cancelled)
         #expect(worker.isRunning)
+        expectSchemaValid(client)
     }
 
     /// A command delivered twice (same message id) is applied once; the repeat is answered
@@ -138,6 +140,7 @@ import Testing
         #expect(try await openRunStore(url: tempStore(prefix)).run("r1")?.version == 4)
         // The worker's own count (final, written at exit): s1, s2 and s4 applied, s3 and s5
         // refused, and six repeats answered (s1 and s2 twice each, s3 and s4 once).
+        expectSchemaValid(client)
         #expect(worker.terminate() == 0)
         let counters = try #require(worker.status, "no status file").counters
         #expect(counters.applied == 3 && counters.refused == 2 && counters.duplicates == 6, "\(worker.statusText)")
@@ -180,6 +183,7 @@ import Testing
         let ok = try client.call(["command": "start", "run_id": "r1"], id: "after")
         #expect(ok.ok && ok.run?.status == .running)
         #expect(worker.isRunning)
+        expectSchemaValid(client)
     }
 
     /// SIGTERM: the worker finishes, closes cleanly and exits 0.
