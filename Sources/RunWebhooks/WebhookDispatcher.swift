@@ -57,7 +57,7 @@ public final class WebhookDispatcher: Service, Sendable {
         let metrics = WebhookMetrics(factory: metricsFactory, shared: shared)
         let deliverer = WebhookDeliverer(
             settings: settings.webhooks, store: store, poster: HTTPClientPoster(client: client), metrics: metrics, logger: logger)
-        let loop = try WebhookLoop(settings: settings, deliverer: deliverer, logger: logger, shared: shared)
+        let loop = WebhookLoop(settings: settings, deliverer: deliverer, logger: logger, shared: shared, waker: try Waker())
         self.loop.withLock { $0 = loop }
         if stopped.load(ordering: .acquiring) { loop.stop() }
         await withTaskCancellationHandler {
@@ -115,13 +115,16 @@ final class WebhookLoop: @unchecked Sendable {
     /// (no webhook, filtered out), so that those keep flowing while every POST slot waits.
     var prefetch: Int { min(65_535, settings.webhooks.concurrency + 128) }
 
-    init(settings: WorkerSettings, deliverer: WebhookDeliverer, logger: Logger, shared: SharedStatus?) throws {
+    // Not throwing, and the waker made by the caller: Swift 6.3.1's optimizer crashes (an
+    // ownership error in CopyPropagation) on a throwing class init that must destroy the
+    // already initialised `Atomic` when it throws.
+    init(settings: WorkerSettings, deliverer: WebhookDeliverer, logger: Logger, shared: SharedStatus?, waker: Waker) {
         self.settings = settings
         topology = settings.topology
         self.deliverer = deliverer
         self.logger = logger
         self.shared = shared
-        waker = try Waker()
+        self.waker = waker
         urls = (try? settings.amqpURLs()) ?? [settings.amqpURL]
     }
 
