@@ -61,22 +61,20 @@ public struct RunStateMachine: Sendable {
 
 extension RunStateMachine {
     private func applyToUnknownRun(_ command: Command, previous: Run?, at now: Timestamp) throws(RunError) -> Transition {
+        let given: RunSpec
+        let starts: Bool
         switch command.kind {
-        case .create, .start, .rerun: break
+        case .create(let s): (given, starts) = (s, false)
+        case .start(let s), .rerun(let s): (given, starts) = (s, true)
         default: throw Refusal.runNotFound(command)
         }
         // The contract's order: existence, expected_version, then state (a rerun's previous run).
         if let expected = command.expectedVersion, expected != 0 {
             throw Refusal.versionConflict(expected: expected, runID: command.runID, actual: nil)
         }
-        switch command.kind {
-        case .create(let s): return create(command, spec: s, andStart: false, at: now)
-        case .rerun(let s):
-            return create(command, spec: try rerunSpec(s, previous: previous, runID: command.runID), andStart: true, at: now)
-        default:
-            guard case .start(let s) = command.kind else { throw Refusal.runNotFound(command) }
-            return create(command, spec: s, andStart: true, at: now)
-        }
+        var spec = given
+        if case .rerun = command.kind { spec = try rerunSpec(given, previous: previous, runID: command.runID) }
+        return create(command, spec: spec, andStart: starts, at: now)
     }
 
     private func applyToExistingRun(_ command: Command, _ run: Run, at now: Timestamp) throws(RunError) -> Transition {

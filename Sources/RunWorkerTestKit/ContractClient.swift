@@ -50,8 +50,9 @@ public final class ContractClient {
     }
 
     public func send(_ command: JSONValue, id: String?, reply: Bool = true) throws {
-        sentCommands.append((id, command.serialized()))
-        try publish(command.serialized(), routingKey: command["run_id"]?.stringValue ?? "", id: id, reply: reply)
+        let body = command.serialized()
+        sentCommands.append((id, body))
+        try publish(body, routingKey: command["run_id"]?.stringValue ?? "", id: id, reply: reply)
     }
 
     /// Waits (at most `timeout` seconds) for the broker to confirm everything published so far;
@@ -129,7 +130,7 @@ public final class ContractClient {
             ("event", events.map(\.body)),
             ("reply", Array(replyBodies.values)),
             ("command", sentCommands.compactMap { sent in
-                if let id = sent.id, let code = replies[id]?.error?.code.rawValue ?? replyError(id), decodeRefusals.contains(code) {
+                if let id = sent.id, let code = replyError(id), decodeRefusals.contains(code) {
                     return nil
                 }
                 return sent.body
@@ -156,7 +157,7 @@ public final class ContractClient {
         return violations
     }
 
-    /// The error code of a reply already read by `reply(_:)` (its body is kept).
+    /// The error code of the reply to `id`, from its kept body (`replies` drops what was read).
     private func replyError(_ id: String) -> String? {
         guard let body = replyBodies[id], let reply = try? CommandReply.decode(body) else { return nil }
         return reply.error?.code.rawValue
