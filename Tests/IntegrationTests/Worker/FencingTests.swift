@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 import RunContract
 import RunStore
 import RunWorkerTestKit
@@ -138,12 +139,14 @@ import Testing
         try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
 
-        // Enough that A cannot finish while the isolation waits for a moment outside a SQLite
-        // write (400 runs were once all applied by then on a fast CI machine).
-        let runs = 800
-        try publishLifecycles(client, runs: 0..<runs)
+        // Until A is isolated, a feeder keeps publishing further runs, so that A cannot run out
+        // of work while the isolation waits for a moment outside a SQLite write (with a fixed
+        // 800 runs, a fast CI machine once applied them all by then, so A had nothing in hand).
+        try publishLifecycles(client, runs: 0..<800)
         try a.waitForStatus("A is working", timeout: 60) { $0.counters.applied >= 200 }
+        let feeder = LifecycleFeeder(prefix: prefix, from: 800)
         let end = try await isolate(a, relay, store)
+        let runs = try feeder.stop()
         let appliedByA = a.status?.counters.applied ?? 0
         #expect(appliedByA < 4 * runs, "A finished before it was isolated: the test proves nothing")
 
@@ -176,7 +179,7 @@ import Testing
         #expect(leasesBefore.count == 4 && leasesBefore.allSatisfy { $0.epoch >= 2 })
         checkLifecycles(events: client.runEvents, rejections: client.rejections, runs: runs)
         let statusA = a.status
-        print("\(name) \(kind): A \(statusA.map { "\($0.counters)" } ?? "-")")
+        print("\(name) \(kind): \(runs) runs, A \(statusA.map { "\($0.counters)" } ?? "-")")
 
         #expect(b.terminate() == 0)
         #expect(a.terminate() == 0)
@@ -204,5 +207,39 @@ func waitUntilAsync(_ what: String, timeout: Double, _ condition: () async throw
     while !(try await condition()) {
         guard Date() < deadline else { throw TestKitError(.timedOut, "\(what): not after \(timeout) s") }
         try await Task.sleep(for: .milliseconds(100))
+    }
+}
+
+/// Publishes the lifecycles of further runs (numbered from `from`), a chunk every 100 ms on a
+/// connection and thread of its own, until `stop`, which returns how many runs exist in all.
+final class LifecycleFeeder: Sendable {
+    private let state: Mutex<(stop: Bool, next: Int, error: String?)>
+    private let finished = DispatchSemaphore(value: 0)
+
+    init(prefix: String, from: Int, chunk: Int = 100, limit: Int = 4_000) {
+        state = Mutex((false, from, nil))
+        Thread { [self] in
+            defer { finished.signal() }
+            do {
+                let client = try ContractClient(prefix: prefix)
+                while state.withLock({ !$0.stop && $0.next < limit }) {
+                    let next = state.withLock { $0.next }
+                    try publishLifecycles(client, runs: next..<next + chunk)
+                    state.withLock { $0.next = next + chunk }
+                    Thread.sleep(forTimeInterval: 0.1)
+                }
+            } catch {
+                state.withLock { $0.error = "\(error)" }
+            }
+        }.start()
+    }
+
+    func stop() throws -> Int {
+        state.withLock { $0.stop = true }
+        finished.wait()
+        return try state.withLock { s in
+            if let error = s.error { throw TestKitError(.notConfirmed, "feeder: \(error)") }
+            return s.next
+        }
     }
 }
