@@ -51,7 +51,7 @@ extension RunEvent {
         w.set("attempt", int: Int64(attempt))
         w.set("occurred_at", string: occurredAt.rfc3339)
         w.setNullable("command_id", string: commandID)
-        w.set("action", action?.jsonObject)
+        if let action { w.set("action", raw: action.encode()) }
         spec?.write(to: &w)
         w.set("stop_reason", string: stopReason?.rawValue)
         w.set("result", result)

@@ -271,6 +271,27 @@ extension Action {
         return o
     }
 
+    /// `jsonObject` serialized, written directly (every event about an action carries it).
+    public func encode() -> [UInt8] {
+        var w = JSONObjectWriter(capacity: 256)
+        w.set("id", string: id)
+        w.set("type", string: type.rawValue)
+        for (k, v) in fields where !ActionRequest.reservedKeys.contains(k) { w.set(k, v) }
+        w.set("timeout_s", timeoutS.map(JSONValue.double))
+        if status != .pending { w.set("status", string: status.rawValue) }
+        w.set("result", result)
+        w.set("error", error?.jsonObject)
+        w.set("requested_at", string: requestedAt.rfc3339)
+        w.set("deadline_at", string: deadline?.rfc3339)
+        w.set("attempt", int: Int64(attempt))
+        w.set("heartbeat_timeout_s", heartbeatTimeoutS.map(JSONValue.double))
+        w.set("heartbeat_deadline_at", string: heartbeatDeadline?.rfc3339)
+        if heartbeatCount > 0 { w.set("heartbeat_count", int: Int64(heartbeatCount)) }
+        w.set("last_heartbeat_at", string: lastHeartbeatAt?.rfc3339)
+        w.set("heartbeat_details", heartbeatDetails)
+        return w.finish()
+    }
+
     /// Reads the form `jsonObject` writes; every key it does not know is a field.
     /// Errors are `malformed_message`.
     public init(json: JSONObject) throws(RunError) {

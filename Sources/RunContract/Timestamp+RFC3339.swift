@@ -7,6 +7,34 @@ extension Timestamp {
         let days = totalSeconds >= 0 ? totalSeconds / 86_400 : (totalSeconds - 86_399) / 86_400
         let secondOfDay = Int(totalSeconds - days * 86_400)
         let (y, m, d) = Self.civil(fromDays: days)
+        // Years 0-9999 (all but the pathological): 24 bytes written in place, no intermediate
+        // strings (every event carries one or more of these).
+        if (0...9999).contains(y) {
+            return String(unsafeUninitializedCapacity: 24) { buffer in
+                func put(_ value: Int, _ width: Int, at start: Int) {
+                    var v = value
+                    for k in stride(from: start + width - 1, through: start, by: -1) {
+                        buffer[k] = UInt8(48 + v % 10)
+                        v /= 10
+                    }
+                }
+                put(Int(y), 4, at: 0)
+                buffer[4] = 45  // -
+                put(m, 2, at: 5)
+                buffer[7] = 45
+                put(d, 2, at: 8)
+                buffer[10] = 84  // T
+                put(secondOfDay / 3600, 2, at: 11)
+                buffer[13] = 58  // :
+                put(secondOfDay / 60 % 60, 2, at: 14)
+                buffer[16] = 58
+                put(secondOfDay % 60, 2, at: 17)
+                buffer[19] = 46  // .
+                put(millis, 3, at: 20)
+                buffer[23] = 90  // Z
+                return 24
+            }
+        }
         func pad(_ v: Int, _ width: Int) -> String {
             let s = String(v)
             return s.count >= width ? s : String(repeating: "0", count: width - s.count) + s

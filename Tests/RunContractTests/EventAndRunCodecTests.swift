@@ -22,6 +22,12 @@ enum RunFixtures {
         id: "a-5", type: .toolCall, fields: ["tool": "x", "args": [:]], status: .completed, requestedAt: t(1),
         result: .null)
 
+    static let heartbeated = Action(
+        id: "a-6", type: .toolCall, fields: ["tool": "crawl", "args": ["depth": 2], "note": .null], timeoutS: 60,
+        requestedAt: t(1), deadline: t(61), attempt: 3, heartbeatTimeoutS: 2.5, heartbeatCount: 4,
+        lastHeartbeatAt: t(9), heartbeatDetails: ["page": 17], heartbeatDeadline: t(11))
+    static let actions: [Action] = [pending, pendingWithDeadline, completed, failed, nullResult, heartbeated]
+
     static func event(_ type: EventType, _ seq: Int64, _ status: RunStatus, _ previous: RunStatus?, command: String? = "c-1") -> RunEvent {
         RunEvent(runID: "run-42", seq: seq, type: type, status: status, previousStatus: previous, attempt: 1,
                  occurredAt: t(seq), commandID: command)
@@ -104,6 +110,17 @@ enum RunFixtures {
     @Test(arguments: RunFixtures.events)
     func directEncodingMatchesTheObjectForm(_ e: Labelled<RunEvent>) {
         #expect(e.value.encode() == e.value.jsonObject.serialized())
+    }
+
+    /// An action written directly (as events carry it) is its `JSONObject` form, byte for byte.
+    @Test func directActionEncodingMatchesTheObjectForm() throws {
+        for action in RunFixtures.actions {
+            #expect(action.encode() == action.jsonObject.serialized(), "\(action.id)")
+        }
+        var e = RunFixtures.event(.actionCompleted, 5, .running, .waiting)
+        e.action = RunFixtures.heartbeated
+        #expect(e.encode() == e.jsonObject.serialized())
+        #expect(try RunEvent.decode(e.encode()) == e)
     }
 
     /// The body is the contract's example: keys in the contract's order, times in RFC 3339 with
@@ -296,6 +313,10 @@ enum RunFixtures {
         (1_795_420_800_123, "2026-11-23T08:00:00.123Z"),
         (951_782_400_007, "2000-02-29T00:00:00.007Z"),
         (-1, "1969-12-31T23:59:59.999Z"),
+        (-30_610_224_000_000, "1000-01-01T00:00:00.000Z"),
+        (-30_641_760_000_000, "0999-01-01T00:00:00.000Z"),
+        (253_402_300_799_999, "9999-12-31T23:59:59.999Z"),
+        (253_402_300_800_000, "10000-01-01T00:00:00.000Z"),
     ])
     func formats(_ ms: Int64, _ text: String) {
         #expect(Timestamp(milliseconds: ms).rfc3339 == text)
