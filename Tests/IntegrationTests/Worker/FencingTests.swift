@@ -26,7 +26,14 @@ import Testing
     /// Short leases and heartbeats, so that the takeover happens within seconds: the broker
     /// drops a silent worker's connection (and its exclusive consumers) after two heartbeats.
     static let leaseEnvironment = ["RUNWORKER_LEASE_TTL_S": "2"]
-    static let isolatedEnvironment = leaseEnvironment.merging(["RUNWORKER_BATCH_SIZE": "2", "RUNWORKER_PREFETCH": "16"]) { $1 }
+    /// Small batches, a small prefetch, and one batch in flight: after each commit the worker
+    /// waits for the broker's confirms without holding SQLite's write lock, so that a SIGSTOP
+    /// outside a write transaction (below) finds such a moment within a few tries. With 16
+    /// batches in flight the next commit began at once, a busy worker almost always held the
+    /// lock, and on CI the stop came only when it had applied everything.
+    static let isolatedEnvironment = leaseEnvironment.merging([
+        "RUNWORKER_BATCH_SIZE": "2", "RUNWORKER_PREFETCH": "16", "RUNWORKER_PIPELINE_DEPTH": "1",
+    ]) { $1 }
     static func heartbeatURL(_ url: String, seconds: Int = 1) -> String { url + (url.contains("?") ? "&" : "?") + "heartbeat=\(seconds)" }
 
     /// A worker SIGSTOPped in the middle of a stream, holding every partition with deliveries
@@ -47,13 +54,17 @@ import Testing
     private func suspendOutsideWriteLock(_ a: WorkerProcess, store: String) async throws {
         a.suspend()
         guard store.hasPrefix("sqlite://") else { return }
-        let probe = try SQLiteRunStore(path: storePath(store), synchronous: .normal, busyTimeoutSeconds: 0.2)
-        for _ in 0..<100 {
+        // A stopped worker does not release the lock: a short busy timeout is enough.
+        let probe = try SQLiteRunStore(path: storePath(store), synchronous: .normal, busyTimeoutSeconds: 0.02)
+        for attempt in 1...300 {
             // A write of its own (a membership row that expires at once) succeeds only when
             // no transaction holds the lock.
-            if (try? await probe.heartbeat(workerID: "lock-probe", ttl: 0.001)) != nil { return }
+            if (try? await probe.heartbeat(workerID: "lock-probe", ttl: 0.001)) != nil {
+                print("stopped outside a write transaction at attempt \(attempt)")
+                return
+            }
             a.resume()
-            try await Task.sleep(for: .milliseconds(Int.random(in: 5...50)))
+            try await Task.sleep(for: .milliseconds(Int.random(in: 1...10)))
             a.suspend()
         }
         a.resume()
