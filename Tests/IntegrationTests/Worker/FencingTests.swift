@@ -63,8 +63,10 @@ import Testing
                 print("stopped outside a write transaction at attempt \(attempt)")
                 return
             }
+            // A blocking sleep, not `Task.sleep`: on a loaded machine an awaiting test resumes
+            // late (seconds, on CI), and A ran free all that time.
             a.resume()
-            try await Task.sleep(for: .milliseconds(Int.random(in: 1...10)))
+            usleep(UInt32.random(in: 1_000...10_000))
             a.suspend()
         }
         a.resume()
