@@ -1,5 +1,4 @@
 import Foundation
-import Synchronization
 import RunContract
 import RunStore
 import RunWorkerTestKit
@@ -152,14 +151,13 @@ import Testing
         try a.waitReady(timeout: 120)
         try a.waitForStatus("A holds every partition") { $0.partitions.count == 4 }
 
-        // Until A is isolated, a feeder keeps publishing further runs, so that A cannot run out
-        // of work while the isolation waits for a moment outside a SQLite write (with a fixed
-        // 800 runs, a fast CI machine once applied them all by then, so A had nothing in hand).
-        try publishLifecycles(client, runs: 0..<800)
+        // A works through the stream with one small batch in flight (`isolatedEnvironment`), so
+        // it is far from done when it is isolated (with SIGSTOP: after a few tries, at most a
+        // few milliseconds of running each; the check below says whether that held).
+        let runs = 800
+        try publishLifecycles(client, runs: 0..<runs)
         try a.waitForStatus("A is working", timeout: 60) { $0.counters.applied >= 200 }
-        let feeder = LifecycleFeeder(prefix: prefix, from: 800)
         let end = try await isolate(a, relay, store)
-        let runs = try feeder.stop()
         let appliedByA = a.status?.counters.applied ?? 0
         #expect(appliedByA < 4 * runs, "A finished before it was isolated: the test proves nothing")
 
@@ -220,39 +218,5 @@ func waitUntilAsync(_ what: String, timeout: Double, _ condition: () async throw
     while !(try await condition()) {
         guard Date() < deadline else { throw TestKitError(.timedOut, "\(what): not after \(timeout) s") }
         try await Task.sleep(for: .milliseconds(100))
-    }
-}
-
-/// Publishes the lifecycles of further runs (numbered from `from`), a chunk every 100 ms on a
-/// connection and thread of its own, until `stop`, which returns how many runs exist in all.
-final class LifecycleFeeder: Sendable {
-    private let state: Mutex<(stop: Bool, next: Int, error: String?)>
-    private let finished = DispatchSemaphore(value: 0)
-
-    init(prefix: String, from: Int, chunk: Int = 100, limit: Int = 4_000) {
-        state = Mutex((false, from, nil))
-        Thread { [self] in
-            defer { finished.signal() }
-            do {
-                let client = try ContractClient(prefix: prefix)
-                while state.withLock({ !$0.stop && $0.next < limit }) {
-                    let next = state.withLock { $0.next }
-                    try publishLifecycles(client, runs: next..<next + chunk)
-                    state.withLock { $0.next = next + chunk }
-                    Thread.sleep(forTimeInterval: 0.1)
-                }
-            } catch {
-                state.withLock { $0.error = "\(error)" }
-            }
-        }.start()
-    }
-
-    func stop() throws -> Int {
-        state.withLock { $0.stop = true }
-        finished.wait()
-        return try state.withLock { s in
-            if let error = s.error { throw TestKitError(.notConfirmed, "feeder: \(error)") }
-            return s.next
-        }
     }
 }
