@@ -175,11 +175,15 @@ public final class SQLiteRunStore: RunStore {
         let statement = try db.cachedStatement(
             sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
         for key in commands {
-            guard let row = try Row.fetchOne(statement, arguments: [key.runID, key.commandID]) else { continue }
-            let code: String? = row["error_code"]
-            let message: String? = row["error_message"]
-            snapshot.outcomes[key] = CommandOutcome(
-                command: row["command"], error: code.map { RunError(RunError.Code(rawValue: $0), message ?? "") })
+            let lookup = SQLiteBinder(db, statement)
+            lookup.bind(1, key.runID)
+            lookup.bind(2, key.commandID)
+            try lookup.query { row in
+                let code = row.string(1)
+                snapshot.outcomes[key] = CommandOutcome(
+                    command: row.string(0), error: code.map { RunError(RunError.Code(rawValue: $0), row.string(2) ?? "") })
+                return false
+            }
         }
         return snapshot
     }
@@ -378,7 +382,11 @@ public final class SQLiteRunStore: RunStore {
     static func deleteOutbox(_ db: Database, _ ids: [Int64]) throws {
         guard !ids.isEmpty else { return }
         let statement = try db.cachedStatement(sql: "UPDATE outbox SET published = 1 WHERE id = ?")
-        for id in ids { try statement.execute(arguments: [id]) }
+        for id in ids {
+            let update = SQLiteBinder(db, statement)
+            update.bind(1, id)
+            try update.execute()
+        }
     }
 
     public func runsDue(at time: Timestamp, partitions: [Int]?, limit: Int) async throws -> [String] {
@@ -540,13 +548,21 @@ public final class SQLiteRunStore: RunStore {
 
     static func loadRun(_ db: Database, _ runID: String) throws -> Run? {
         let statement = try db.cachedStatement(sql: "SELECT body FROM runs WHERE run_id = ?")
-        guard let row = try Row.fetchOne(statement, arguments: [runID]) else { return nil }
-        return try decodeRun(row["body"])
+        let select = SQLiteBinder(db, statement)
+        select.bind(1, runID)
+        var body: [UInt8]?
+        try select.query { row in
+            body = row.bytes(0)
+            return false
+        }
+        return try body.map(decodeRun)
     }
 
-    static func decodeRun(_ data: Data) throws -> Run {
+    static func decodeRun(_ data: Data) throws -> Run { try decodeRun([UInt8](data)) }
+
+    static func decodeRun(_ bytes: [UInt8]) throws -> Run {
         do {
-            return try Run.decodeStorage([UInt8](data))
+            return try Run.decodeStorage(bytes)
         } catch {
             throw StoreError(.corrupt, "stored run cannot be decoded: \(error)")
         }
@@ -582,7 +598,7 @@ public final class SQLiteRunStore: RunStore {
         let run = write.run
         // A terminal run has no timer left.
         let nextDeadline = run.status.isTerminal ? nil : write.nextDeadline
-        let body = Data(run.encodeForStorage())
+        let body = run.encodeForStorage()
         if let previousVersion = write.previousVersion {
             let statement = try db.cachedStatement(
                 sql: """
@@ -590,10 +606,17 @@ public final class SQLiteRunStore: RunStore {
                         next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
                     WHERE run_id = ? AND version = ?
                     """)
-            try statement.execute(arguments: [
-                run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                nextDeadline?.milliseconds, write.partition, body, run.runID, previousVersion,
-            ])
+            let update = SQLiteBinder(db, statement)
+            update.bind(1, run.status.rawValue)
+            update.bind(2, run.agentID)
+            update.bind(3, run.version)
+            update.bind(4, run.updatedAt.milliseconds)
+            update.bind(5, nextDeadline?.milliseconds)
+            update.bind(6, write.partition)
+            update.bind(7, body)
+            update.bind(8, run.runID)
+            update.bind(9, previousVersion)
+            try update.execute()
             if db.changesCount != 1 {
                 throw StoreError(.versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
             }
@@ -603,10 +626,17 @@ public final class SQLiteRunStore: RunStore {
                     INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
                     """)
-            try statement.execute(arguments: [
-                run.runID, run.status.rawValue, run.agentID, run.version, run.updatedAt.milliseconds,
-                nextDeadline?.milliseconds, write.partition, body, run.createdAt.milliseconds,
-            ])
+            let insert = SQLiteBinder(db, statement)
+            insert.bind(1, run.runID)
+            insert.bind(2, run.status.rawValue)
+            insert.bind(3, run.agentID)
+            insert.bind(4, run.version)
+            insert.bind(5, run.updatedAt.milliseconds)
+            insert.bind(6, nextDeadline?.milliseconds)
+            insert.bind(7, write.partition)
+            insert.bind(8, body)
+            insert.bind(9, run.createdAt.milliseconds)
+            try insert.execute()
             if db.changesCount != 1 {
                 throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
             }
@@ -619,9 +649,14 @@ public final class SQLiteRunStore: RunStore {
                 INSERT INTO commands (run_id, command_id, command, error_code, error_message, recorded_at_ms)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                 """)
-        try statement.execute(arguments: [
-            key.runID, key.commandID, outcome.command, outcome.error?.code.rawValue, outcome.error?.message, recordedAt,
-        ])
+        let insert = SQLiteBinder(db, statement)
+        insert.bind(1, key.runID)
+        insert.bind(2, key.commandID)
+        insert.bind(3, outcome.command)
+        insert.bind(4, outcome.error?.code.rawValue)
+        insert.bind(5, outcome.error?.message)
+        insert.bind(6, recordedAt)
+        try insert.execute()
         if db.changesCount != 1 {
             throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded by another writer")
         }
@@ -636,9 +671,16 @@ public final class SQLiteRunStore: RunStore {
         var ids: [Int64] = []
         ids.reserveCapacity(messages.count)
         for m in messages {
-            try statement.execute(arguments: [
-                m.runID, m.seq, m.type, m.status, m.routingKey, m.messageID, m.writtenAt.milliseconds, Data(m.body),
-            ])
+            let insert = SQLiteBinder(db, statement)
+            insert.bind(1, m.runID)
+            insert.bind(2, m.seq)
+            insert.bind(3, m.type)
+            insert.bind(4, m.status)
+            insert.bind(5, m.routingKey)
+            insert.bind(6, m.messageID)
+            insert.bind(7, m.writtenAt.milliseconds)
+            insert.bind(8, m.body)
+            try insert.execute()
             ids.append(db.lastInsertedRowID)
         }
         return ids

@@ -1191,7 +1191,11 @@ final class WorkerLoop: @unchecked Sendable {
     }
 
     private func log(_ results: [CommandResult]) {
+        // Most results are applied commands, logged at debug: below that level, skip them
+        // without building their metadata.
+        let debug = logger.logLevel <= .debug
         for r in results {
+            if case .applied = r.kind, !debug { continue }
             var metadata: Logger.Metadata = [:]
             if let id = r.runID { metadata["run_id"] = .string(id) }
             if let id = r.commandID { metadata["command_id"] = .string(id) }

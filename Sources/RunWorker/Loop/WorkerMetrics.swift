@@ -58,22 +58,33 @@ final class WorkerMetrics {
     /// anything, and every distinct label value is a new series).
     static func commandLabel(_ name: String?) -> String { name.flatMap { CommandName(rawValue: $0)?.rawValue } ?? "unknown" }
 
-    /// A confirmed batch: what each item did, and what happened to runs.
+    /// A confirmed batch: what each item did, and what happened to runs. The results are
+    /// tallied first, so a batch of hundreds of commands touches a handful of counters (each
+    /// lookup builds a key string: 1.4 % of the worker's CPU when done per command).
     func count(_ results: [CommandResult], _ observations: [RunObservation]) {
+        var tally: [(Tally, Int)] = []
         for r in results {
-            let command = Self.commandLabel(r.command)
+            let key: Tally
             switch r.kind {
-            case .applied:
-                counter("runworker_commands_total", [("command", command), ("outcome", "applied")]).increment()
-            case .refused(let error):
-                counter("runworker_commands_total", [("command", command), ("outcome", "refused")]).increment()
-                counter("runworker_refusals_total", [("code", error.code.rawValue)]).increment()
-            case .duplicate:
-                counter("runworker_commands_total", [("command", command), ("outcome", "duplicate")]).increment()
-            case .deadLettered(let error):
-                counter("runworker_dead_letters_total", [("reason", error.code.rawValue)]).increment()
+            case .applied: key = .command(r.command, "applied")
+            case .refused(let error): key = .refused(r.command, error.code)
+            case .duplicate: key = .command(r.command, "duplicate")
+            case .deadLettered(let error): key = .deadLettered(error.code)
+            case .timerFired: key = .timerFired
+            }
+            if let i = tally.firstIndex(where: { $0.0 == key }) { tally[i].1 += 1 } else { tally.append((key, 1)) }
+        }
+        for (key, n) in tally {
+            switch key {
+            case .command(let name, let outcome):
+                counter("runworker_commands_total", [("command", Self.commandLabel(name)), ("outcome", outcome)]).increment(by: n)
+            case .refused(let name, let code):
+                counter("runworker_commands_total", [("command", Self.commandLabel(name)), ("outcome", "refused")]).increment(by: n)
+                counter("runworker_refusals_total", [("code", code.rawValue)]).increment(by: n)
+            case .deadLettered(let code):
+                counter("runworker_dead_letters_total", [("reason", code.rawValue)]).increment(by: n)
             case .timerFired:
-                counter("runworker_timers_fired_total", []).increment()
+                counter("runworker_timers_fired_total", []).increment(by: n)
             }
         }
         for o in observations {
@@ -92,6 +103,14 @@ final class WorkerMetrics {
                 timerLateness.record(max(0, lateness))
             }
         }
+    }
+
+    /// What one result adds to (`count`'s tally).
+    private enum Tally: Equatable {
+        case command(String?, String)
+        case refused(String?, RunError.Code)
+        case deadLettered(RunError.Code)
+        case timerFired
     }
 
     func deadLettered(reason: String) {
