@@ -3,36 +3,64 @@ internal import CRabbitMQ
 
 /// Scoped C memory for one librabbitmq call: every `amqp_bytes_t`/table built for a call lives
 /// here and is freed together when the arena goes away (`withArena`). Never escapes the call.
+///
+/// A bump allocator over a few chunks: a batch of events (a dozen strings each, in its
+/// properties and headers) once cost about 30 allocations per message, a fifth of all the
+/// worker's allocations; now a batch takes a handful of chunks.
 final class Arena {
-    private var blocks: [UnsafeMutableRawPointer] = []
+    private var chunks: [UnsafeMutableRawPointer] = []
+    private var next: UnsafeMutableRawPointer?
+    private var left = 0
+    private var chunkSize = 4096
 
-    func allocate(_ size: Int) -> UnsafeMutableRawPointer {
-        let p = malloc(max(size, 1))!
-        blocks.append(p)
+    func allocate(_ size: Int, alignment: Int = 16) -> UnsafeMutableRawPointer {
+        let size = max(size, 1)
+        if let p = next {
+            let padding = (alignment - Int(bitPattern: p) % alignment) % alignment
+            if padding + size <= left {
+                next = p + padding + size
+                left -= padding + size
+                return p + padding
+            }
+        }
+        // A fresh chunk (malloc's alignment suits every C type here), each twice the last up to
+        // 256 KiB, so a large batch takes few.
+        let capacity = max(chunkSize, size)
+        chunkSize = min(chunkSize * 2, 256 * 1024)
+        let p = malloc(capacity)!
+        chunks.append(p)
+        next = p + size
+        left = capacity - size
         return p
     }
 
-    func bytes(_ s: String) -> amqp_bytes_t { bytes(Array(s.utf8)) }
+    func bytes(_ s: String) -> amqp_bytes_t {
+        var s = s
+        return s.withUTF8 { bytes(UnsafeRawBufferPointer($0)) }
+    }
 
-    func bytes(_ b: [UInt8]) -> amqp_bytes_t {
-        let p = allocate(b.count)
-        b.withUnsafeBytes { src in
-            if let base = src.baseAddress { p.copyMemory(from: base, byteCount: b.count) }
-        }
+    func bytes(_ b: [UInt8]) -> amqp_bytes_t { b.withUnsafeBytes { bytes($0) } }
+
+    func bytes(_ b: UnsafeRawBufferPointer) -> amqp_bytes_t {
+        let p = allocate(b.count, alignment: 1)
+        if let base = b.baseAddress, b.count > 0 { p.copyMemory(from: base, byteCount: b.count) }
         return amqp_bytes_t(len: b.count, bytes: p)
     }
 
     /// A NUL-terminated copy, for `const char *` parameters.
     func cString(_ s: String) -> UnsafePointer<CChar> {
-        let u = Array(s.utf8CString)
-        let p = allocate(u.count).bindMemory(to: CChar.self, capacity: u.count)
-        p.initialize(from: u, count: u.count)
-        return UnsafePointer(p)
+        var s = s
+        return s.withUTF8 { utf8 in
+            let p = allocate(utf8.count + 1, alignment: 1)
+            if let base = utf8.baseAddress { p.copyMemory(from: base, byteCount: utf8.count) }
+            p.storeBytes(of: 0, toByteOffset: utf8.count, as: UInt8.self)
+            return UnsafePointer(p.assumingMemoryBound(to: CChar.self))
+        }
     }
 
     func table(_ t: AMQPTable?) -> amqp_table_t {
         guard let t, !t.isEmpty else { return amqp_empty_table }
-        let entries = allocate(MemoryLayout<amqp_table_entry_t>.stride * t.count)
+        let entries = allocate(MemoryLayout<amqp_table_entry_t>.stride * t.count, alignment: MemoryLayout<amqp_table_entry_t>.alignment)
             .bindMemory(to: amqp_table_entry_t.self, capacity: t.count)
         for (i, e) in t.entries.enumerated() {
             entries[i] = amqp_table_entry_t(key: bytes(e.key), value: field(e.value))
@@ -60,7 +88,7 @@ final class Arena {
         case .bytes(let b): kind(AMQP_FIELD_KIND_BYTES); f.value.bytes = bytes(b)
         case .array(let a):
             kind(AMQP_FIELD_KIND_ARRAY)
-            let items = allocate(MemoryLayout<amqp_field_value_t>.stride * a.count)
+            let items = allocate(MemoryLayout<amqp_field_value_t>.stride * a.count, alignment: MemoryLayout<amqp_field_value_t>.alignment)
                 .bindMemory(to: amqp_field_value_t.self, capacity: max(a.count, 1))
             for (i, x) in a.enumerated() { items[i] = field(x) }
             f.value.array = amqp_array_t(num_entries: Int32(a.count), entries: items)
@@ -97,7 +125,7 @@ final class Arena {
         return c
     }
 
-    deinit { for b in blocks { free(b) } }
+    deinit { for c in chunks { free(c) } }
 }
 
 /// Runs `body` with a fresh arena; everything allocated in it is freed when `body` returns.
