@@ -12,6 +12,18 @@ import GRDBSQLite
 struct SQLiteBinder {
     private let db: Database
     private let statement: OpaquePointer
+    /// The row's texts and blobs, copied once into one buffer and bound where they lie while the
+    /// statement runs (`SQLITE_STATIC`): binding each Swift string on its own took two
+    /// allocations (its C form, then SQLite's copy), a quarter of the worker's allocations.
+    private var bytes: [UInt8] = []
+    private var spans: [Span] = []
+
+    private struct Span {
+        let index: Int32
+        let start: Int
+        let count: Int
+        let isText: Bool
+    }
 
     /// Resets `statement` and clears its bindings (parameters not bound are NULL).
     init(_ db: Database, _ statement: Statement) {
@@ -21,15 +33,21 @@ struct SQLiteBinder {
         sqlite3_clear_bindings(self.statement)
     }
 
-    // SQLite copies what is bound with SQLITE_TRANSIENT before the call returns, so a Swift
-    // string's temporary C form is enough.
-    private static let transient = unsafeBitCast(-1, to: sqlite3_destructor_type.self)
-
-    func bind(_ index: Int32, _ value: String) {
-        sqlite3_bind_text(statement, index, value, -1, Self.transient)
+    /// Room for a typical row at its first text or blob, so that appending does not regrow.
+    private mutating func reserve(_ count: Int) {
+        if spans.isEmpty { spans.reserveCapacity(8) }
+        if bytes.capacity < bytes.count + count { bytes.reserveCapacity(max(512, 2 * (bytes.count + count))) }
     }
 
-    func bind(_ index: Int32, _ value: String?) {
+    mutating func bind(_ index: Int32, _ value: String) {
+        reserve(value.utf8.count + 1)
+        let start = bytes.count
+        bytes.append(contentsOf: value.utf8)
+        spans.append(Span(index: index, start: start, count: bytes.count - start, isText: true))
+        bytes.append(0)  // NUL-terminated, and so never an empty buffer
+    }
+
+    mutating func bind(_ index: Int32, _ value: String?) {
         if let value { bind(index, value) } else { sqlite3_bind_null(statement, index) }
     }
 
@@ -45,23 +63,44 @@ struct SQLiteBinder {
 
     func bind(_ index: Int32, _ value: Int?) { bind(index, value.map(Int64.init)) }
 
-    func bind(_ index: Int32, _ bytes: [UInt8]) {
-        bytes.withUnsafeBytes { buffer in
-            if let base = buffer.baseAddress {
-                sqlite3_bind_blob(statement, index, base, Int32(buffer.count), Self.transient)
-            } else {
-                sqlite3_bind_zeroblob(statement, index, 0)  // an empty blob, not NULL
+    mutating func bind(_ index: Int32, _ value: [UInt8]) {
+        reserve(value.count)
+        let start = bytes.count
+        bytes.append(contentsOf: value)
+        spans.append(Span(index: index, start: start, count: value.count, isText: false))
+    }
+
+    /// Binds the texts and blobs where they lie in `bytes`, runs `body`, then unbinds them
+    /// before the buffer may go (SQLite keeps a static binding's pointer until then).
+    private func withBoundBytes<T>(_ body: () throws -> T) rethrows -> T {
+        try bytes.withUnsafeBytes { buffer in
+            for span in spans {
+                guard let base = buffer.baseAddress else {
+                    // Only empty blobs were bound: still values, not NULL.
+                    sqlite3_bind_zeroblob(statement, span.index, 0)
+                    continue
+                }
+                let p = base + span.start
+                if span.isText {
+                    sqlite3_bind_text(statement, span.index, p.assumingMemoryBound(to: CChar.self), Int32(span.count), nil /* SQLITE_STATIC */)
+                } else {
+                    sqlite3_bind_blob(statement, span.index, p, Int32(span.count), nil /* SQLITE_STATIC */)
+                }
             }
+            defer { if !spans.isEmpty { sqlite3_clear_bindings(statement) } }
+            return try body()
         }
     }
 
     /// Runs the statement to its end (an INSERT, UPDATE or DELETE).
     func execute() throws {
-        while true {
-            switch sqlite3_step(statement) {
-            case SQLITE_DONE: return
-            case SQLITE_ROW: continue
-            case let code: throw failure(code)
+        try withBoundBytes {
+            while true {
+                switch sqlite3_step(statement) {
+                case SQLITE_DONE: return
+                case SQLITE_ROW: continue
+                case let code: throw failure(code)
+                }
             }
         }
     }
@@ -69,12 +108,14 @@ struct SQLiteBinder {
     /// Runs a query and hands each row to `row` (read with `string` and `bytes`), until it
     /// returns false or the rows end; then resets the statement, which ends its read.
     func query(_ row: (SQLiteBinder) throws -> Bool) throws {
-        defer { sqlite3_reset(statement) }
-        while true {
-            switch sqlite3_step(statement) {
-            case SQLITE_DONE: return
-            case SQLITE_ROW: if try !row(self) { return }
-            case let code: throw failure(code)
+        try withBoundBytes {
+            defer { sqlite3_reset(statement) }
+            while true {
+                switch sqlite3_step(statement) {
+                case SQLITE_DONE: return
+                case SQLITE_ROW: if try !row(self) { return }
+                case let code: throw failure(code)
+                }
             }
         }
     }

@@ -175,7 +175,7 @@ public final class SQLiteRunStore: RunStore {
         let statement = try db.cachedStatement(
             sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
         for key in commands {
-            let lookup = SQLiteBinder(db, statement)
+            var lookup = SQLiteBinder(db, statement)
             lookup.bind(1, key.runID)
             lookup.bind(2, key.commandID)
             try lookup.query { row in
@@ -383,7 +383,7 @@ public final class SQLiteRunStore: RunStore {
         guard !ids.isEmpty else { return }
         let statement = try db.cachedStatement(sql: "UPDATE outbox SET published = 1 WHERE id = ?")
         for id in ids {
-            let update = SQLiteBinder(db, statement)
+            var update = SQLiteBinder(db, statement)
             update.bind(1, id)
             try update.execute()
         }
@@ -548,7 +548,7 @@ public final class SQLiteRunStore: RunStore {
 
     static func loadRun(_ db: Database, _ runID: String) throws -> Run? {
         let statement = try db.cachedStatement(sql: "SELECT body FROM runs WHERE run_id = ?")
-        let select = SQLiteBinder(db, statement)
+        var select = SQLiteBinder(db, statement)
         select.bind(1, runID)
         var body: [UInt8]?
         try select.query { row in
@@ -606,7 +606,7 @@ public final class SQLiteRunStore: RunStore {
                         next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
                     WHERE run_id = ? AND version = ?
                     """)
-            let update = SQLiteBinder(db, statement)
+            var update = SQLiteBinder(db, statement)
             update.bind(1, run.status.rawValue)
             update.bind(2, run.agentID)
             update.bind(3, run.version)
@@ -626,7 +626,7 @@ public final class SQLiteRunStore: RunStore {
                     INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
                     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
                     """)
-            let insert = SQLiteBinder(db, statement)
+            var insert = SQLiteBinder(db, statement)
             insert.bind(1, run.runID)
             insert.bind(2, run.status.rawValue)
             insert.bind(3, run.agentID)
@@ -649,7 +649,7 @@ public final class SQLiteRunStore: RunStore {
                 INSERT INTO commands (run_id, command_id, command, error_code, error_message, recorded_at_ms)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                 """)
-        let insert = SQLiteBinder(db, statement)
+        var insert = SQLiteBinder(db, statement)
         insert.bind(1, key.runID)
         insert.bind(2, key.commandID)
         insert.bind(3, outcome.command)
@@ -671,7 +671,7 @@ public final class SQLiteRunStore: RunStore {
         var ids: [Int64] = []
         ids.reserveCapacity(messages.count)
         for m in messages {
-            let insert = SQLiteBinder(db, statement)
+            var insert = SQLiteBinder(db, statement)
             insert.bind(1, m.runID)
             insert.bind(2, m.seq)
             insert.bind(3, m.type)

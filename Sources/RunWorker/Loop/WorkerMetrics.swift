@@ -90,15 +90,36 @@ final class WorkerMetrics {
         for o in observations {
             switch o {
             case .runFinished(let status, let stopReason, let agentID, let duration, let attempts):
-                counter("runworker_runs_finished_total", [
-                    ("status", status.rawValue), ("stop_reason", stopReason?.rawValue ?? "none"),
-                ]).increment()
-                recorder("runworker_run_duration_seconds", [("agent_id", label(agentID))]).record(duration)
+                let finished = RunFinishedKey(status: status, stopReason: stopReason)
+                if let c = runsFinished[finished] {
+                    c.increment()
+                } else {
+                    let c = counter("runworker_runs_finished_total", [
+                        ("status", status.rawValue), ("stop_reason", stopReason?.rawValue ?? "none"),
+                    ])
+                    runsFinished[finished] = c
+                    c.increment()
+                }
+                let agent = label(agentID)
+                if let r = runDurations[agent] {
+                    r.record(duration)
+                } else {
+                    let r = recorder("runworker_run_duration_seconds", [("agent_id", agent)])
+                    runDurations[agent] = r
+                    r.record(duration)
+                }
                 runAttempts.record(attempts)
             case .actionFinished(let agentID, let type, let status, let duration):
-                recorder("runworker_action_duration_seconds", [
-                    ("agent_id", label(agentID)), ("action_type", type), ("status", status.rawValue),
-                ]).record(duration)
+                let key = ActionKey(agent: label(agentID), type: type, status: status)
+                if let r = actionDurations[key] {
+                    r.record(duration)
+                } else {
+                    let r = recorder("runworker_action_duration_seconds", [
+                        ("agent_id", key.agent), ("action_type", type), ("status", status.rawValue),
+                    ])
+                    actionDurations[key] = r
+                    r.record(duration)
+                }
             case .timerFired(let lateness):
                 timerLateness.record(max(0, lateness))
             }
@@ -112,6 +133,23 @@ final class WorkerMetrics {
         case deadLettered(RunError.Code)
         case timerFired
     }
+
+    // The metrics of every run and action that finishes, by typed keys: building the generic
+    // cache's key string for each was most of the allocations `count` made.
+    private struct RunFinishedKey: Hashable {
+        let status: RunStatus
+        let stopReason: StopReason?
+    }
+
+    private struct ActionKey: Hashable {
+        let agent: String
+        let type: String
+        let status: ActionStatus
+    }
+
+    private var runsFinished: [RunFinishedKey: Counter] = [:]
+    private var runDurations: [String: Recorder] = [:]
+    private var actionDurations: [ActionKey: Recorder] = [:]
 
     func deadLettered(reason: String) {
         counter("runworker_dead_letters_total", [("reason", reason)]).increment()
