@@ -26,6 +26,16 @@ extension RetryPolicy {
         return o
     }
 
+    /// The members of `jsonObject`, in its order, straight to bytes (a run's config is written
+    /// with every stored run and every `created` event).
+    public func write(to w: inout JSONObjectWriter) {
+        w.set("max_attempts", int: maxAttempts.map(Int64.init))
+        w.set("delay_s", delayS.map(JSONValue.double))
+        w.set("backoff", backoff.map(JSONValue.double))
+        w.set("max_delay_s", maxDelayS.map(JSONValue.double))
+        w.set("retry_timeouts", retryTimeouts.map(JSONValue.bool))
+    }
+
     /// `max_attempts` is an integer >= 1; `delay_s`, `max_delay_s` are durations;
     /// `backoff` is a number > 0; `retry_timeouts` a boolean. Unknown keys are ignored.
     init(reader r: FieldReader) throws(RunError) {
@@ -54,6 +64,15 @@ extension RunConfig {
         o.set("retry", retry.map { .object($0.jsonObject) })
         o.set("webhook", webhook.map { .object($0.jsonObject) })
         return o
+    }
+
+    /// The members of `jsonObject`, in its order, straight to bytes.
+    public func write(to w: inout JSONObjectWriter) {
+        w.set("timeout_s", timeoutS.map(JSONValue.double))
+        w.set("start_timeout_s", startTimeoutS.map(JSONValue.double))
+        w.set("action_timeout_s", actionTimeoutS.map(JSONValue.double))
+        if let retry { w.setObject("retry") { retry.write(to: &$0) } }
+        w.set("webhook", webhook?.jsonObject)
     }
 
     /// Validates like the `config` of a command; errors are `validation_error` naming the
@@ -169,7 +188,7 @@ extension RunSpec {
         w.set("agent_id", string: agentID)
         w.set("input", input)
         w.set("metadata", metadata)
-        w.set("config", config?.jsonObject)
+        if let config { w.setObject("config") { config.write(to: &$0) } }
         w.set("previous_run_id", string: previousRunID)
         w.set("resume_from", resumeFrom)
     }

@@ -100,7 +100,7 @@ extension Run {
         w.set("agent_id", string: agentID)
         w.set("input", input)
         w.set("metadata", metadata)
-        w.set("config", config.jsonObject)
+        w.setObject("config") { config.write(to: &$0) }
         var actionsJSON: [UInt8] = [0x5B]
         for (i, action) in actions.enumerated() {
             if i > 0 { actionsJSON.append(0x2C) }

@@ -181,6 +181,25 @@ public struct JSONObjectWriter {
         JSONWriter.writeInt(value, to: &bytes)
     }
 
+    /// `key: {...}`, the nested object written by `body` into this writer's own buffer (no
+    /// intermediate object, no buffer of its own).
+    public mutating func setObject(_ key: String, _ body: (inout JSONObjectWriter) -> Void) {
+        self.key(key)
+        // The buffer moves to the nested writer and back, never shared (so never copied).
+        var taken: [UInt8] = []
+        swap(&taken, &bytes)
+        var nested = JSONObjectWriter(continuing: [])
+        swap(&nested.bytes, &taken)
+        nested.bytes.append(0x7B)
+        body(&nested)
+        swap(&nested.bytes, &bytes)
+        bytes.append(0x7D)
+    }
+
+    private init(continuing bytes: [UInt8]) {
+        self.bytes = bytes
+    }
+
     /// `key: ` followed by `json`, already-serialized JSON the caller vouches for.
     public mutating func set(_ key: String, raw json: [UInt8]) {
         self.key(key)

@@ -169,8 +169,11 @@ public final class SQLiteRunStore: RunStore {
 
     static func load(_ db: Database, runIDs: Set<String>, commands: Set<CommandKey>) throws -> StoreSnapshot {
         var snapshot = StoreSnapshot()
-        for id in runIDs {
-            if let run = try Self.loadRun(db, id) { snapshot.runs[id] = run }
+        if !runIDs.isEmpty {
+            let select = try db.cachedStatement(sql: selectRunSQL)
+            for id in runIDs {
+                if let run = try Self.loadRun(db, id, select) { snapshot.runs[id] = run }
+            }
         }
         let statement = try db.cachedStatement(
             sql: "SELECT command, error_code, error_message FROM commands WHERE run_id = ? AND command_id = ?")
@@ -206,10 +209,10 @@ public final class SQLiteRunStore: RunStore {
             try LeaseRow.checkFence(fence, rows: rows, at: now)
         }
         try Self.deleteOutbox(db, batch.removeOutbox)
-        for write in batch.runs { try Self.save(db, write) }
+        try Self.save(db, batch.runs)
         if !batch.outcomes.isEmpty {
             let recordedAt = (clock?() ?? Timestamp(seconds: Date().timeIntervalSince1970)).milliseconds
-            for (key, outcome) in batch.outcomes { try Self.recordOutcome(db, key, outcome, at: recordedAt) }
+            try Self.recordOutcomes(db, batch.outcomes, at: recordedAt)
         }
         return try Self.appendOutbox(db, batch.outbox)
     }
@@ -546,9 +549,12 @@ public final class SQLiteRunStore: RunStore {
 
     // MARK: - Rows
 
-    static func loadRun(_ db: Database, _ runID: String) throws -> Run? {
-        let statement = try db.cachedStatement(sql: "SELECT body FROM runs WHERE run_id = ?")
-        var select = SQLiteBinder(db, statement)
+    // The batch path's statements are looked up once per batch, not per row: GRDB's cache is
+    // keyed by the SQL text, hashed at every lookup.
+    static let selectRunSQL = "SELECT body FROM runs WHERE run_id = ?"
+
+    static func loadRun(_ db: Database, _ runID: String, _ statement: Statement? = nil) throws -> Run? {
+        var select = SQLiteBinder(db, try statement ?? db.cachedStatement(sql: selectRunSQL))
         select.bind(1, runID)
         var body: [UInt8]?
         try select.query { row in
@@ -594,71 +600,77 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    static func save(_ db: Database, _ write: RunWrite) throws {
-        let run = write.run
-        // A terminal run has no timer left.
-        let nextDeadline = run.status.isTerminal ? nil : write.nextDeadline
-        let body = run.encodeForStorage()
-        if let previousVersion = write.previousVersion {
-            let statement = try db.cachedStatement(
-                sql: """
-                    UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
-                        next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
-                    WHERE run_id = ? AND version = ?
-                    """)
-            var update = SQLiteBinder(db, statement)
-            update.bind(1, run.status.rawValue)
-            update.bind(2, run.agentID)
-            update.bind(3, run.version)
-            update.bind(4, run.updatedAt.milliseconds)
-            update.bind(5, nextDeadline?.milliseconds)
-            update.bind(6, write.partition)
-            update.bind(7, body)
-            update.bind(8, run.runID)
-            update.bind(9, previousVersion)
-            try update.execute()
-            if db.changesCount != 1 {
-                throw StoreError(.versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
-            }
-        } else {
-            let statement = try db.cachedStatement(
-                sql: """
-                    INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
-                    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
-                    """)
-            var insert = SQLiteBinder(db, statement)
-            insert.bind(1, run.runID)
-            insert.bind(2, run.status.rawValue)
-            insert.bind(3, run.agentID)
-            insert.bind(4, run.version)
-            insert.bind(5, run.updatedAt.milliseconds)
-            insert.bind(6, nextDeadline?.milliseconds)
-            insert.bind(7, write.partition)
-            insert.bind(8, body)
-            insert.bind(9, run.createdAt.milliseconds)
-            try insert.execute()
-            if db.changesCount != 1 {
-                throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
+    /// Writes each run, version-checked (an update) or new (an insert).
+    static func save(_ db: Database, _ writes: [RunWrite]) throws {
+        guard !writes.isEmpty else { return }
+        let updateRun = try db.cachedStatement(
+            sql: """
+                UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
+                    next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
+                WHERE run_id = ? AND version = ?
+                """)
+        let insertRun = try db.cachedStatement(
+            sql: """
+                INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                """)
+        for write in writes {
+            let run = write.run
+            // A terminal run has no timer left.
+            let nextDeadline = run.status.isTerminal ? nil : write.nextDeadline
+            let body = run.encodeForStorage()
+            if let previousVersion = write.previousVersion {
+                var update = SQLiteBinder(db, updateRun)
+                update.bind(1, run.status.rawValue)
+                update.bind(2, run.agentID)
+                update.bind(3, run.version)
+                update.bind(4, run.updatedAt.milliseconds)
+                update.bind(5, nextDeadline?.milliseconds)
+                update.bind(6, write.partition)
+                update.bind(7, body)
+                update.bind(8, run.runID)
+                update.bind(9, previousVersion)
+                try update.execute()
+                if db.changesCount != 1 {
+                    throw StoreError(.versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
+                }
+            } else {
+                var insert = SQLiteBinder(db, insertRun)
+                insert.bind(1, run.runID)
+                insert.bind(2, run.status.rawValue)
+                insert.bind(3, run.agentID)
+                insert.bind(4, run.version)
+                insert.bind(5, run.updatedAt.milliseconds)
+                insert.bind(6, nextDeadline?.milliseconds)
+                insert.bind(7, write.partition)
+                insert.bind(8, body)
+                insert.bind(9, run.createdAt.milliseconds)
+                try insert.execute()
+                if db.changesCount != 1 {
+                    throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
+                }
             }
         }
     }
 
-    static func recordOutcome(_ db: Database, _ key: CommandKey, _ outcome: CommandOutcome, at recordedAt: Int64) throws {
+    static func recordOutcomes(_ db: Database, _ outcomes: [(key: CommandKey, outcome: CommandOutcome)], at recordedAt: Int64) throws {
         let statement = try db.cachedStatement(
             sql: """
                 INSERT INTO commands (run_id, command_id, command, error_code, error_message, recorded_at_ms)
                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING
                 """)
-        var insert = SQLiteBinder(db, statement)
-        insert.bind(1, key.runID)
-        insert.bind(2, key.commandID)
-        insert.bind(3, outcome.command)
-        insert.bind(4, outcome.error?.code.rawValue)
-        insert.bind(5, outcome.error?.message)
-        insert.bind(6, recordedAt)
-        try insert.execute()
-        if db.changesCount != 1 {
-            throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded by another writer")
+        for (key, outcome) in outcomes {
+            var insert = SQLiteBinder(db, statement)
+            insert.bind(1, key.runID)
+            insert.bind(2, key.commandID)
+            insert.bind(3, outcome.command)
+            insert.bind(4, outcome.error?.code.rawValue)
+            insert.bind(5, outcome.error?.message)
+            insert.bind(6, recordedAt)
+            try insert.execute()
+            if db.changesCount != 1 {
+                throw StoreError(.versionConflict, "command \(key.commandID) of run \(key.runID) was recorded by another writer")
+            }
         }
     }
 

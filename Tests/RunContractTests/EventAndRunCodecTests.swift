@@ -123,6 +123,39 @@ enum RunFixtures {
         #expect(try RunEvent.decode(e.encode()) == e)
     }
 
+    /// A config written straight to bytes (in stored runs and `created` events) is the bytes of
+    /// its object form, nested objects included.
+    @Test func directConfigEncodingMatchesTheObjectForm() throws {
+        let configs = [
+            RunConfig(),
+            RunConfig(retry: RetryPolicy()),
+            RunConfig(timeoutS: 0.25, startTimeoutS: 30, actionTimeoutS: 1e-3,
+                      retry: RetryPolicy(maxAttempts: 3, delayS: 1.5, backoff: 2, maxDelayS: 60, retryTimeouts: false)),
+            RunConfig(retry: RetryPolicy(maxAttempts: 1), webhook: WebhookConfig(url: "https://h.example/x", events: [.completed, .failed])),
+        ]
+        for config in configs {
+            var w = JSONObjectWriter()
+            w.set("before", int: 1)
+            w.setObject("config") { config.write(to: &$0) }
+            w.set("after", string: "x")
+            var o = JSONObject()
+            o.set("before", .int(1))
+            o.set("config", .object(config.jsonObject))
+            o.set("after", .string("x"))
+            #expect(w.finish() == o.serialized(), "\(config)")
+        }
+        var spec = RunSpec(agentID: "a", config: configs[2])
+        var w = JSONObjectWriter()
+        spec.write(to: &w)
+        var o = JSONObject()
+        spec.write(to: &o)
+        #expect(w.finish() == o.serialized())
+        spec.config = nil
+        var w2 = JSONObjectWriter()
+        spec.write(to: &w2)
+        #expect(String(decoding: w2.finish(), as: UTF8.self) == #"{"agent_id":"a"}"#)
+    }
+
     /// The body is the contract's example: keys in the contract's order, times in RFC 3339 with
     /// milliseconds, the action's fields flat beside its id and type.
     @Test func encodesContractExample() {
