@@ -65,6 +65,7 @@ public struct AMQPTable: Sendable, Hashable, Sequence, ExpressibleByDictionaryLi
     public init() { entries = [] }
     public init(_ pairs: [(String, AMQPFieldValue)]) {
         entries = []
+        entries.reserveCapacity(pairs.count)
         for (k, v) in pairs { self[k] = v }
     }
     public init(dictionaryLiteral elements: (String, AMQPFieldValue)...) { self.init(elements) }
@@ -79,6 +80,9 @@ public struct AMQPTable: Sendable, Hashable, Sequence, ExpressibleByDictionaryLi
             }
         }
     }
+
+    /// Room for `capacity` entries, so that building a table of known size allocates once.
+    public mutating func reserveCapacity(_ capacity: Int) { entries.reserveCapacity(capacity) }
 
     public var count: Int { entries.count }
     public var isEmpty: Bool { entries.isEmpty }

@@ -743,13 +743,13 @@ public final class BlockingConnection {
             if p.size == 0 { finishContent(ch) }
             return true
         case AMQP_FRAME_BODY:
-            guard var p = partial[ch] else { return true }
+            guard let size = partial[ch]?.size else { return true }
             let fragment = frame.payload.body_fragment
             if fragment.len > 0, let bytes = fragment.bytes {
-                p.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
+                // In place: appending to a copy taken out of the dictionary copied the body.
+                partial[ch]!.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
             }
-            partial[ch] = p
-            if p.body.count >= p.size { finishContent(ch) }
+            if partial[ch]!.body.count >= size { finishContent(ch) }
             return true
         default:
             return true  // heartbeats

@@ -1127,6 +1127,7 @@ final class WorkerLoop: @unchecked Sendable {
         let timestamp = Date()
         let outgoing = messages.map { m in
             var headers = AMQPTable()
+            headers.reserveCapacity(m.headers.count + 1)
             for (k, v) in m.headers {
                 switch v {
                 case .string(let s): headers[k] = .string(s)
