@@ -23,9 +23,15 @@ final class Arena {
                 return p + padding
             }
         }
-        // A fresh chunk (malloc's alignment suits every C type here), each twice the last up to
-        // 256 KiB, so a large batch takes few.
-        let capacity = max(chunkSize, size)
+        // Larger than a chunk (a big body): a block of its own, and the current chunk's room
+        // stays for the small things that follow. malloc's alignment suits every C type here.
+        if size > chunkSize {
+            let p = malloc(size)!
+            chunks.append(p)
+            return p
+        }
+        // A fresh chunk, each twice the last up to 256 KiB, so a large batch takes few.
+        let capacity = chunkSize
         chunkSize = min(chunkSize * 2, 256 * 1024)
         let p = malloc(capacity)!
         chunks.append(p)

@@ -11,7 +11,11 @@ import GRDBSQLite
 /// end transactions.
 struct SQLiteBinder {
     private let db: Database
+    /// Held so that the statement outlives this binder whatever GRDB's cache does meanwhile.
+    private let owner: Statement
     private let statement: OpaquePointer
+    /// The first `sqlite3_bind_*` that failed (thrown when the statement runs, as GRDB does).
+    private var bindFailure: Int32 = SQLITE_OK
     /// The row's texts and blobs, copied once into one buffer and bound where they lie while the
     /// statement runs (`SQLITE_STATIC`): binding each Swift string on its own took two
     /// allocations (its C form, then SQLite's copy), a quarter of the worker's allocations.
@@ -28,6 +32,7 @@ struct SQLiteBinder {
     /// Resets `statement` and clears its bindings (parameters not bound are NULL).
     init(_ db: Database, _ statement: Statement) {
         self.db = db
+        owner = statement
         self.statement = statement.sqliteStatement
         sqlite3_reset(self.statement)
         sqlite3_clear_bindings(self.statement)
@@ -43,25 +48,32 @@ struct SQLiteBinder {
         reserve(value.utf8.count + 1)
         let start = bytes.count
         bytes.append(contentsOf: value.utf8)
-        spans.append(Span(index: index, start: start, count: bytes.count - start, isText: true))
+        // Up to the first NUL, as GRDB binds text (a C string), so that what this writes is
+        // what GRDB's queries match and what `string(_:)` reads back.
+        let end = bytes[start...].firstIndex(of: 0) ?? bytes.count
+        spans.append(Span(index: index, start: start, count: end - start, isText: true))
         bytes.append(0)  // NUL-terminated, and so never an empty buffer
     }
 
     mutating func bind(_ index: Int32, _ value: String?) {
-        if let value { bind(index, value) } else { sqlite3_bind_null(statement, index) }
+        if let value { bind(index, value) } else { check(sqlite3_bind_null(statement, index)) }
     }
 
-    func bind(_ index: Int32, _ value: Int64) {
-        sqlite3_bind_int64(statement, index, value)
+    mutating func bind(_ index: Int32, _ value: Int64) {
+        check(sqlite3_bind_int64(statement, index, value))
     }
 
-    func bind(_ index: Int32, _ value: Int) { bind(index, Int64(value)) }
+    mutating func bind(_ index: Int32, _ value: Int) { bind(index, Int64(value)) }
 
-    func bind(_ index: Int32, _ value: Int64?) {
-        if let value { bind(index, value) } else { sqlite3_bind_null(statement, index) }
+    mutating func bind(_ index: Int32, _ value: Int64?) {
+        if let value { bind(index, value) } else { check(sqlite3_bind_null(statement, index)) }
     }
 
-    func bind(_ index: Int32, _ value: Int?) { bind(index, value.map(Int64.init)) }
+    mutating func bind(_ index: Int32, _ value: Int?) { bind(index, value.map(Int64.init)) }
+
+    private mutating func check(_ code: Int32) {
+        if code != SQLITE_OK, bindFailure == SQLITE_OK { bindFailure = code }
+    }
 
     mutating func bind(_ index: Int32, _ value: [UInt8]) {
         reserve(value.count)
@@ -72,22 +84,26 @@ struct SQLiteBinder {
 
     /// Binds the texts and blobs where they lie in `bytes`, runs `body`, then unbinds them
     /// before the buffer may go (SQLite keeps a static binding's pointer until then).
-    private func withBoundBytes<T>(_ body: () throws -> T) rethrows -> T {
+    private func withBoundBytes<T>(_ body: () throws -> T) throws -> T {
         try bytes.withUnsafeBytes { buffer in
-            for span in spans {
-                guard let base = buffer.baseAddress else {
-                    // Only empty blobs were bound: still values, not NULL.
-                    sqlite3_bind_zeroblob(statement, span.index, 0)
-                    continue
-                }
-                let p = base + span.start
-                if span.isText {
-                    sqlite3_bind_text(statement, span.index, p.assumingMemoryBound(to: CChar.self), Int32(span.count), nil /* SQLITE_STATIC */)
+            var failed = bindFailure
+            for span in spans where failed == SQLITE_OK {
+                let code: Int32
+                if let base = buffer.baseAddress {
+                    let p = base + span.start
+                    code = span.isText
+                        ? sqlite3_bind_text(statement, span.index, p.assumingMemoryBound(to: CChar.self), Int32(span.count), nil /* SQLITE_STATIC */)
+                        : sqlite3_bind_blob(statement, span.index, p, Int32(span.count), nil /* SQLITE_STATIC */)
                 } else {
-                    sqlite3_bind_blob(statement, span.index, p, Int32(span.count), nil /* SQLITE_STATIC */)
+                    // Only empty blobs were bound: still values, not NULL.
+                    code = sqlite3_bind_zeroblob(statement, span.index, 0)
                 }
+                failed = code
             }
             defer { if !spans.isEmpty { sqlite3_clear_bindings(statement) } }
+            if failed != SQLITE_OK {
+                throw DatabaseError(resultCode: ResultCode(rawValue: failed), message: db.lastErrorMessage, sql: nil)
+            }
             return try body()
         }
     }
@@ -133,9 +149,12 @@ struct SQLiteBinder {
 
     /// The error as GRDB reports it, so that `SQLiteRunStore.storeError` maps it the same way;
     /// the statement is reset so that it can be used again.
-    private func failure(_ code: Int32) -> DatabaseError {
+    /// An interrupt is GRDB cancelling the access (its own statements throw `CancellationError`
+    /// then; the store interrupts nothing else).
+    private func failure(_ code: Int32) -> any Error {
         let error = DatabaseError(resultCode: ResultCode(rawValue: code), message: db.lastErrorMessage, sql: nil)
         sqlite3_reset(statement)
+        if code & 0xFF == SQLITE_INTERRUPT { return CancellationError() }
         return error
     }
 }

@@ -123,6 +123,27 @@ import Testing
         }
     }
 
+    /// The batch path binds with SQLite's own calls (`SQLiteBinder`); a text is bound up to its
+    /// first NUL, as GRDB binds it, so that GRDB's queries and the batch path agree; an empty
+    /// text stays a text, not NULL.
+    @Test func batchPathBindsTextsAsGRDBDoes() async throws {
+        try await withFile { (path) async throws in
+            let store = try SQLiteRunStore(path: path)
+            _ = try await store.commit(StoreCommit(
+                runs: [create(sampleRun("r1", agent: "x\u{0}y")), create(sampleRun("r2", agent: ""))],
+                outcomes: [(key("r1", "c\u{0}1"), started)]))
+            #expect(try await store.runs(status: nil, agentID: "x\u{0}y", limit: 10).map(\.runID) == ["r1"])
+            let snapshot = try await store.load(runIDs: ["r1", "r2"], commands: [key("r1", "c\u{0}1")])
+            #expect(snapshot.outcomes[key("r1", "c\u{0}1")] != nil)
+            #expect(snapshot.runs["r2"]?.agentID == "")
+            let stored = try await rawConnection(path).read { db in
+                try Row.fetchAll(db, sql: "SELECT run_id, agent_id, typeof(agent_id) AS kind FROM runs ORDER BY run_id")
+                    .map { "\($0["run_id"] as String):\($0["agent_id"] as String):\($0["kind"] as String)" }
+            }
+            #expect(stored == ["r1:x:text", "r2::text"])
+        }
+    }
+
     // MARK: Error codes
 
     /// A constraint failing inside a commit is `rejected` (a defect, not an outage to wait

@@ -66,9 +66,9 @@ final class WorkerMetrics {
         for r in results {
             let key: Tally
             switch r.kind {
-            case .applied: key = .command(r.command, "applied")
-            case .refused(let error): key = .refused(r.command, error.code)
-            case .duplicate: key = .command(r.command, "duplicate")
+            case .applied: key = .command(Self.commandLabel(r.command), "applied")
+            case .refused(let error): key = .refused(Self.commandLabel(r.command), error.code)
+            case .duplicate: key = .command(Self.commandLabel(r.command), "duplicate")
             case .deadLettered(let error): key = .deadLettered(error.code)
             case .timerFired: key = .timerFired
             }
@@ -76,10 +76,10 @@ final class WorkerMetrics {
         }
         for (key, n) in tally {
             switch key {
-            case .command(let name, let outcome):
-                counter("runworker_commands_total", [("command", Self.commandLabel(name)), ("outcome", outcome)]).increment(by: n)
-            case .refused(let name, let code):
-                counter("runworker_commands_total", [("command", Self.commandLabel(name)), ("outcome", "refused")]).increment(by: n)
+            case .command(let label, let outcome):
+                counter("runworker_commands_total", [("command", label), ("outcome", outcome)]).increment(by: n)
+            case .refused(let label, let code):
+                counter("runworker_commands_total", [("command", label), ("outcome", "refused")]).increment(by: n)
                 counter("runworker_refusals_total", [("code", code.rawValue)]).increment(by: n)
             case .deadLettered(let code):
                 counter("runworker_dead_letters_total", [("reason", code.rawValue)]).increment(by: n)
@@ -128,8 +128,9 @@ final class WorkerMetrics {
 
     /// What one result adds to (`count`'s tally).
     private enum Tally: Equatable {
-        case command(String?, String)
-        case refused(String?, RunError.Code)
+        /// By label, so that a batch of distinct unknown names tallies as one `unknown`.
+        case command(String, String)
+        case refused(String, RunError.Code)
         case deadLettered(RunError.Code)
         case timerFired
     }

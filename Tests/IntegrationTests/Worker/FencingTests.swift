@@ -159,7 +159,8 @@ import Testing
         try a.waitForStatus("A is working", timeout: 60) { $0.counters.applied >= 200 }
         let end = try await isolate(a, relay, store)
         let appliedByA = a.status?.counters.applied ?? 0
-        #expect(appliedByA < 4 * runs, "A finished before it was isolated: the test proves nothing")
+        // Well short of all 4 commands per run: B must take over a real part of the stream.
+        #expect(appliedByA < 2 * runs, "A applied \(appliedByA) of \(4 * runs) commands before it was isolated: too few left for the test to prove anything")
 
         let b = try WorkerProcess(
             prefix: prefix, store: store, extraEnv: Self.leaseEnvironment, amqpURL: Self.heartbeatURL(amqpURL))
