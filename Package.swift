@@ -7,7 +7,9 @@ import PackageDescription
 //   RunJSON           JSON values, a strict byte-level parser and serializer
 //   RunContract       the wire contract: commands, events, snapshots, codec (re-exports RunJSON)
 //   RunStateMachine   the pure run state machine (no I/O, time passed in)
-//   RunStore          durable runs, outbox and de-duplication records (SQLite, PostgreSQL; in-memory for tests)
+//   RunStore          the store's protocol and values, the in-memory store (no database linked)
+//   RunStoreSQLite, RunStorePostgres   the durable stores; RunStores opens one by URL
+//   RunApply          commands applied to the store in batches (processor, applier, run cache)
 //   RunWorker         the worker: topology, partition ownership, batched command loop
 //   runworker, runctl the executables
 let package = Package(
@@ -52,21 +54,34 @@ let package = Package(
         .target(name: "RunClient", dependencies: ["AMQPClient", "RunContract"]),
         // The README's agent, runnable (and run by the integration tests); beside the pika version.
         .executableTarget(name: "example-agent", dependencies: ["RunClient"], path: "docs/examples/swift-agent"),
+        // The store's protocol, its values and the in-memory store: no database linked.
+        .target(name: "RunStore", dependencies: ["RunContract"]),
         .target(
-            name: "RunStore",
+            name: "RunStoreSQLite",
             dependencies: [
-                "RunContract",
+                "RunContract", "RunStore",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
+            ]
+        ),
+        .target(
+            name: "RunStorePostgres",
+            dependencies: [
+                "RunContract", "RunStore",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
             ]
         ),
+        // Every store, and the URL that picks one (`openRunStore(url:)`).
+        .target(name: "RunStores", dependencies: ["RunStore", "RunStoreSQLite", "RunStorePostgres"]),
+        // Applying a batch of commands to the store: the processor, the batch applier, the run
+        // cache. No broker, no database: the fuzz targets and the simulation link only this.
+        .target(name: "RunApply", dependencies: ["RunContract", "RunStateMachine", "RunStore"]),
         .target(
             name: "RunWorker",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStateMachine", "RunStore",
+                "AMQPClient", "RunApply", "RunContract", "RunStateMachine", "RunStore", "RunStores",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Yams", package: "Yams"),
@@ -78,7 +93,7 @@ let package = Package(
         .target(
             name: "RunWebhooks",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                "AMQPClient", "RunContract", "RunStore", "RunStores", "RunWorker",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
@@ -113,7 +128,7 @@ let package = Package(
         .executableTarget(
             name: "runctl",
             dependencies: [
-                "RunClient", "RunContract", "RunStore", "RunWorker",
+                "RunClient", "RunContract", "RunStore", "RunStores", "RunWorker",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -126,7 +141,7 @@ let package = Package(
         .executableTarget(
             name: "runbench",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit",
+                "AMQPClient", "RunContract", "RunStore", "RunStores", "RunWorker", "RunWorkerTestKit",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -145,24 +160,34 @@ let package = Package(
         // Fuzz targets (scripts/fuzz builds them with libFuzzer; other builds replay inputs).
         .executableTarget(
             name: "runfuzz",
-            dependencies: ["RunContract", "RunStateMachine", "RunStore", "RunWorker"]
+            dependencies: ["RunApply", "RunContract", "RunStateMachine", "RunStore"]
+        ),
+
+        // What every test target shares (Swift Testing only here): each test on a thread of its
+        // own (`.ownThread`), a manual `Clock`, the store factory over memory, SQLite and
+        // PostgreSQL, SplitMix.
+        .target(
+            name: "RunTestSupport",
+            dependencies: ["RunContract", "RunStore", "RunStores", "RunWorkerTestKit"]
         ),
 
         // Unit tests: no broker, no database.
-        .testTarget(name: "AMQPClientTests", dependencies: ["AMQPClient"]),
-        .testTarget(name: "RunJSONTests", dependencies: ["RunJSON"]),
-        .testTarget(name: "RunContractTests", dependencies: ["RunContract"]),
-        .testTarget(name: "RunClientTests", dependencies: ["RunClient", "AMQPClient"]),
-        .testTarget(name: "RunStoreTests", dependencies: ["RunStore"]),
-        .testTarget(name: "RunWorkerTests", dependencies: ["RunWorker", "RunStore", "RunWebhooks"]),
-        .testTarget(name: "RunChaosKitTests", dependencies: ["RunChaosKit", "RunWorker", "RunStore"]),
+        .testTarget(name: "RunTestSupportTests", dependencies: ["RunTestSupport", "RunContract", "RunWorkerTestKit"]),
+        .testTarget(name: "AMQPClientTests", dependencies: ["RunTestSupport", "AMQPClient"]),
+        .testTarget(name: "RunJSONTests", dependencies: ["RunTestSupport", "RunJSON"]),
+        .testTarget(name: "RunContractTests", dependencies: ["RunTestSupport", "RunContract"]),
+        .testTarget(name: "RunClientTests", dependencies: ["RunTestSupport", "RunClient", "AMQPClient"]),
+        .testTarget(name: "RunStoreTests", dependencies: ["RunTestSupport", "RunStore", "RunStores"]),
+        .testTarget(name: "RunWorkerTests", dependencies: ["RunTestSupport", "RunApply", "RunWorker", "RunStore", "RunStores", "RunWebhooks"]),
+        .testTarget(name: "RunChaosKitTests", dependencies: ["RunTestSupport", "RunApply", "RunChaosKit", "RunWorker", "RunStore"]),
         // Integration tests: a real RabbitMQ (and the worker's own processes). Skipped with a
         // message when no broker answers outside CI; required when CI is set.
         // Depends on the executables so that `swift test` builds the binaries it launches.
         .testTarget(
             name: "IntegrationTests",
             dependencies: [
-                "AMQPClient", "RunClient", "RunContract", "RunStore", "RunWorker", "RunWorkerTestKit", "runworker", "runctl",
+                "RunTestSupport",
+                "AMQPClient", "RunClient", "RunContract", "RunStore", "RunStores", "RunWorker", "RunWorkerTestKit", "runworker", "runctl",
                 "example-agent",
             ],
             exclude: ["interop"]
@@ -170,6 +195,7 @@ let package = Package(
         .testTarget(
             name: "RunStateMachineTests",
             dependencies: [
+                "RunTestSupport",
                 "RunStateMachine",
                 .product(name: "PropertyBased", package: "swift-property-based"),
             ]

@@ -32,29 +32,35 @@ public struct LeaseState: Sendable, Hashable {
 }
 
 /// A lease's duration must be a positive, finite number of seconds.
-func checkTTL(_ ttl: Double) throws(StoreError) {
+package func checkTTL(_ ttl: Double) throws(StoreError) {
     guard ttl.isFinite, ttl > 0 else { throw StoreError(.rejected, "a lease or heartbeat needs a positive, finite ttl, not \(ttl)") }
 }
 
 /// The lease rules for stores that decide in Swift under their own write lock (in-memory and
 /// SQLite); PostgreSQL states the same rules in SQL. Pure: the store's clock is passed in.
-struct LeaseRow: Sendable, Hashable {
-    var owner: String?
-    var epoch: Int64
-    var expiresAt: Timestamp
+package struct LeaseRow: Sendable, Hashable {
+    package var owner: String?
+    package var epoch: Int64
+    package var expiresAt: Timestamp
+
+    package init(owner: String?, epoch: Int64, expiresAt: Timestamp) {
+        self.owner = owner
+        self.epoch = epoch
+        self.expiresAt = expiresAt
+    }
 
     /// Expired when the store's clock has reached `expiresAt`; a released row has no owner.
-    func isLive(at now: Timestamp) -> Bool { owner != nil && now < expiresAt }
+    package func isLive(at now: Timestamp) -> Bool { owner != nil && now < expiresAt }
 
     /// Whether `lease` is still held by `workerID` at `now`.
-    func holds(_ lease: PartitionLease, by workerID: String, at now: Timestamp) -> Bool {
+    package func holds(_ lease: PartitionLease, by workerID: String, at now: Timestamp) -> Bool {
         owner == workerID && epoch == lease.epoch && isLive(at: now)
     }
 
     /// `row` after `workerID` asks for it: nil when another worker holds it unexpired; the same
     /// epoch, extended, when `workerID` already holds it unexpired; otherwise the next epoch
     /// (1 for a partition never leased).
-    static func acquire(_ row: LeaseRow?, by workerID: String, at now: Timestamp, ttl: Double) -> LeaseRow? {
+    package static func acquire(_ row: LeaseRow?, by workerID: String, at now: Timestamp, ttl: Double) -> LeaseRow? {
         let expiresAt = now.adding(seconds: ttl)
         guard let row else { return LeaseRow(owner: workerID, epoch: 1, expiresAt: expiresAt) }
         if row.isLive(at: now) {
@@ -66,7 +72,7 @@ struct LeaseRow: Sendable, Hashable {
 
     /// Refuses a commit unless every lease of `fence` is held (`rows` has the stored rows of
     /// its partitions).
-    static func checkFence(_ fence: (workerID: String, leases: [PartitionLease])?, rows: [Int: LeaseRow], at now: Timestamp)
+    package static func checkFence(_ fence: (workerID: String, leases: [PartitionLease])?, rows: [Int: LeaseRow], at now: Timestamp)
         throws(StoreError)
     {
         guard let fence else { return }

@@ -2,9 +2,11 @@ import AMQPClient
 import CoreMetrics
 import Foundation
 import Logging
+import RunApply
 import RunContract
 import RunStateMachine
 import RunStore
+import RunStores
 import ServiceLifecycle
 import Synchronization
 

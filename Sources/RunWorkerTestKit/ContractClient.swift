@@ -25,6 +25,9 @@ public final class ContractClient {
     /// `schemaViolations`.
     public private(set) var sentCommands: [(id: String?, body: [UInt8])] = []
     public private(set) var replyBodies: [String: [UInt8]] = [:]
+    /// The routing key of `drainUntilSentinel`'s markers (bound to the events queue only).
+    private let sentinelKey: String
+    private var sentinelsSeen = 0
 
     public init(amqpURL: String = TestEnvironment.amqpURL, prefix: String, partitions: Int = 4, bind: String = "run.#") throws {
         topology = Topology(prefix: prefix, partitions: partitions)
@@ -36,6 +39,8 @@ public final class ContractClient {
         replyQueue = try conn.queueDeclare(channel: channel, name: "", exclusive: true, autoDelete: true).name
         eventQueue = try conn.queueDeclare(channel: channel, name: "", exclusive: true, autoDelete: true).name
         try conn.queueBind(channel: channel, queue: eventQueue, exchange: topology.eventsExchange, routingKey: bind)
+        sentinelKey = "test-sentinel.\(eventQueue)"
+        try conn.queueBind(channel: channel, queue: eventQueue, exchange: topology.eventsExchange, routingKey: sentinelKey)
         _ = try conn.consume(channel: channel, queue: replyQueue, noAck: true)
         _ = try conn.consume(channel: channel, queue: eventQueue, noAck: true)
         try conn.confirmSelect(channel: channel)
@@ -63,10 +68,13 @@ public final class ContractClient {
     }
 
     private func pump(_ timeout: Double) throws {
+        BlockingGuard.check("ContractClient waiting for a message")
         guard let e = try conn.nextEvent(timeout: timeout) else { return }
         for event in [e] + (try conn.drainEvents()) {
             guard case .delivery(let d) = event else { continue }
-            if d.routingKey == replyQueue {
+            if d.routingKey == sentinelKey {
+                sentinelsSeen += 1
+            } else if d.routingKey == replyQueue {
                 let r = try CommandReply.decode(d.body)
                 replies[d.properties.correlationID ?? ""] = r
                 replyBodies[d.properties.correlationID ?? ""] = d.body
@@ -98,6 +106,22 @@ public final class ContractClient {
             guard Date() < deadline else {
                 throw TestKitError(.timedOut, "events incomplete after \(timeout) s: \(events.count) received")
             }
+            try pump(0.1)
+        }
+    }
+
+    /// Publishes a marker to the events exchange and collects events until it comes back. Every
+    /// event published (and confirmed) to this client's queue before the call has then arrived:
+    /// after the publishers stopped (a worker exited, an outbox drained), this proves that
+    /// nothing more came without waiting for a while and hoping.
+    public func drainUntilSentinel(timeout: Double = 30) throws {
+        let expected = sentinelsSeen + 1
+        _ = try conn.publish(channel: channel, exchange: topology.eventsExchange, routingKey: sentinelKey, body: [],
+                             properties: AMQPProperties(deliveryMode: 2))
+        try confirmAll()
+        let deadline = Date().addingTimeInterval(timeout)
+        while sentinelsSeen < expected {
+            guard Date() < deadline else { throw TestKitError(.timedOut, "the sentinel did not come back within \(timeout) s") }
             try pump(0.1)
         }
     }

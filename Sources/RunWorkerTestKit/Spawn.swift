@@ -16,6 +16,7 @@ import Glibc
 public func runCommand(
     _ path: String, _ arguments: [String], environment: [String: String]? = nil, timeout: Double
 ) throws -> (status: Int32, output: String) {
+    BlockingGuard.check("runCommand(\(path))")
     let out = NSTemporaryDirectory() + "cmd-\(UUID().uuidString.prefix(8)).out"
     defer { unlink(out) }
     var actions = posix_spawn_file_actions_t()

@@ -34,6 +34,7 @@ public struct TestKitError: Error, CustomStringConvertible, Sendable {
 /// `condition` ends the wait at once.
 public func waitUntil(_ what: String, timeout: Double, poll: Double = 0.05, explain: () -> String = { "" },
                       _ condition: () throws -> Bool) throws {
+    BlockingGuard.check("waitUntil(\(what))")
     let deadline = Date().addingTimeInterval(timeout)
     while try !condition() {
         guard Date() < deadline else {
@@ -48,6 +49,7 @@ extension Process {
     /// Waits at most `timeout` seconds for the process to exit; whether it did.
     @discardableResult
     public func waitForExit(timeout: Double) -> Bool {
+        BlockingGuard.check("waitForExit")
         let deadline = Date().addingTimeInterval(timeout)
         while isRunning {
             guard Date() < deadline else { return false }
@@ -69,5 +71,33 @@ extension Process {
             throw TestKitError(.timedOut, "\(what) still running after \(timeout) s; stopped")
         }
         return terminationStatus
+    }
+}
+
+/// The async form of `waitUntil`: polls `condition` every `poll` seconds with `Task.sleep`, so
+/// the wait holds no thread. Throws `TestKitError.timedOut` naming `what` when `timeout` passes.
+/// (A name of its own: with one name, a closure that does not await picks the blocking form.)
+public func eventually(_ what: String, timeout: Double, poll: Double = 0.05, explain: () -> String = { "" },
+                      _ condition: () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(timeout)
+    while try await !condition() {
+        guard ContinuousClock.now < deadline else {
+            let more = explain()
+            throw TestKitError(.timedOut, "\(what) after \(timeout) s" + (more.isEmpty ? "" : "\n\(more)"))
+        }
+        try await Task.sleep(for: .seconds(poll))
+    }
+}
+
+extension Process {
+    /// The async form of `waitForExit`: whether the process exited within `timeout` seconds.
+    @discardableResult
+    public func exited(within timeout: Double) async -> Bool {
+        let deadline = ContinuousClock.now + .seconds(timeout)
+        while isRunning {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(20))
+        }
+        return true
     }
 }

@@ -1,6 +1,7 @@
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorker
 import RunWorkerTestKit
 

@@ -1,5 +1,6 @@
 import Foundation
 import RunStore
+import RunStores
 import Synchronization
 
 #if canImport(Glibc)

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorker
 import RunWorkerTestKit
 import Synchronization

@@ -1,9 +1,9 @@
 import Dispatch
 import Foundation
+import RunApply
 import RunContract
 import RunStateMachine
 import RunStore
-import RunWorker
 
 /// The fuzz targets. Each takes any bytes and must neither crash nor hang nor grow without
 /// bound; a property that does not hold is a `fatalError`, which libFuzzer reports as a

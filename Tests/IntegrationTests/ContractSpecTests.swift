@@ -1,5 +1,6 @@
 import Foundation
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 /// The repository's root, from this file's path (Tests/IntegrationTests/<file>).
@@ -9,7 +10,7 @@ private let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathCom
 private let specCheckerAvailable: Bool = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":")
     .contains { FileManager.default.isExecutableFile(atPath: "\($0)/check-jsonschema") } ?? false
 
-@Suite(.enabled(if: specCheckerAvailable || TestEnvironment.isCI, "needs check-jsonschema (PyPI); scripts/test installs it"))
+@Suite(.ownThread, .enabled(if: specCheckerAvailable || TestEnvironment.isCI, "needs check-jsonschema (PyPI); scripts/test installs it"))
 struct ContractSpecTests {
     /// The machine-readable contract holds by itself: scripts/check-spec validates every
     /// docs/schemas file against the JSON Schema 2020-12 meta-schema, docs/asyncapi.yaml

@@ -1,5 +1,6 @@
 import Foundation
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 /// The repository's root, from this file's path (Tests/IntegrationTests/<file>).
@@ -9,7 +10,7 @@ private let repositoryRoot = URL(fileURLWithPath: #filePath).deletingLastPathCom
 private let checkJSONSchema: String? = ProcessInfo.processInfo.environment["PATH"]?.split(separator: ":")
     .map { "\($0)/check-jsonschema" }.first { FileManager.default.isExecutableFile(atPath: $0) }
 
-@Suite(.enabled(if: checkJSONSchema != nil || TestEnvironment.isCI, "needs check-jsonschema (PyPI); scripts/test installs it"))
+@Suite(.ownThread, .enabled(if: checkJSONSchema != nil || TestEnvironment.isCI, "needs check-jsonschema (PyPI); scripts/test installs it"))
 struct DeploymentTests {
     /// docker-compose.yml is a valid Compose file (Docker cannot run here, so its schema is
     /// what is checked).

@@ -2,25 +2,19 @@ import RunContract
 import RunStateMachine
 import RunStore
 import Synchronization
+import RunTestSupport
 import Testing
 
+@testable import RunApply
 @testable import RunChaosKit
 @testable import RunWorker
-
-/// A clock moved by hand.
-final class ManualClock: Sendable {
-    private let now = Mutex(Timestamp(milliseconds: 1_900_000_000_000))
-    func read() -> Timestamp { now.withLock { $0 } }
-    func set(_ t: Timestamp) { now.withLock { $0 = max($0, t) } }
-    func advance(seconds: Double) { now.withLock { $0 = $0.adding(seconds: seconds) } }
-}
 
 /// What the worker's own decision path (BatchApplier on the in-memory store) makes of a load:
 /// every message it would publish recorded as the soak's subscriber records it, dead letters
 /// counted by reason, timers fired at each `await` step.
 func runThroughTheProcessor(_ plans: [PlannedRun]) async throws -> (Observed, [String: String], InMemoryRunStore) {
     let store = InMemoryRunStore()
-    let clock = ManualClock()
+    let clock = ManualClock(start: Timestamp(milliseconds: 1_900_000_000_000))
     let applier = BatchApplier(store: store, processor: CommandProcessor(machine: RunStateMachine()), clock: { clock.read() })
     var observed = Observed()
     var dead: [String: String] = [:]

@@ -1,3 +1,4 @@
+import RunTestSupport
 import Testing
 
 @testable import RunJSON
@@ -62,18 +63,6 @@ import Testing
     }
 }
 
-/// Small deterministic generator, so failures reproduce.
-struct SplitMix: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
 
 func randomString(_ rng: inout SplitMix) -> String {
     let alphabet: [Unicode.Scalar] = ["a", "Z", "0", " ", "\"", "\\", "/", "\n", "\u{0}", "\u{1F}", "\u{7F}", "é", "✓", "😀", "\u{2028}", "\u{FFFF}"]

@@ -1,8 +1,12 @@
 import Foundation
 import RunContract
+import RunTestSupport
 import Testing
 
 @testable import RunStore
+@testable import RunStorePostgres
+@testable import RunStores
+@testable import RunStoreSQLite
 
 /// Time as a lease test sees it. The memory and SQLite stores get a clock that moves when told
 /// (wall time would make the tests depend on how busy the machine is); PostgreSQL expires by

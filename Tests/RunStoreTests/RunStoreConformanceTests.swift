@@ -1,5 +1,6 @@
 import Foundation
 import RunContract
+import RunTestSupport
 import Testing
 
 @testable import RunStore

@@ -1,9 +1,13 @@
 import Foundation
 import GRDB
 import RunContract
+import RunTestSupport
 import Testing
 
 @testable import RunStore
+@testable import RunStorePostgres
+@testable import RunStores
+@testable import RunStoreSQLite
 
 /// What only the SQLite store promises: durability settings, sharing one file between
 /// processes, and how SQLite's failures map onto `StoreError` codes.

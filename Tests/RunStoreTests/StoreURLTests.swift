@@ -1,6 +1,9 @@
 import Testing
 
 @testable import RunStore
+@testable import RunStorePostgres
+@testable import RunStores
+@testable import RunStoreSQLite
 
 @Suite struct StoreURLTests {
     /// Each scheme names its store; a password never appears in what is printed.

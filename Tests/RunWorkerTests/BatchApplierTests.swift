@@ -4,6 +4,7 @@ import RunStore
 import Synchronization
 import Testing
 
+@testable import RunApply
 @testable import RunWorker
 
 /// A store that lets another writer act between a batch's load and its commit, as a second

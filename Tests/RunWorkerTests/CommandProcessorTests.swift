@@ -3,6 +3,7 @@ import RunStateMachine
 import RunStore
 import Testing
 
+@testable import RunApply
 @testable import RunWorker
 
 /// Builds a command body the way a producer would.

@@ -2,6 +2,7 @@ import RunContract
 import RunStore
 import Testing
 
+@testable import RunApply
 @testable import RunWorker
 
 // The worker loop's decisions, each a value type driven by hand: no broker, no store, no clock.

@@ -4,6 +4,7 @@ import RunStateMachine
 import RunStore
 import Testing
 
+@testable import RunApply
 @testable import RunWorker
 
 /// The run cache (issue 11): a run this worker wrote is not loaded again while the worker

@@ -2,6 +2,7 @@ import Foundation
 import Logging
 import RunContract
 import RunStore
+import RunStores
 import Testing
 
 @testable import RunWorker

@@ -2,18 +2,13 @@ import RunContract
 import RunStateMachine
 import RunStore
 import Synchronization
+import RunTestSupport
 import Testing
 
+@testable import RunApply
 @testable import RunWorker
 
-/// A clock the test moves by hand.
-final class TestClock: Sendable {
-    private let now = Mutex(Timestamp(milliseconds: 1_000_000))
-    func read() -> Timestamp { now.withLock { $0 } }
-    func advance(seconds: Double) { now.withLock { $0 = $0.adding(seconds: seconds) } }
-}
-
-func timedProcessor(_ store: any RunStore, _ clock: TestClock) -> BatchApplier {
+func timedProcessor(_ store: any RunStore, _ clock: ManualClock) -> BatchApplier {
     BatchApplier(store: store, processor: CommandProcessor(machine: RunStateMachine()), clock: { clock.read() })
 }
 
@@ -21,7 +16,7 @@ func timedProcessor(_ store: any RunStore, _ clock: TestClock) -> BatchApplier {
     /// The sweep fires a run's timeout once it is due, and only then; firing again is a no-op.
     @Test func sweepFiresOnceWhenDue() async throws {
         let store = InMemoryRunStore()
-        let clock = TestClock()
+        let clock = ManualClock()
         let p = timedProcessor(store, clock)
         _ = try await p.process([inbound(["command": "start", "run_id": "r1", "config": ["timeout_s": 2]], id: "c1")])
         clock.advance(seconds: 1.999)
@@ -41,7 +36,7 @@ func timedProcessor(_ store: any RunStore, _ clock: TestClock) -> BatchApplier {
     /// timeout finds the run failed and is refused.
     @Test func dueDeadlineFiresBeforeCommand() async throws {
         let store = InMemoryRunStore()
-        let clock = TestClock()
+        let clock = ManualClock()
         let p = timedProcessor(store, clock)
         _ = try await p.process([inbound(["command": "start", "run_id": "r1", "config": ["timeout_s": 1]], id: "c1")])
         clock.advance(seconds: 1.5)
@@ -54,7 +49,7 @@ func timedProcessor(_ store: any RunStore, _ clock: TestClock) -> BatchApplier {
     /// A timer for a run that completed in time is no longer due: nothing fires.
     @Test func lateTimerAfterCompletionIsNoOp() async throws {
         let store = InMemoryRunStore()
-        let clock = TestClock()
+        let clock = ManualClock()
         let p = timedProcessor(store, clock)
         _ = try await p.process([
             inbound(["command": "start", "run_id": "r1", "config": ["timeout_s": 1]], id: "c1"),
@@ -69,7 +64,7 @@ func timedProcessor(_ store: any RunStore, _ clock: TestClock) -> BatchApplier {
     /// Retry delays are timers too: a retryable failure starts attempt 2 when the delay is over.
     @Test func retryDelayFiresNextAttempt() async throws {
         let store = InMemoryRunStore()
-        let clock = TestClock()
+        let clock = ManualClock()
         let p = timedProcessor(store, clock)
         _ = try await p.process([
             inbound(["command": "start", "run_id": "r1", "config": ["retry": ["max_attempts": 2, "delay_s": 1]]], id: "c1"),

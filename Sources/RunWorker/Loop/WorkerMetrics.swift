@@ -1,4 +1,5 @@
 import CoreMetrics
+import RunApply
 import RunContract
 
 /// The worker's metrics, through swift-metrics: the HTTP side exports them in Prometheus'

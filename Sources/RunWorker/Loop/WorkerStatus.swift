@@ -1,4 +1,5 @@
 import Foundation
+import RunApply
 import RunJSON
 import Synchronization
 

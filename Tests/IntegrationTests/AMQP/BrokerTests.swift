@@ -1,8 +1,9 @@
 import Foundation
+import RunTestSupport
 import Testing
 @testable import AMQPClient
 
-@Suite(.requiresBroker, .timeLimit(.minutes(2)))
+@Suite(.requiresBroker, .ownThread, .timeLimit(.minutes(2)))
 struct BrokerTests {
     /// A confirmed publish reaches a consumer with its body, and an ack removes it from the queue.
     @Test func publishConfirmConsumeAck() throws {

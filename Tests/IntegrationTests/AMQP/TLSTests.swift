@@ -1,4 +1,5 @@
 import Foundation
+import RunTestSupport
 import Testing
 
 @testable import AMQPClient
@@ -13,7 +14,7 @@ private func startTLSBroker() throws -> String {
     return "/tmp/runworker-tls/certs"
 }
 
-@Suite(.serialized, .requiresBroker) struct TLSTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct TLSTests {
     /// amqps:// with the test CA: publish, confirm, consume and ack over TLS, with and without
     /// a client certificate.
     @Test func roundTripOverTLS() throws {

@@ -1,12 +1,13 @@
 import Foundation
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 /// The run board in a real browser: headless Chromium (Debian's) drives the page a worker
 /// serves while runs go through their lives, and `board/board_check.py` checks what the page
 /// shows (rows and statuses arriving live, counts, filters, a run's timeline with its actions,
 /// errors and a refusal), not just that it loads. Once with the token the worker asks for.
-@Suite(.serialized, .requiresBroker) struct BoardTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct BoardTests {
     static let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .appendingPathComponent("board/board_check.py").path
 

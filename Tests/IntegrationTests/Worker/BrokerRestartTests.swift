@@ -2,8 +2,10 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
 import Synchronization
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
@@ -286,7 +288,7 @@ extension TestKitError.Code {
     static let producer = Self("producer")
 }
 
-@Suite(.serialized, .requiresBroker) struct BrokerRestartTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct BrokerRestartTests {
     /// The broker stopped and started (`stop_app`/`start_app`) while 200 runs' commands flow
     /// from a producer that republishes what was not confirmed: the worker reconnects, every run
     /// ends completed at version 5, and each run's events are seq 1…5, gapless, in order.

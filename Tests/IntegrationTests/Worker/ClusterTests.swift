@@ -2,7 +2,9 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
@@ -65,7 +67,7 @@ private func quorumWorker(_ prefix: String, store: String, extraEnv: [String: St
     try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_PARTITION_QUEUE_TYPE": "quorum"].merging(extraEnv) { $1 })
 }
 
-@Suite(.serialized, .requiresBroker) struct QuorumPartitionTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct QuorumPartitionTests {
     /// Quorum partition queues carry the declared arguments, and single active consumer keeps
     /// a second consumer of a partition idle while the worker consumes it; it takes over when
     /// the worker stops.
@@ -155,7 +157,7 @@ private func quorumWorker(_ prefix: String, store: String, extraEnv: [String: St
     }
 }
 
-@Suite(.serialized, .requiresBroker,
+@Suite(.serialized, .requiresBroker, .ownThread,
        .enabled(if: canRunCluster, "needs root or sudo and rabbitmq-server for scripts/rabbit-cluster"))
 struct ClusterTests {
     /// A worker given all three nodes, with quorum partition queues, survives `kill -9` of the

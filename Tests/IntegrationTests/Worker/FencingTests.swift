@@ -1,27 +1,16 @@
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 /// The store, not the broker, decides who owns a partition. A worker that stalls (SIGSTOP) or
 /// is cut off from the broker while its database still answers loses its partitions once its
 /// leases run out, and from then on nothing of it lands: no write (its commits are fenced by
 /// the lease epoch) and no event (it checks its leases before publishing).
-@Suite(.serialized, .requiresBroker) struct FencingTests {
-    enum StoreKind: String, CaseIterable, CustomTestStringConvertible {
-        case sqlite, postgres
-        var testDescription: String { rawValue }
-
-        /// A store of its own for `prefix`, and the PostgreSQL schema to drop afterwards.
-        func make(_ prefix: String) -> (url: String, schema: String?) {
-            switch self {
-            case .sqlite: (tempStore(prefix), nil)
-            case .postgres: postgresStore(prefix)
-            }
-        }
-    }
-
+@Suite(.serialized, .requiresBroker, .ownThread) struct FencingTests {
     /// Short leases and heartbeats, so that the takeover happens within seconds: the broker
     /// drops a silent worker's connection (and its exclusive consumers) after two heartbeats.
     static let leaseEnvironment = ["RUNWORKER_LEASE_TTL_S": "2"]
@@ -39,7 +28,7 @@ import Testing
     /// in hand; a second worker takes the partitions over once the leases expire and finishes
     /// the stream. Then the first is resumed: not one write of it lands and not one event of
     /// it is published.
-    @Test(arguments: StoreKind.allCases) func suspendedWorkerIsFenced(kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.durable) func suspendedWorkerIsFenced(kind: StoreKind) async throws {
         try await takeover(kind, name: "stop") { a, _, store in
             try await suspendOutsideWriteLock(a, store: store)
             return { a.resume() }
@@ -75,7 +64,7 @@ import Testing
     /// The same with the worker's broker connection cut (a relay that stops forwarding without
     /// closing anything) while its database connection stays: it stops renewing its leases, a
     /// second worker takes over, and when the network heals nothing of the first lands.
-    @Test(arguments: StoreKind.allCases) func cutOffWorkerIsFenced(kind: StoreKind) async throws {
+    @Test(arguments: StoreKind.durable) func cutOffWorkerIsFenced(kind: StoreKind) async throws {
         try await takeover(kind, name: "cut", throughRelay: true) { _, relay, _ in
             relay!.cut()
             return { relay!.heal() }
@@ -86,15 +75,15 @@ import Testing
     /// the broker keeps its consumers and their deliveries): when it resumes, it must find out
     /// from the store that its leases are gone before it writes or publishes anything, and
     /// hand the partitions over. Deterministic: every one of its four leases is reported lost.
-    @Test(arguments: StoreKind.allCases) func stalledWorkerChecksItsLeasesFirst(kind: StoreKind) async throws {
-        if kind == .postgres, !postgresAvailable {
+    @Test(arguments: StoreKind.durable) func stalledWorkerChecksItsLeasesFirst(kind: StoreKind) async throws {
+        if kind == .postgres, !TestPostgres.available {
             try Test.cancel("needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL; scripts/test starts one")
         }
         let prefix = uniquePrefix("stall")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let (store, schema) = kind.make(prefix)
-        defer { if let schema { dropSchema(schema) } }
+        let (store, cleanUp) = kind.workerStore(prefix)
+        defer { cleanUp() }
         let noHeartbeat = Self.heartbeatURL(amqpURL, seconds: 0)
         let a = try WorkerProcess(prefix: prefix, store: store, extraEnv: Self.isolatedEnvironment, amqpURL: noHeartbeat)
         try a.waitReady(timeout: 120)
@@ -124,19 +113,19 @@ import Testing
 
     /// Worker A takes all partitions and starts on 800 runs; `isolate` stops it mid-stream and
     /// returns what ends the isolation. Worker B takes over and finishes; the outbox drains; then
-    /// A comes back, and for a few seconds nothing may change: no event, no stored run.
+    /// A comes back, and until it has exited nothing may change: no event, no stored run.
     private func takeover(
         _ kind: StoreKind, name: String, throughRelay: Bool = false,
         isolate: (WorkerProcess, TCPRelay?, String) async throws -> () -> Void
     ) async throws {
-        if kind == .postgres, !postgresAvailable {
+        if kind == .postgres, !TestPostgres.available {
             try Test.cancel("needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL; scripts/test starts one")
         }
         let prefix = uniquePrefix(name)
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let (store, schema) = kind.make(prefix)
-        defer { if let schema { dropSchema(schema) } }
+        let (store, cleanUp) = kind.workerStore(prefix)
+        defer { cleanUp() }
         let brokerURL = URLComponents(string: amqpURL)
         let relay = throughRelay ? try TCPRelay(toHost: brokerURL?.host ?? "127.0.0.1", port: brokerURL?.port ?? 5672) : nil
         defer { relay?.stop() }
@@ -169,20 +158,25 @@ import Testing
             Set(client.runEvents.filter { $0.type == .completed }.map(\.runID)).count >= runs
         }
         try await withStoreReader(store) { reader in
-            try await waitUntilAsync("B's outbox drained", timeout: 30) {
+            try await eventually("B's outbox drained", timeout: 30) {
                 try await reader.pendingOutbox(writtenBefore: Timestamp(milliseconds: .max), limit: 1).isEmpty
             }
         }
-        try client.drain(for: 1)
+        // B's outbox is empty, so all it published is confirmed: the sentinel brings it all in.
+        try client.drainUntilSentinel()
         let eventsBefore = client.events.count
         let storedBefore = try await storedRuns(store)
         #expect(storedBefore.count == runs)
         #expect(storedBefore.values.allSatisfy { $0.status == .completed && $0.version == 5 })
         let leasesBefore = try await withStoreReader(store) { try await $0.leases() }
 
-        // A comes back to partitions that are no longer its own.
+        // A comes back to partitions that are no longer its own. Once it says it holds none, it
+        // is stopped (SIGTERM: it finishes what it has in hand) and the sentinel brings in all it
+        // published: the checks below cover everything A did after the takeover, not a window.
         end()
-        try client.drain(for: 6)
+        try a.waitForStatus("A holds no partition", timeout: 60) { $0.partitions.isEmpty }
+        #expect(a.terminate() == 0)
+        try client.drainUntilSentinel()
         let late = client.events[eventsBefore...].map { "\($0.properties.type ?? "?") \($0.routingKey)" }
         #expect(late.isEmpty, "events published after the takeover: \(late.prefix(5))")
         let storedAfter = try await storedRuns(store)
@@ -194,7 +188,6 @@ import Testing
         print("\(name) \(kind): \(runs) runs, A \(statusA.map { "\($0.counters)" } ?? "-")")
 
         #expect(b.terminate() == 0)
-        #expect(a.terminate() == 0)
     }
 
     /// Every stored run by id.
@@ -213,11 +206,3 @@ func withStoreReader<T>(_ url: String, _ body: (any RunStore) async throws -> T)
     return try await body(store)
 }
 
-/// Polls an async condition until it holds, bounded.
-func waitUntilAsync(_ what: String, timeout: Double, _ condition: () async throws -> Bool) async throws {
-    let deadline = Date().addingTimeInterval(timeout)
-    while !(try await condition()) {
-        guard Date() < deadline else { throw TestKitError(.timedOut, "\(what): not after \(timeout) s") }
-        try await Task.sleep(for: .milliseconds(100))
-    }
-}

@@ -2,32 +2,12 @@ import Foundation
 import RunContract
 import RunWorkerTestKit
 import Synchronization
+import RunTestSupport
 import Testing
-
-/// The store a test worker uses: a SQLite file, or a schema of the test PostgreSQL.
-enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible {
-    case sqlite, postgres
-    var testDescription: String { rawValue }
-
-    /// The store URL and its clean-up.
-    func make(_ prefix: String) throws -> (url: String, cleanUp: () -> Void) {
-        switch self {
-        case .sqlite:
-            let url = tempStore(prefix)
-            return (url, { removeTempStore(url) })
-        case .postgres:
-            guard postgresAvailable else { throw TestKitError(.process, "no PostgreSQL at \(postgresURL)") }
-            let (url, schema) = postgresStore(prefix)
-            return (url, { dropSchema(schema) })
-        }
-    }
-
-    static var available: [HTTPStoreKind] { postgresAvailable ? allCases : [.sqlite] }
-}
 
 /// The worker's own HTTP side against a real worker process, broker and store: health,
 /// metrics, the runs API with history, the live stream, bad input, the token, retention.
-@Suite(.serialized, .requiresBroker) struct HTTPTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct HTTPTests {
     static func get(_ base: String, _ path: String, headers: [String: String] = [:]) throws -> HTTPProbe.Answer {
         try HTTPProbe.request(base, path, headers: headers)
     }
@@ -38,9 +18,9 @@ enum HTTPStoreKind: String, CaseIterable, Sendable, CustomTestStringConvertible 
     /// live, the API answers snapshots, history (the same events as published, in seq order),
     /// pages, filters and counts, the metrics count what happened, and bad input gets a 4xx
     /// with a contract code, on either store.
-    @Test(arguments: HTTPStoreKind.available) func runsAPIAndStream(kind: HTTPStoreKind) throws {
+    @Test(arguments: StoreKind.durableAvailable) func runsAPIAndStream(kind: StoreKind) throws {
         let prefix = uniquePrefix("http")
-        let (store, cleanUp) = try kind.make(prefix)
+        let (store, cleanUp) = kind.workerStore(prefix)
         defer { cleanUp() }
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }

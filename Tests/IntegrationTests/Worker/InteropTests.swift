@@ -1,8 +1,9 @@
 import Foundation
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
-@Suite(.serialized, .requiresBroker) struct InteropTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct InteropTests {
     /// A third-party client (pika, Python) drives a run through its life with nothing but
     /// the contract: replies, events, routing keys, ids, headers, a refusal and a duplicate.
     @Test func pikaDrivesARun() throws {

@@ -2,7 +2,9 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
@@ -66,16 +68,18 @@ func checkLifecycles(_ client: ContractClient, runs: Int) throws {
 }
 
 /// Starts two workers on one store and waits until they split the 4 partitions evenly.
-func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, WorkerProcess) {
-    let a = try WorkerProcess(prefix: prefix, store: store)
-    let b = try WorkerProcess(prefix: prefix, store: store)
+func startTwoWorkers(
+    prefix: String, store: String, extraEnv: [String: String] = [:]
+) throws -> (WorkerProcess, WorkerProcess) {
+    let a = try WorkerProcess(prefix: prefix, store: store, extraEnv: extraEnv)
+    let b = try WorkerProcess(prefix: prefix, store: store, extraEnv: extraEnv)
     try a.waitReady()
     try b.waitReady()
     try WorkerProcess.waitBalanced([a, b], partitions: 4, timeout: 10)
     return (a, b)
 }
 
-@Suite(.serialized, .requiresBroker) struct MultiWorkerTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct MultiWorkerTests {
     /// Two workers share the partitions and the SQLite file; 200 runs' commands interleaved
     /// are all applied in order, once.
     @Test func twoWorkersTwoHundredRuns() async throws {
@@ -113,7 +117,7 @@ func startTwoWorkers(prefix: String, store: String) throws -> (WorkerProcess, Wo
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let store = tempStore(prefix)
-        let (a, b) = try startTwoWorkers(prefix: prefix, store: store)
+        let (a, b) = try startTwoWorkers(prefix: prefix, store: store, extraEnv: WorkerProcess.takeoverEnvironment)
         #expect(a.ownedPartitions.count == 2 && b.ownedPartitions.count == 2)
         try publishLifecycles(client, runs: 0..<300, steps: 0..<2)
         try client.waitForEvents(timeout: 30) { $0.count >= 100 }

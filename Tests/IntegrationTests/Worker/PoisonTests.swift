@@ -3,11 +3,12 @@ import Foundation
 import RunContract
 import RunStore
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
 
-@Suite(.serialized, .requiresBroker) struct PoisonTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct PoisonTests {
     /// A command that can never be applied (its run's stored row is corrupt) is retried a
     /// bounded number of times with pauses, then dead-lettered with the last error, while
     /// other runs' commands go on.

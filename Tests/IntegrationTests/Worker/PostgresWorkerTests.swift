@@ -1,30 +1,12 @@
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
-/// RUNWORKER_TEST_POSTGRES_URL, defaulting to the cluster `scripts/postgres start` makes.
-let postgresURL = ProcessInfo.processInfo.environment["RUNWORKER_TEST_POSTGRES_URL"]
-    ?? "postgres://runworker:runworker@127.0.0.1:54329/runworker"
-
-/// Whether the test database answers (or CI requires it to).
-let postgresAvailable: Bool = {
-    guard let c = URLComponents(string: postgresURL), let host = c.host else { return false }
-    return TestEnvironment.isCI || TestEnvironment.canConnect(host: host, port: c.port ?? 5432, timeout: 2)
-}()
-
-/// A store URL of its own: a fresh schema in the test database (dropped by `dropSchema`).
-func postgresStore(_ prefix: String) -> (url: String, schema: String) {
-    let schema = prefix.replacingOccurrences(of: "-", with: "_").lowercased()
-    return (postgresURL + (postgresURL.contains("?") ? "&" : "?") + "schema=" + schema, schema)
-}
-
-func dropSchema(_ schema: String) {
-    _ = try? runProgram("/usr/bin/env", ["psql", postgresURL, "-q", "-c", "DROP SCHEMA IF EXISTS \(schema) CASCADE"], timeout: 30)
-}
-
-@Suite(.serialized, .requiresBroker, .enabled(if: postgresAvailable, "needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL; scripts/test starts one"))
+@Suite(.serialized, .requiresBroker, .ownThread, .enabled(if: TestPostgres.available, "needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL; scripts/test starts one"))
 struct PostgresWorkerTests {
     /// Two worker processes on one PostgreSQL store (the multi-host layout, on one machine):
     /// 200 runs' commands interleaved are all applied in order, once, and stored at version 5.
@@ -32,8 +14,8 @@ struct PostgresWorkerTests {
         let prefix = uniquePrefix("pg")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let (store, schema) = postgresStore(prefix)
-        defer { dropSchema(schema) }
+        let (store, cleanUp) = StoreKind.postgres.workerStore(prefix)
+        defer { cleanUp() }
         let (a, b) = try startTwoWorkers(prefix: prefix, store: store)
         try publishLifecycles(client, runs: 0..<200)
         try client.waitForEvents(timeout: 60) { _ in Set(client.runEvents.map(\.eventID)).count >= 1000 }

@@ -4,6 +4,7 @@ import RunClient
 import RunWorker
 import RunWorkerTestKit
 import Synchronization
+import RunTestSupport
 import Testing
 
 /// Gathers what a subscription yields, in a task of its own, so that a test can wait for it
@@ -50,7 +51,7 @@ final class UpdateCollector: Sendable {
     }
 }
 
-@Suite(.serialized, .requiresBroker) struct RunClientTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct RunClientTests {
     /// A run driven through RunClient: replies as snapshots, a refusal as a typed `RunError`,
     /// the run's events in order without gaps, and a repeated event dropped.
     @Test func drivesARun() async throws {

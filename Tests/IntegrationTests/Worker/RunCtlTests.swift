@@ -1,6 +1,7 @@
 import Foundation
 import RunContract
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 /// Runs `runctl` with the test broker and prefix (at most 30 s); returns exit status and
@@ -13,7 +14,7 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
     return try runProgram(binDir.appendingPathComponent("runctl").path, args, environment: env, timeout: 30)
 }
 
-@Suite(.serialized, .requiresBroker) struct RunCtlTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct RunCtlTests {
     /// The README walkthrough works: runctl drives a run, prints outcomes, exits 1 with the
     /// code on a refusal, reads the store, and `watch --json` prints the events.
     @Test func walkthrough() throws {

@@ -1,9 +1,10 @@
 import Foundation
 import RunContract
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
-@Suite(.serialized, .requiresBroker) struct StoreStallTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct StoreStallTests {
     /// A store transaction that waits longer than the broker's heartbeat timeout (another
     /// process holds SQLite's write lock for 6 s; heartbeats every second) does not cost the
     /// worker its connection: heartbeats and confirms go on while the store works off the

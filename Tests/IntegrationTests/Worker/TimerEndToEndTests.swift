@@ -3,6 +3,7 @@ import Foundation
 import RunContract
 import RunStore
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
@@ -10,7 +11,7 @@ import Testing
 /// How late an event came after the deadline it fired for, in ms (from the event's own time).
 func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredAt.milliseconds - deadline.milliseconds }
 
-@Suite(.serialized, .requiresBroker) struct TimerEndToEndTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct TimerEndToEndTests {
     /// Each timeout kind fires on a real worker, within a second of its deadline: start
     /// timeout, attempt timeout, and action timeout (action_failed, then timed_out).
     @Test func eachTimeoutKindFires() throws {
@@ -72,7 +73,10 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         let last = try client.call(["command": "fail", "run_id": "doomed", "error": ["message": "2"], "retryable": true], id: "d3")
         #expect(last.run?.status == .failed && last.run?.stopReason == .maxAttempts)
 
-        try client.drain(for: 0.6)  // past "quick"'s deadline
+        // A sentinel run whose deadline comes after "quick"'s: the sweep fires due timers
+        // earliest first, so once the sentinel has timed out, "quick"'s timer would have fired.
+        _ = try client.call(["command": "start", "run_id": "sentinel", "config": ["timeout_s": 0.3]], id: "s1")
+        try client.waitForEvents(timeout: 10) { evs in evs.contains { $0.routingKey == "run.sentinel.timed_out" } }
         #expect(!client.runEvents.contains { $0.runID == "quick" && $0.type == .timedOut })
         #expect(client.runEvents.filter { $0.runID == "flaky" }.map(\.type)
                 == [.created, .started, .retryScheduled, .started, .completed])
@@ -87,24 +91,26 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         let store = tempStore(prefix)
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
-        let first = try WorkerProcess(prefix: prefix, store: store)
+        let first = try WorkerProcess(prefix: prefix, store: store, extraEnv: WorkerProcess.takeoverEnvironment)
         try first.waitReady()
         let r = try client.call(["command": "start", "run_id": "r1", "config": ["timeout_s": 1.5]], id: "c1")
         first.kill()
-        Thread.sleep(forTimeInterval: 2.0)
-        let second = try WorkerProcess(prefix: prefix, store: store)
+        // No worker runs until the deadline has passed (the second starts after it).
+        let deadline = try #require(r.run?.startedAt).adding(seconds: 1.5)
+        try waitUntil("the deadline passed", timeout: 10) { Date().timeIntervalSince1970 * 1000 > Double(deadline.milliseconds) }
+        let second = try WorkerProcess(prefix: prefix, store: store, extraEnv: WorkerProcess.takeoverEnvironment)
         try second.waitReady()
         try client.waitForEvents(timeout: 10) { evs in evs.contains { $0.routingKey == "run.r1.timed_out" } }
         let e = try #require(client.runEvents.first { $0.type == .timedOut })
-        let deadline = try #require(r.run?.startedAt).adding(seconds: 1.5)
         #expect(e.occurredAt >= deadline)
-        try client.drain(for: 0.5)
+        // Once the worker has exited and the sentinel is back, every event it published is in.
+        #expect(second.terminate() == 0)
+        try client.drainUntilSentinel()
         // Once: one event (one seq, one message id). Delivery is at-least-once, so a copy of
         // it may come again (a worker killed between confirm and outbox cleanup), never a second event.
         let fired = client.events.filter { $0.routingKey == "run.r1.timed_out" }
         #expect(Set(fired.map { $0.properties.messageID ?? "" }).count == 1, "\(second.log)")
         #expect(Set(fired.map(\.body)).count == 1)
-        #expect(second.terminate() == 0)
     }
 
     /// Two workers, many timers: each run times out exactly once (one event, one seq).
@@ -119,12 +125,13 @@ func lateness(_ event: RunEvent, deadline: Timestamp) -> Int64 { event.occurredA
         }
         try client.confirmAll()
         try client.waitForEvents(timeout: 15) { evs in evs.filter { $0.routingKey.hasSuffix(".timed_out") }.count >= 40 }
-        try client.drain(for: 0.5)
+        // Once both workers have exited and the sentinel is back, every event they published is in.
+        #expect(a.terminate() == 0)
+        #expect(b.terminate() == 0)
+        try client.drainUntilSentinel()
         let timedOut = client.events.filter { $0.routingKey.hasSuffix(".timed_out") }
         #expect(timedOut.count == 40)
         #expect(Set(timedOut.map(\.routingKey)).count == 40)
-        #expect(a.terminate() == 0)
-        #expect(b.terminate() == 0)
         // The workers' own count agrees: 40 deadlines fired in all (final counters, written at exit).
         let fired = [a, b].map { $0.status?.counters.timersFired ?? 0 }
         #expect(fired.reduce(0, +) == 40, "timers fired per worker: \(fired)")

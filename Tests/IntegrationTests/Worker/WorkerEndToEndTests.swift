@@ -2,14 +2,16 @@ import AMQPClient
 import Foundation
 import RunContract
 import RunStore
+import RunStores
 import RunWorkerTestKit
+import RunTestSupport
 import Testing
 
 @testable import RunWorker
 
 /// End-to-end tests: real `runworker` processes against the real broker, driven through the
 /// contract only. Serialized: each starts processes, and the machine has two cores.
-@Suite(.serialized, .requiresBroker) struct WorkerEndToEndTests {
+@Suite(.serialized, .requiresBroker, .ownThread) struct WorkerEndToEndTests {
     /// A run's whole life yields the contract's events, routing keys, message ids, headers and
     /// replies, and the stored run matches the last reply.
     @Test func fullLifecycle() async throws {

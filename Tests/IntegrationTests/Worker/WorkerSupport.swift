@@ -1,4 +1,5 @@
 import Foundation
+import RunTestSupport
 import RunWorkerTestKit
 import Testing
 
@@ -6,36 +7,6 @@ let amqpURL = TestEnvironment.amqpURL
 
 /// The folder holding this test binary, where SwiftPM also puts `runworker` and `runctl`.
 let binDir = TestEnvironment.productsDirectory
-
-func uniquePrefix(_ name: String) -> String { "t-\(name)-\(UUID().uuidString.prefix(8).lowercased())" }
-
-func tempStore(_ prefix: String) -> String {
-    "sqlite://" + NSTemporaryDirectory() + "\(prefix).sqlite"
-}
-
-/// The file of a `tempStore` URL.
-func storePath(_ store: String) -> String { String(store.dropFirst("sqlite://".count)) }
-
-/// Removes a `tempStore`'s files (database, WAL and shared memory).
-func removeTempStore(_ store: String) {
-    for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: storePath(store) + suffix) }
-}
-
-extension WorkerProcess {
-    /// A test worker: the built `runworker`, 4 partitions, quick rebalancing, debug logs.
-    convenience init(
-        prefix: String, store: String, extraEnv: [String: String] = [:], arguments: [String] = [],
-        amqpURL url: String = amqpURL
-    ) throws {
-        var env: [String: String?] = [
-            "RUNWORKER_SQLITE_SYNCHRONOUS": "NORMAL", "RUNWORKER_REBALANCE_INTERVAL_S": "0.2", "RUNWORKER_PARTITIONS": "4",
-            "RUNWORKER_LEASE_TTL_S": "3",
-        ]
-        for (k, v) in extraEnv { env[k] = v }
-        try self.init(binary: binDir.appendingPathComponent("runworker").path, amqpURL: url, prefix: prefix,
-                      store: store, environment: env, arguments: arguments)
-    }
-}
 
 /// Runs a program to completion, bounded by `timeout` (stopped after it), with its output in a
 /// file rather than a pipe (a pipe blocks a chatty child and its end-of-file waits for every

@@ -66,7 +66,7 @@ public struct OutboundMessage: Sendable {
         self.outboxID = outboxID
     }
 
-    init(outbox row: OutboxMessage) {
+    package init(outbox row: OutboxMessage) {
         self.init(
             destination: .events, routingKey: row.routingKey, messageID: row.messageID, type: row.type,
             headers: RunEvent.amqpHeaders(runID: row.runID, seq: row.seq, type: row.type, status: row.status),

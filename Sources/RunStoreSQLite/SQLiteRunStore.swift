@@ -1,6 +1,7 @@
 import Foundation
 import GRDB
 import RunContract
+import RunStore
 
 /// The embedded store: one SQLite file in WAL mode, shared by every worker process on a
 /// host. Reads take no lock; a batch's commit takes SQLite's write lock (`BEGIN IMMEDIATE`)

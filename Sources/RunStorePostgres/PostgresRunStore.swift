@@ -3,6 +3,7 @@ import Logging
 import NIOSSL
 import PostgresNIO
 import RunContract
+import RunStore
 import ServiceLifecycle
 import Synchronization
 

@@ -1,5 +1,6 @@
 import GRDB
 import GRDBSQLite
+import RunStore
 
 /// Binds and runs one of GRDB's cached statements with SQLite's own calls, for the batch
 /// path's per-row statements (a run's update, an outbox row, a command record, a command-id
