@@ -180,6 +180,27 @@ let package = Package(
         .testTarget(name: "RunStoreTests", dependencies: ["RunTestSupport", "RunStore", "RunStores"]),
         .testTarget(name: "RunWorkerTests", dependencies: ["RunTestSupport", "RunApply", "RunWorker", "RunStore", "RunStores", "RunWebhooks"]),
         .testTarget(name: "RunChaosKitTests", dependencies: ["RunTestSupport", "RunApply", "RunChaosKit", "RunWorker", "RunStore"]),
+        // The HTTP side served in memory (HummingbirdTesting's router framework): no listener, no broker.
+        .testTarget(
+            name: "RunHTTPTests",
+            dependencies: [
+                "RunTestSupport", "RunContract", "RunHTTP", "RunStore", "RunWorker",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
+        // Webhooks without a network: signatures, backoff, target rules, the deliverer's decisions.
+        .testTarget(
+            name: "RunWebhooksTests",
+            dependencies: [
+                "RunTestSupport", "AMQPClient", "RunContract", "RunStore", "RunWebhooks", "RunWorker",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "CoreMetrics", package: "swift-metrics"),
+                .product(name: "MetricsTestKit", package: "swift-metrics"),
+            ]
+        ),
         // Integration tests: a real RabbitMQ (and the worker's own processes). Skipped with a
         // message when no broker answers outside CI; required when CI is set.
         // Depends on the executables so that `swift test` builds the binaries it launches.

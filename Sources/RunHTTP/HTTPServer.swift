@@ -25,9 +25,7 @@ public struct RunHTTPServer: Service {
             amqpURLs: (try? settings.amqpURLs()) ?? [settings.amqpURL], exchange: settings.topology.eventsExchange,
             logger: logger)
         let api = RunsAPI(store: worker.store, shared: worker.shared, registry: registry, feed: feed, board: try Board.load())
-        let router = Router(context: BasicRequestContext.self)
-        router.add(middleware: APIErrorMiddleware(token: settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }, logger: logger))
-        api.register(on: router)
+        let router = Self.makeRouter(api: api, token: settings.httpToken, logger: logger)
         let shared = worker.shared
         application = Application(
             router: router,
@@ -39,6 +37,18 @@ public struct RunHTTPServer: Service {
                 logger.info("HTTP listening", metadata: ["address": "\(host):\(port)"])
             },
             logger: logger)
+    }
+
+    /// The router the listener serves: the error, method, query-size and token middleware in
+    /// front of every endpoint of `api`. An empty token is no token. (The unit tests serve this
+    /// same router in memory.)
+    static func makeRouter(api: RunsAPI, token: String?, logger: Logger) -> Router<BasicRequestContext> {
+        // HEAD is routed to each GET endpoint (the middleware then drops the body): without
+        // this option every HEAD found no route and answered 404.
+        let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
+        router.add(middleware: APIErrorMiddleware(token: token.flatMap { $0.isEmpty ? nil : $0 }, logger: logger))
+        api.register(on: router)
+        return router
     }
 
     public func run() async throws {
