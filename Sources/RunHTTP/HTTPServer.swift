@@ -139,6 +139,23 @@ struct APIErrorMiddleware: RouterMiddleware {
     static let open: Set<String> = ["/healthz", "/readyz", "/", "/index.html", "/board.js", "/board.css"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        Self.secured(try await answer(request, context: context, next: next))
+    }
+
+    /// Every answer: no content sniffing, and never framed by another page (clickjacking). A
+    /// page's own policy (the board's) keeps its directives and gains `frame-ancestors`.
+    static func secured(_ response: Response) -> Response {
+        var response = response
+        response.headers[.xContentTypeOptions] = "nosniff"
+        if let policy = response.headers[.contentSecurityPolicy], !policy.contains("frame-ancestors") {
+            response.headers[.contentSecurityPolicy] = policy + "; frame-ancestors 'none'"
+        } else if response.headers[.contentSecurityPolicy] == nil {
+            response.headers[.contentSecurityPolicy] = "frame-ancestors 'none'"
+        }
+        return response
+    }
+
+    private func answer(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             guard request.method == .get || request.method == .head else {
                 throw APIError(status: .methodNotAllowed, code: "method_not_allowed", message: "only GET is served")

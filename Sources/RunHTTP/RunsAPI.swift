@@ -5,6 +5,7 @@ import Prometheus
 import RunContract
 import RunStore
 import RunWorker
+import Synchronization
 
 /// The endpoints. Reads go to the store the worker uses, so every worker of a deployment
 /// answers for every run (PostgreSQL), or for every run of its host (SQLite).
@@ -66,27 +67,30 @@ struct RunsAPI: Sendable {
         return json(body, status: failing == nil ? .ok : .serviceUnavailable)
     }
 
-    /// One cheap read (a primary-key lookup), bounded to 2 s.
+    /// One cheap read (a primary-key lookup), bounded to 2 s. The answer does not wait for a
+    /// read that is stuck (a task group would: it awaits every child, and a blocked store read
+    /// ignores cancellation, so /readyz took as long as the read); the read finishes on its own.
     private func storeAnswers() async -> String {
         let store = self.store
-        return await withTaskGroup(of: String.self) { group in
-            group.addTask {
+        let answer = FirstAnswer()
+        return await withCheckedContinuation { (continuation: CheckedContinuation<String, Never>) in
+            answer.set(continuation)
+            Task {
                 do {
                     _ = try await store.run("")
-                    return "ok"
+                    answer.resume("ok")
                 } catch {
-                    return "the store did not answer: \(error)"
+                    answer.resume("the store did not answer: \(error)")
                 }
             }
-            group.addTask {
-                try? await Task.sleep(for: .seconds(2))
-                return "the store did not answer within 2 s"
+            Task {
+                try? await Task.sleep(for: .seconds(Self.readyStoreTimeoutSeconds))
+                answer.resume("the store did not answer within \(Self.readyStoreTimeoutSeconds) s")
             }
-            let first = await group.next() ?? "no answer"
-            group.cancelAll()
-            return first
         }
     }
+
+    static let readyStoreTimeoutSeconds = 2
 
     func metrics() -> Response {
         var buffer: [UInt8] = []
@@ -308,4 +312,18 @@ struct RunsAPI: Sendable {
 
 func json(_ object: JSONObject, status: HTTPResponse.Status = .ok) -> Response {
     Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: object.serialized())))
+}
+
+/// A continuation resumed by whichever answer comes first; later ones are dropped.
+private final class FirstAnswer: Sendable {
+    private let continuation = Mutex<CheckedContinuation<String, Never>?>(nil)
+
+    func set(_ c: CheckedContinuation<String, Never>) { continuation.withLock { $0 = c } }
+
+    func resume(_ answer: String) {
+        continuation.withLock { c in
+            c?.resume(returning: answer)
+            c = nil
+        }
+    }
 }

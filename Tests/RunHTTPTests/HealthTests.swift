@@ -108,6 +108,25 @@ import Testing
         }
     }
 
+    /// A store read that hangs (and ignores cancellation) makes /readyz answer 503 at its 2 s
+    /// bound, not when the read ends: the answer does not wait for the stuck read. (The time
+    /// limit turns the old behaviour, an answer only after `release()`, into a failure.)
+    @Test(.timeLimit(.minutes(1))) func stuckStoreReadAnswersAtTheBound() async throws {
+        let store = SwitchableStore()
+        let server = try TestServer(store: store)
+        server.setStatus {
+            $0.connected = true
+            $0.ready = true
+        }
+        store.stall()
+        defer { store.release() }
+        try await server.test { client in
+            let answer = try await client.get("/readyz")
+            #expect(answer.status == .serviceUnavailable)
+            #expect(try answer.json()["checks"]?["store"] == "the store did not answer within 2 s")
+        }
+    }
+
     /// The webhook dispatcher's counters are shown, and its being disconnected does not make
     /// the worker unready.
     @Test func webhooksAreInformational() async throws {

@@ -145,6 +145,26 @@ import Testing
         }
     }
 
+    // MARK: Headers on every answer
+
+    /// Every answer, success or error, API or board, forbids content sniffing and framing by
+    /// another page; the board's own policy keeps its directives.
+    @Test func everyAnswerForbidsSniffingAndFraming() async throws {
+        let server = try TestServer(store: try await seededStore())
+        try await server.test { client in
+            for path in ["/healthz", "/v1/runs/r-a", "/v1/runs/nope", "/nowhere", "/v1/runs?limit=x", "/metrics"] {
+                let answer = try await client.get(path)
+                #expect(answer.headers[.xContentTypeOptions] == "nosniff", "\(path)")
+                #expect(answer.headers[.contentSecurityPolicy] == "frame-ancestors 'none'", "\(path)")
+            }
+            let post = try await client.execute(uri: "/v1/runs", method: .post)
+            #expect(post.headers[.contentSecurityPolicy] == "frame-ancestors 'none'")
+            let page = try await client.get("/")
+            #expect(page.headers[.xContentTypeOptions] == "nosniff")
+            #expect(page.headers[.contentSecurityPolicy] == "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'")
+        }
+    }
+
     // MARK: HEAD
 
     /// HEAD is GET without a body on every GET endpoint: the same status, content type and
@@ -217,7 +237,7 @@ import Testing
                 #expect(answer.headers[.contentType] == type, "\(path)")
                 #expect(answer.headers[.cacheControl] == "no-cache", "\(path)")
                 #expect(answer.headers[.xContentTypeOptions] == "nosniff", "\(path)")
-                #expect(answer.headers[.contentSecurityPolicy] == "default-src 'self'; img-src 'self' data:", "\(path)")
+                #expect(answer.headers[.contentSecurityPolicy] == "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'", "\(path)")
                 #expect(answer.bytes == board.files[name]?.bytes, "\(path)")
                 #expect(!answer.bytes.isEmpty, "\(path)")
             }

@@ -131,6 +131,32 @@ final class SwitchableStore: RunStore {
 
     func fail() { down.store(true, ordering: .releasing) }
 
+    /// From now on `run(_:)` hangs, deaf to cancellation (a database that stopped answering
+    /// mid-read), until `release()`.
+    func stall() { stalled.withLock { $0 = [] } }
+
+    /// Ends the stall: the hung reads go on.
+    func release() {
+        let waiting = stalled.withLock { s -> [CheckedContinuation<Void, Never>] in
+            defer { s = nil }
+            return s ?? []
+        }
+        for c in waiting { c.resume() }
+    }
+
+    private let stalled = Mutex<[CheckedContinuation<Void, Never>]?>(nil)
+
+    private func hangWhileStalled() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let parked = stalled.withLock { s -> Bool in
+                guard s != nil else { return false }
+                s!.append(c)
+                return true
+            }
+            if !parked { c.resume() }
+        }
+    }
+
     private func check() throws {
         if down.load(ordering: .acquiring) { throw StoreError(.unavailable, "connection refused") }
     }
@@ -168,6 +194,7 @@ final class SwitchableStore: RunStore {
         return try await base.lastDeliveryError(key: key)
     }
     func run(_ runID: String) async throws -> Run? {
+        await hangWhileStalled()
         try check()
         return try await base.run(runID)
     }
