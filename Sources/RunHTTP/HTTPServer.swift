@@ -25,7 +25,8 @@ public struct RunHTTPServer: Service {
             amqpURLs: (try? settings.amqpURLs()) ?? [settings.amqpURL], exchange: settings.topology.eventsExchange,
             logger: logger)
         let api = RunsAPI(store: worker.store, shared: worker.shared, registry: registry, feed: feed, board: try Board.load())
-        let router = Self.makeRouter(api: api, token: settings.httpToken, logger: logger)
+        let token = settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }
+        let router = Self.makeRouter(api: api, token: token, checkHost: endpoint.isLoopback && token == nil, logger: logger)
         let shared = worker.shared
         application = Application(
             router: router,
@@ -39,14 +40,15 @@ public struct RunHTTPServer: Service {
             logger: logger)
     }
 
-    /// The router the listener serves: the error, method, query-size and token middleware in
-    /// front of every endpoint of `api`. An empty token is no token. (The unit tests serve this
+    /// The router the listener serves: the error, method, query-size, host and token middleware
+    /// in front of every endpoint of `api`. An empty token is no token. `checkHost` (a loopback
+    /// listener without a token) accepts only loopback host names. (The unit tests serve this
     /// same router in memory.)
-    static func makeRouter(api: RunsAPI, token: String?, logger: Logger) -> Router<BasicRequestContext> {
+    static func makeRouter(api: RunsAPI, token: String?, checkHost: Bool = false, logger: Logger) -> Router<BasicRequestContext> {
         // HEAD is routed to each GET endpoint (the middleware then drops the body): without
         // this option every HEAD found no route and answered 404.
         let router = Router(context: BasicRequestContext.self, options: .autoGenerateHeadEndpoints)
-        router.add(middleware: APIErrorMiddleware(token: token.flatMap { $0.isEmpty ? nil : $0 }, logger: logger))
+        router.add(middleware: APIErrorMiddleware(token: token.flatMap { $0.isEmpty ? nil : $0 }, checkHost: checkHost, logger: logger))
         api.register(on: router)
         return router
     }
@@ -134,8 +136,14 @@ struct APIError: Error {
 struct APIErrorMiddleware: RouterMiddleware {
     typealias Context = BasicRequestContext
     let token: String?
+    /// Whether to refuse host names other than loopback ones (421): on a loopback listener
+    /// without a token, a web page the machine's browser loads from elsewhere could otherwise
+    /// read every run through a name that resolves to 127.0.0.1 (DNS rebinding). With a token,
+    /// the token protects, and the browser cannot send it for another origin.
+    var checkHost = false
     let logger: Logger
     static let maxQueryBytes = 4096
+    static let loopbackHosts: Set<String> = ["127.0.0.1", "localhost", "[::1]"]
     static let open: Set<String> = ["/healthz", "/readyz", "/", "/index.html", "/board.js", "/board.css"]
 
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
@@ -157,6 +165,11 @@ struct APIErrorMiddleware: RouterMiddleware {
 
     private func answer(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
+            if checkHost, !Self.servesHost(request) {
+                throw APIError(
+                    status: .misdirectedRequest, code: "misdirected_request",
+                    message: "this listener answers only to 127.0.0.1, localhost or [::1] (set http_token to serve other names)")
+            }
             guard request.method == .get || request.method == .head else {
                 throw APIError(status: .methodNotAllowed, code: "method_not_allowed", message: "only GET is served")
             }
@@ -183,6 +196,29 @@ struct APIErrorMiddleware: RouterMiddleware {
             logger.error("HTTP: unexpected error", metadata: ["error": "\(error)", "path": .string(request.uri.path)])
             return APIError(status: .internalServerError, code: "internal_error", message: "unexpected error").response
         }
+    }
+
+    /// Whether a request may be served under `checkHost`: it names a loopback host (with or
+    /// without a port, in any case), or no host at all (HTTP/1.0; browsers always send one).
+    static func servesHost(_ request: Request) -> Bool {
+        guard let authority = request.head.authority ?? request.headers.first(where: { $0.name.canonicalName == "host" })?.value
+        else { return true }
+        return isLoopbackName(authority)
+    }
+
+    /// `127.0.0.1`, `localhost` or `[::1]`, with or without a port, in any case.
+    static func isLoopbackName(_ authority: String) -> Bool {
+        var host = Substring(authority.lowercased())
+        if host.hasPrefix("[") {
+            guard let close = host.firstIndex(of: "]") else { return false }
+            let rest = host[host.index(after: close)...]
+            guard rest.isEmpty || (rest.first == ":" && rest.dropFirst().allSatisfy(\.isNumber)) else { return false }
+            host = host[...close]
+        } else if let colon = host.lastIndex(of: ":") {
+            guard host[host.index(after: colon)...].allSatisfy(\.isNumber) else { return false }
+            host = host[..<colon]
+        }
+        return loopbackHosts.contains(String(host))
     }
 
     private func check(_ request: Request, token: String) throws {

@@ -69,9 +69,11 @@ public enum HTTPProbe {
         return false
     }
 
+    /// The request's bytes; a `Host` in `headers` replaces the base's.
     static func request(_ base: String, _ path: String, method: String, headers: [String: String]) -> [UInt8] {
-        var text = "\(method) \(path) HTTP/1.1\r\nHost: \(hostPort(base).0)\r\nConnection: close\r\n"
-        for (k, v) in headers { text += "\(k): \(v)\r\n" }
+        let host = headers.first { $0.key.lowercased() == "host" }?.value ?? hostPort(base).0
+        var text = "\(method) \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n"
+        for (k, v) in headers where k.lowercased() != "host" { text += "\(k): \(v)\r\n" }
         return Array((text + "\r\n").utf8)
     }
 

@@ -145,6 +145,44 @@ import Testing
         }
     }
 
+    // MARK: Host names (DNS rebinding)
+
+    /// A loopback listener without a token serves only loopback host names, with or without a
+    /// port and in any case; any other name (a DNS name rebound to 127.0.0.1) is refused. (The
+    /// router test client always sends `localhost`: the refusal itself, 421 with a JSON error,
+    /// is tested against a real worker in IntegrationTests.HTTPTests.)
+    @Test(arguments: [
+        ("127.0.0.1:8080", true), ("127.0.0.1", true), ("localhost", true), ("LocalHost:1", true), ("[::1]:8080", true),
+        ("[::1]", true), ("evil.example", false), ("evil.example:8080", false), ("127.0.0.1.evil.example", false),
+        ("localhost.evil.example:80", false), ("[::2]:8080", false), ("127.0.0.2", false), ("localhost:80x", false),
+        ("[::1]evil", false), ("", false),
+    ])
+    func loopbackNames(authority: String, served: Bool) {
+        #expect(APIErrorMiddleware.isLoopbackName(authority) == served, "\(authority)")
+    }
+
+    /// With the host check on, a request to a loopback name is served as before.
+    @Test func hostCheckServesLoopbackNames() async throws {
+        let server = try TestServer(store: try await seededStore(), checkHost: true)
+        try await server.test { client in
+            let runs = try await client.get("/v1/runs")
+            let health = try await client.get("/healthz")
+            #expect(runs.status == .ok)
+            #expect(health.status == .ok)
+        }
+    }
+
+    /// With a token (or a listener that is not loopback) the host is not checked: the token
+    /// protects.
+    @Test func hostUncheckedOtherwise() async throws {
+        let server = try TestServer(store: try await seededStore(), token: "t0ken-of-some-length")
+        try await server.test { client in
+            let answer = try await client.get(
+                "/v1/runs", headers: [HTTPFields.Element.Name("Host")!: "evil.example", .authorization: "Bearer t0ken-of-some-length"])
+            #expect(answer.status == .ok)
+        }
+    }
+
     // MARK: Headers on every answer
 
     /// Every answer, success or error, API or board, forbids content sniffing and framing by

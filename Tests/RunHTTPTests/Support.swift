@@ -27,13 +27,13 @@ struct TestServer: Sendable {
         return logger
     }()
 
-    init(store: any RunStore = InMemoryRunStore(), token: String? = nil, board: Board? = nil) throws {
+    init(store: any RunStore = InMemoryRunStore(), token: String? = nil, checkHost: Bool = false, board: Board? = nil) throws {
         self.store = store
         shared = SharedStatus(workerID: "w-test")
         registry = PrometheusCollectorRegistry()
         feed = EventFeed(amqpURLs: [], exchange: "test.events", logger: Self.logger)
         let api = RunsAPI(store: store, shared: shared, registry: registry, feed: feed, board: try board ?? Board.load())
-        let router = RunHTTPServer.makeRouter(api: api, token: token, logger: Self.logger)
+        let router = RunHTTPServer.makeRouter(api: api, token: token, checkHost: checkHost, logger: Self.logger)
         application = Application(router: router, logger: Self.logger)
     }
 

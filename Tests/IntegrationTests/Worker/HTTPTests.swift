@@ -30,6 +30,12 @@ import Testing
         let base = try #require(worker.httpBase, "the status file names the HTTP address")
 
         #expect(try Self.get(base, "/healthz").status == 200)
+        // The loopback listener has no token: a name other than a loopback one (a DNS name
+        // rebound to 127.0.0.1 by a web page) is refused with a JSON error.
+        let forged = try Self.get(base, "/v1/runs", headers: ["Host": "attacker.example:80"])
+        #expect(forged.status == 421, "\(forged.text)")
+        #expect(try Self.json(forged)["error"]?["code"] == "misdirected_request")
+        #expect(try Self.get(base, "/healthz", headers: ["Host": "localhost"]).status == 200)
         let ready = try Self.get(base, "/readyz")
         let readyBody = try Self.json(ready)
         #expect(ready.status == 200 && readyBody["ready"] == .bool(true), "\(ready.text)")
@@ -174,6 +180,8 @@ import Testing
         #expect(try Self.get(base, "/v1/counts?access_token=\(token)").status == 401, "the query token is for the stream only")
         #expect(try HTTPProbe.stream(base, "/v1/events/stream?access_token=\(token)", timeout: 10) { $0 == ": connected" })
         #expect(try Self.get(base, "/v1/events/stream").status == 401)
+        // With a token, another host name is not refused: the token protects.
+        #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer \(token)", "Host": "runs.example"]).status == 200)
         #expect(worker.terminate() == 0)
     }
 
