@@ -21,28 +21,52 @@ import Synchronization
 /// a repeat with its cached snapshot, as it would have answered from a store read it could not
 /// fence either.
 ///
-/// Bounded: two generations of `capacity / 2` entries, the older dropped when the newer fills
-/// (an approximate LRU without a list to maintain).
+/// Bounded by count and by bytes (`Run.approximateBytes`): two generations of at most
+/// `capacity / 2` entries and `byteBudget / 2` bytes each, the older dropped when the newer
+/// fills (an approximate LRU without a list to maintain). A run larger than a sixteenth of a
+/// generation is not kept: its commands load it from the store, a slower path but a bounded one,
+/// so that a few runs with inputs of a megabyte cannot push out thousands of small ones.
 public final class RunCache: Sendable {
     struct Entry {
         var run: Run
         var partition: Int
         var epoch: Int64
+        var bytes: Int
+    }
+
+    private struct Generation {
+        var entries: [String: Entry] = [:]
+        var bytes = 0
+
+        mutating func remove(_ id: String) -> Entry? {
+            guard let entry = entries.removeValue(forKey: id) else { return nil }
+            bytes -= entry.bytes
+            return entry
+        }
     }
 
     private struct Generations {
-        var current: [String: Entry] = [:]
-        var previous: [String: Entry] = [:]
+        var current = Generation()
+        var previous = Generation()
     }
 
     public let capacity: Int
+    /// The bytes the cache may hold (both generations).
+    public let byteBudget: Int
+    /// The largest run kept, in bytes.
+    public var maxEntryBytes: Int { byteBudget / 32 }
     private let state = Mutex(Generations())
 
-    public init(capacity: Int = 8192) {
+    /// - byteBudget: default 64 MiB, the run cache's share of the default memory budget.
+    public init(capacity: Int = 8192, byteBudget: Int = 64 << 20) {
         self.capacity = max(capacity, 2)
+        self.byteBudget = max(byteBudget, 64 << 10)
     }
 
-    public var count: Int { state.withLock { $0.current.count + $0.previous.count } }
+    public var count: Int { state.withLock { $0.current.entries.count + $0.previous.entries.count } }
+
+    /// The bytes held now (both generations, by `Run.approximateBytes`).
+    public var bytes: Int { state.withLock { $0.current.bytes + $0.previous.bytes } }
 
     /// The entries for `runIDs` usable under `leases` (their partition's lease at the epoch
     /// they were written under).
@@ -51,7 +75,7 @@ public final class RunCache: Sendable {
         return state.withLock { g in
             var found: [String: Run] = [:]
             for id in runIDs {
-                guard let entry = g.current[id] ?? g.previous[id],
+                guard let entry = g.current.entries[id] ?? g.previous.entries[id],
                     leases.contains(PartitionLease(partition: entry.partition, epoch: entry.epoch))
                 else { continue }
                 found[id] = entry.run
@@ -66,16 +90,18 @@ public final class RunCache: Sendable {
         state.withLock { g in
             for write in writes {
                 let id = write.run.runID
-                let known = g.current.removeValue(forKey: id) ?? g.previous.removeValue(forKey: id)
+                let known = g.current.remove(id) ?? g.previous.remove(id)
                 guard !write.run.status.isTerminal, let partition = write.partition ?? known?.partition,
                     let lease = leases.first(where: { $0.partition == partition })
                 else { continue }
-                if g.current.count >= capacity / 2 {
+                let bytes = write.run.approximateBytes
+                guard bytes <= maxEntryBytes else { continue }
+                if g.current.entries.count >= capacity / 2 || g.current.bytes + bytes > byteBudget / 2 {
                     g.previous = g.current
-                    g.current = [:]
-                    g.current.reserveCapacity(capacity / 2)
+                    g.current = Generation()
                 }
-                g.current[id] = Entry(run: write.run, partition: partition, epoch: lease.epoch)
+                g.current.entries[id] = Entry(run: write.run, partition: partition, epoch: lease.epoch, bytes: bytes)
+                g.current.bytes += bytes
             }
         }
     }
@@ -84,8 +110,8 @@ public final class RunCache: Sendable {
     func evict(_ runIDs: Set<String>) {
         state.withLock { g in
             for id in runIDs {
-                g.current.removeValue(forKey: id)
-                g.previous.removeValue(forKey: id)
+                _ = g.current.remove(id)
+                _ = g.previous.remove(id)
             }
         }
     }

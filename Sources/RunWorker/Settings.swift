@@ -27,6 +27,11 @@ public struct WorkerSettings: Sendable, Equatable {
     public var timerIntervalS = 0.1
     public var deliveryLimit = 5
     public var pipelineDepth = 16
+    /// The memory budget, in MiB, the worker's byte-bounded parts take their shares from
+    /// (today the run cache, a quarter of it).
+    public var memoryBudgetMiB = 256
+    /// The run cache's share of the memory budget, in bytes.
+    public var runCacheBytes: Int { (memoryBudgetMiB << 20) / 4 }
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
     /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
@@ -65,6 +70,9 @@ public struct WorkerSettings: Sendable, Equatable {
         guard leaseTTLS.isFinite, leaseTTLS >= 0.5 else { throw SettingsError("lease_ttl_s must be at least 0.5") }
         guard timerIntervalS > 0 else { throw SettingsError("timer_interval_s must be > 0") }
         guard (1...64).contains(pipelineDepth) else { throw SettingsError("pipeline_depth must be between 1 and 64") }
+        guard (16...1_048_576).contains(memoryBudgetMiB) else {
+            throw SettingsError("memory.budget_mib must be between 16 and 1048576")
+        }
         guard deliveryLimit >= 1 else { throw SettingsError("delivery_limit must be at least 1") }
         guard ["FULL", "NORMAL"].contains(sqliteSynchronous) else {
             throw SettingsError("sqlite_synchronous must be FULL or NORMAL")
@@ -256,6 +264,9 @@ extension WorkerSettings {
             integer("prefetch", \.prefetch, "Unacknowledged deliveries per partition consumer."),
             integer("batch_size", \.batchSize, "Most commands applied in one store transaction."),
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
+            integer(
+                "memory.budget_mib", \.memoryBudgetMiB,
+                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter; larger runs are read from the store)."),
             integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
             number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
             number(

@@ -54,7 +54,7 @@ public final class Worker: Service {
             store: store,
             processor: CommandProcessor(machine: RunStateMachine(defaults: settings.runDefaults), maxBodyBytes: settings.maxBodyBytes),
             clock: clock)
-        applier.cache = RunCache()
+        applier.cache = RunCache(byteBudget: settings.runCacheBytes)
         let metrics = WorkerMetrics(factory: metricsFactory)
         let loop = WorkerLoop(
             settings: settings, logger: logger, stop: stopFlag, waker: waker, applier: applier, metrics: metrics, shared: shared)
@@ -1180,6 +1180,10 @@ final class WorkerLoop: @unchecked Sendable {
         }
         guard statusDirty || force else { return }
         if let postgres = store as? PostgresRunStore { status.counters.storeRoundTrips = postgres.roundTrips }
+        if let cache = applier.cache {
+            status.counters.runCacheRuns = cache.count
+            status.counters.runCacheBytes = cache.bytes
+        }
         shared.update(status)
         guard let path = settings.statusFile else {
             statusDirty = false

@@ -187,6 +187,8 @@ extension WorkerStatus {
         counters.stageStoreNs = n("stage_store_ns")
         counters.stagePublishNs = n("stage_publish_ns")
         counters.stageCommands = n("stage_commands")
+        counters.runCacheRuns = n("run_cache_runs")
+        counters.runCacheBytes = n("run_cache_bytes")
         if let w = json["webhooks"]?.objectValue {
             var hooks = WebhookCounters()
             hooks.connected = w["connected"]?.boolValue ?? false

@@ -123,4 +123,49 @@ import Testing
         #expect(cache.runs(["r0"], under: [lease]).isEmpty)
         #expect(cache.runs(["r9"], under: [PartitionLease(partition: 0, epoch: 2)]).isEmpty)
     }
+
+    /// Bounded in bytes too: runs with large inputs fill a generation by their size, so the
+    /// cache holds at most its byte budget, the newest kept.
+    @Test func staysWithinItsByteBudget() {
+        let cache = RunCache(capacity: 10_000, byteBudget: 1 << 20)
+        let lease = PartitionLease(partition: 0, epoch: 1)
+        let input = JSONValue.string(String(repeating: "x", count: 20_000))
+        for i in 0..<200 {
+            let run = Run(runID: "r\(i)", status: .running, version: 2, input: input, createdAt: Timestamp(milliseconds: 0), updatedAt: Timestamp(milliseconds: 0))
+            cache.committed([RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], under: [lease])
+            #expect(cache.bytes <= cache.byteBudget)
+        }
+        #expect(cache.count < 60, "about 50 runs of 20 KB fit 1 MiB, not 200")
+        #expect(cache.runs(["r199"], under: [lease]).count == 1, "the newest is kept")
+        #expect(cache.runs(["r0"], under: [lease]).isEmpty)
+        // Evicting gives the bytes back.
+        cache.evict(Set((0..<200).map { "r\($0)" }))
+        #expect(cache.bytes == 0 && cache.count == 0)
+    }
+
+    /// A run larger than a 32nd of the byte budget is not kept (its commands read the store);
+    /// a small one beside it is.
+    @Test func largeRunsAreNotCached() {
+        let cache = RunCache(byteBudget: 1 << 20)
+        let lease = PartitionLease(partition: 0, epoch: 1)
+        let big = Run(runID: "big", status: .running, version: 2, input: .string(String(repeating: "x", count: 40_000)),
+                      createdAt: Timestamp(milliseconds: 0), updatedAt: Timestamp(milliseconds: 0))
+        let small = Run(runID: "small", status: .running, version: 2, input: ["q": "2+2"],
+                        createdAt: Timestamp(milliseconds: 0), updatedAt: Timestamp(milliseconds: 0))
+        #expect(big.approximateBytes > cache.maxEntryBytes && small.approximateBytes < cache.maxEntryBytes)
+        cache.committed([big, small].map { RunWrite(run: $0, previousVersion: nil, nextDeadline: nil, partition: 0) }, under: [lease])
+        #expect(Set(cache.runs(["big", "small"], under: [lease]).keys) == ["small"])
+    }
+
+    /// A run's footprint grows with what it carries: an input of 200 KB counts at least that.
+    @Test func footprintCountsWhatARunCarries() {
+        let bare = Run(runID: "r", status: .running, version: 1, createdAt: Timestamp(milliseconds: 0), updatedAt: Timestamp(milliseconds: 0))
+        var heavy = bare
+        heavy.input = .array((0..<1000).map { .string(String(repeating: "y", count: 200) + "\($0)") })
+        heavy.actions = [Action(id: "a1", type: .toolCall, fields: ["args": .string(String(repeating: "z", count: 5_000))],
+                                requestedAt: Timestamp(milliseconds: 0))]
+        #expect(bare.approximateBytes < 2_000)
+        #expect(heavy.approximateBytes > 200_000 + 5_000)
+        #expect(heavy.approximateBytes < 2 * (200_000 + 5_000) + 100_000)
+    }
 }

@@ -46,6 +46,9 @@ public struct WorkerStatus: Sendable, Equatable {
         public var stageStoreNs = 0
         public var stagePublishNs = 0
         public var stageCommands = 0
+        /// What the run cache holds now: runs, and their bytes by `Run.approximateBytes`.
+        public var runCacheRuns = 0
+        public var runCacheBytes = 0
     }
 
     public var workerID: String
@@ -86,6 +89,7 @@ public struct WorkerStatus: Sendable, Equatable {
                 "stage_prepare_ns": .int(Int64(c.stagePrepareNs)), "stage_decide_ns": .int(Int64(c.stageDecideNs)),
                 "stage_store_ns": .int(Int64(c.stageStoreNs)), "stage_publish_ns": .int(Int64(c.stagePublishNs)),
                 "stage_commands": .int(Int64(c.stageCommands)),
+                "run_cache_runs": .int(Int64(c.runCacheRuns)), "run_cache_bytes": .int(Int64(c.runCacheBytes)),
             ]),
         ]
         if let w = webhooks { o["webhooks"] = .object(w.json) }

@@ -60,6 +60,34 @@ import Testing
         #expect(stored?.status == .completed && stored?.version == 7)
     }
 
+    /// A run too big for the run cache's share of the memory budget (16 MiB: a 4 MiB cache, runs
+    /// of at most 128 KiB) is not cached: its commands read it from the store and apply as usual,
+    /// while a small run beside it is cached. The worker says what its cache holds.
+    @Test func runTooBigToCacheIsReadFromTheStore() async throws {
+        let prefix = uniquePrefix("bigrun")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_MEMORY_BUDGET_MIB": "16"])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
+        #expect(try client.call(["command": "start", "run_id": "small"], id: "s1").ok)
+        #expect(try client.call(["command": "start", "run_id": "big", "input": input], id: "b1").ok)
+        _ = try client.call(["command": "require_action", "run_id": "big",
+                             "action": ["id": "a1", "type": "tool_call", "tool": "read", "args": [:]]], id: "b2")
+        let done = try client.call(["command": "complete_action", "run_id": "big", "action_id": "a1", "result": "ok"], id: "b3")
+        #expect(done.run?.status == .running && done.run?.input == input)
+        let finished = try client.call(["command": "complete", "run_id": "big", "result": "summary"], id: "b4")
+        #expect(finished.ok && finished.run?.status == .completed && finished.run?.result == "summary")
+        let status = try worker.waitForStatus("all five commands applied") { $0.counters.applied >= 5 }
+        #expect(status.counters.runCacheRuns == 1, "only the small run is cached: \(status.counters)")
+        #expect(status.counters.runCacheBytes > 0 && status.counters.runCacheBytes < 128 << 10)
+        let stored = try await openRunStore(url: store).run("big")
+        #expect(stored?.input == input && stored?.status == .completed)
+    }
+
     /// Every refusal code comes back on reply_to, is published as command_rejected with
     /// after_seq, and changes nothing; the worker keeps serving.
     @Test func everyRefusalCode() async throws {
