@@ -87,14 +87,15 @@ public final class RunCache: Sendable {
     /// Records what a committed batch wrote, under the leases it was fenced with. A write
     /// without a known partition keeps the entry's; without a lease for it, nothing is kept.
     func committed(_ writes: [RunWrite], under leases: [PartitionLease]) {
+        // Measured before the lock: walking a large input must not hold up readers.
+        let sizes = writes.map { $0.run.status.isTerminal ? 0 : $0.run.approximateBytes }
         state.withLock { g in
-            for write in writes {
+            for (write, bytes) in zip(writes, sizes) {
                 let id = write.run.runID
                 let known = g.current.remove(id) ?? g.previous.remove(id)
                 guard !write.run.status.isTerminal, let partition = write.partition ?? known?.partition,
                     let lease = leases.first(where: { $0.partition == partition })
                 else { continue }
-                let bytes = write.run.approximateBytes
                 guard bytes <= maxEntryBytes else { continue }
                 if g.current.entries.count >= capacity / 2 || g.current.bytes + bytes > byteBudget / 2 {
                     g.previous = g.current

@@ -206,7 +206,7 @@ struct APIErrorMiddleware: RouterMiddleware {
         return isLoopbackName(authority)
     }
 
-    /// `127.0.0.1`, `localhost` or `[::1]`, with or without a port, in any case.
+    /// `localhost`, `[::1]` or an IPv4 literal in 127.0.0.0/8, with or without a port, in any case.
     static func isLoopbackName(_ authority: String) -> Bool {
         var host = Substring(authority.lowercased())
         if host.hasPrefix("[") {
@@ -218,7 +218,9 @@ struct APIErrorMiddleware: RouterMiddleware {
             guard host[host.index(after: colon)...].allSatisfy(\.isNumber) else { return false }
             host = host[..<colon]
         }
-        return loopbackHosts.contains(String(host))
+        if loopbackHosts.contains(String(host)) { return true }
+        let octets = host.split(separator: ".", omittingEmptySubsequences: false)
+        return octets.count == 4 && octets[0] == "127" && octets.allSatisfy { $0.count <= 3 && UInt8($0) != nil }
     }
 
     private func check(_ request: Request, token: String) throws {

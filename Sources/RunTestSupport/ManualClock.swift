@@ -6,7 +6,7 @@ import Synchronization
 /// their deadline, and a `Timestamp` reader for the code that takes `() -> Timestamp`.
 public final class ManualClock: Clock, Sendable {
     public struct Instant: InstantProtocol, Sendable {
-        /// Milliseconds since the epoch, as `Timestamp` counts them.
+        /// The time since the epoch (`Timestamp` counts it in milliseconds).
         public var offset: Duration
         public init(_ offset: Duration) { self.offset = offset }
         public func advanced(by duration: Duration) -> Instant { Instant(offset + duration) }
@@ -41,7 +41,8 @@ public final class ManualClock: Clock, Sendable {
         return Timestamp(milliseconds: offset.seconds * 1000 + offset.attoseconds / 1_000_000_000_000_000)
     }
 
-    /// Moves the clock on by `duration` and wakes the sleepers whose deadline has come.
+    /// Moves the clock on by `duration` in one step and wakes the sleepers whose deadline has
+    /// come (a sleeper that would sleep again each period wakes once per `advance`).
     public func advance(by duration: Duration) {
         let due: [Sleeper] = state.withLock { s in
             s.now = s.now.advanced(by: duration)
@@ -54,11 +55,17 @@ public final class ManualClock: Clock, Sendable {
 
     public func advance(seconds: Double) { advance(by: .milliseconds(Int64((seconds * 1000).rounded()))) }
 
-    /// Moves the clock to `time` unless it is already past it.
+    /// Moves the clock to `time` unless it is already past it (one step under the lock).
     public func set(_ time: Timestamp) {
         let target = Instant(.milliseconds(time.milliseconds))
-        let now = self.now
-        if now < target { advance(by: now.duration(to: target)) }
+        let due: [Sleeper] = state.withLock { s in
+            guard s.now < target else { return [] }
+            s.now = target
+            let due = s.sleepers.filter { $0.value.deadline <= s.now }
+            for id in due.keys { s.sleepers[id] = nil }
+            return Array(due.values)
+        }
+        for sleeper in due { sleeper.continuation.resume() }
     }
 
     /// How many tasks sleep on this clock now.

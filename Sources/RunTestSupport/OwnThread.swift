@@ -52,6 +52,11 @@ final class OwnThreadExecutor: TaskExecutor, @unchecked Sendable {
 
 /// Runs each test case on a thread of its own (`OwnThreadExecutor`), sync and async tests
 /// alike, so that its blocking waits starve nothing else. Every integration suite carries it.
+///
+/// Child tasks (`async let`, task groups) inherit the thread: a test that blocks it while
+/// waiting for its own child task waits until its timeout, so block only for things outside
+/// the test's tasks (a process, the broker). Unstructured tasks (`Task {}`) do not inherit it
+/// and run on the pool, where the kit's blocking waits stop the process.
 public struct OwnThreadTrait: SuiteTrait, TestTrait, TestScoping {
     public var isRecursive: Bool { true }
 

@@ -25,9 +25,8 @@ public final class ContractClient {
     /// `schemaViolations`.
     public private(set) var sentCommands: [(id: String?, body: [UInt8])] = []
     public private(set) var replyBodies: [String: [UInt8]] = [:]
-    /// The routing key of `drainUntilSentinel`'s markers (bound to the events queue only).
-    private let sentinelKey: String
-    private var sentinelsSeen = 0
+    /// The message ids of `drainUntilSentinel`'s markers that came back.
+    private var sentinelsSeen: Set<String> = []
 
     public init(amqpURL: String = TestEnvironment.amqpURL, prefix: String, partitions: Int = 4, bind: String = "run.#") throws {
         topology = Topology(prefix: prefix, partitions: partitions)
@@ -39,8 +38,6 @@ public final class ContractClient {
         replyQueue = try conn.queueDeclare(channel: channel, name: "", exclusive: true, autoDelete: true).name
         eventQueue = try conn.queueDeclare(channel: channel, name: "", exclusive: true, autoDelete: true).name
         try conn.queueBind(channel: channel, queue: eventQueue, exchange: topology.eventsExchange, routingKey: bind)
-        sentinelKey = "test-sentinel.\(eventQueue)"
-        try conn.queueBind(channel: channel, queue: eventQueue, exchange: topology.eventsExchange, routingKey: sentinelKey)
         _ = try conn.consume(channel: channel, queue: replyQueue, noAck: true)
         _ = try conn.consume(channel: channel, queue: eventQueue, noAck: true)
         try conn.confirmSelect(channel: channel)
@@ -72,8 +69,8 @@ public final class ContractClient {
         guard let e = try conn.nextEvent(timeout: timeout) else { return }
         for event in [e] + (try conn.drainEvents()) {
             guard case .delivery(let d) = event else { continue }
-            if d.routingKey == sentinelKey {
-                sentinelsSeen += 1
+            if d.routingKey == eventQueue, let id = d.properties.messageID, id.hasPrefix("test-sentinel-") {
+                sentinelsSeen.insert(id)
             } else if d.routingKey == replyQueue {
                 let r = try CommandReply.decode(d.body)
                 replies[d.properties.correlationID ?? ""] = r
@@ -110,17 +107,18 @@ public final class ContractClient {
         }
     }
 
-    /// Publishes a marker to the events exchange and collects events until it comes back. Every
-    /// event published (and confirmed) to this client's queue before the call has then arrived:
-    /// after the publishers stopped (a worker exited, an outbox drained), this proves that
-    /// nothing more came without waiting for a while and hoping.
+    /// Puts a marker (a unique message id) at the end of this client's events queue, through
+    /// the default exchange so that no other consumer sees it, and collects events until it
+    /// comes back. Every event published to the queue and confirmed before the call has then
+    /// arrived: after the publishers stopped (a worker exited, an outbox drained), this proves
+    /// that nothing more came without waiting for a while and hoping.
     public func drainUntilSentinel(timeout: Double = 30) throws {
-        let expected = sentinelsSeen + 1
-        _ = try conn.publish(channel: channel, exchange: topology.eventsExchange, routingKey: sentinelKey, body: [],
-                             properties: AMQPProperties(deliveryMode: 2))
+        let id = "test-sentinel-\(UUID().uuidString)"
+        _ = try conn.publish(channel: channel, exchange: "", routingKey: eventQueue, body: [],
+                             properties: AMQPProperties(deliveryMode: 2, messageID: id))
         try confirmAll()
         let deadline = Date().addingTimeInterval(timeout)
-        while sentinelsSeen < expected {
+        while !sentinelsSeen.contains(id) {
             guard Date() < deadline else { throw TestKitError(.timedOut, "the sentinel did not come back within \(timeout) s") }
             try pump(0.1)
         }

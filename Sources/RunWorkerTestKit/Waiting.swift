@@ -88,16 +88,3 @@ public func eventually(_ what: String, timeout: Double, poll: Double = 0.05, exp
         try await Task.sleep(for: .seconds(poll))
     }
 }
-
-extension Process {
-    /// The async form of `waitForExit`: whether the process exited within `timeout` seconds.
-    @discardableResult
-    public func exited(within timeout: Double) async -> Bool {
-        let deadline = ContinuousClock.now + .seconds(timeout)
-        while isRunning {
-            guard ContinuousClock.now < deadline else { return false }
-            try? await Task.sleep(for: .milliseconds(20))
-        }
-        return true
-    }
-}

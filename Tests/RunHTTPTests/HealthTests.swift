@@ -3,6 +3,7 @@ import HummingbirdTesting
 import Prometheus
 import RunContract
 import RunStore
+import RunTestSupport
 import Testing
 
 @testable import RunHTTP
@@ -90,7 +91,7 @@ import Testing
 
     /// A store that does not answer reads makes the worker unready, with the store's error.
     @Test func storeDownIsNotReady() async throws {
-        let store = SwitchableStore()
+        let store = ControllableStore()
         let server = try TestServer(store: store)
         server.setStatus {
             $0.connected = true
@@ -112,7 +113,7 @@ import Testing
     /// bound, not when the read ends: the answer does not wait for the stuck read. (The time
     /// limit turns the old behaviour, an answer only after `release()`, into a failure.)
     @Test(.timeLimit(.minutes(1))) func stuckStoreReadAnswersAtTheBound() async throws {
-        let store = SwitchableStore()
+        let store = ControllableStore()
         let server = try TestServer(store: store)
         server.setStatus {
             $0.connected = true

@@ -2,6 +2,7 @@ import Hummingbird
 import HummingbirdTesting
 import RunContract
 import RunStore
+import RunTestSupport
 import Testing
 
 @testable import RunHTTP
@@ -333,7 +334,7 @@ import Testing
     /// When the store does not answer, every read is 503 `unavailable` (not a 500), and
     /// liveness still answers.
     @Test func storeDownIsUnavailable() async throws {
-        let store = SwitchableStore()
+        let store = ControllableStore()
         try await seed(store, storedRun("r-a", .running, created: 1_000), events: ["created"])
         let server = try TestServer(store: store)
         store.fail()

@@ -3,6 +3,7 @@ import Foundation
 import MetricsTestKit
 import RunContract
 import RunStore
+import RunTestSupport
 import Synchronization
 import Testing
 
@@ -37,7 +38,7 @@ import Testing
     /// A store that does not answer gives the delivery back to the queue: nothing POSTed,
     /// nothing cached, nothing counted.
     @Test func storeErrorRequeues() async throws {
-        let store = ProbeStore()
+        let store = ControllableStore()
         try await seedRun(store, "r1", webhook: WebhookConfig(url: "https://hooks.example/r1"))
         store.fail()
         let poster = ScriptedPoster()
@@ -51,7 +52,7 @@ import Testing
 
     /// The store is read once per run, a run that is gone included, however many events follow.
     @Test func oneStoreReadPerRun() async throws {
-        let store = ProbeStore()
+        let store = ControllableStore()
         try await seedRun(store, "r1", webhook: WebhookConfig(url: "https://hooks.example/r1", events: [.started, .completed]))
         let poster = ScriptedPoster()
         let d = makeDeliverer(store: store, poster: poster)

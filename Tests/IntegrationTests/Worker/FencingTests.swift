@@ -148,6 +148,7 @@ import Testing
         try a.waitForStatus("A is working", timeout: 60) { $0.counters.applied >= 200 }
         let end = try await isolate(a, relay, store)
         let appliedByA = a.status?.counters.applied ?? 0
+        let sessionsOfA = a.status?.counters.connections ?? 0
         // Well short of all 4 commands per run: B must take over a real part of the stream.
         #expect(appliedByA < 2 * runs, "A applied \(appliedByA) of \(4 * runs) commands before it was isolated: too few left for the test to prove anything")
 
@@ -170,11 +171,14 @@ import Testing
         #expect(storedBefore.values.allSatisfy { $0.status == .completed && $0.version == 5 })
         let leasesBefore = try await withStoreReader(store) { try await $0.leases() }
 
-        // A comes back to partitions that are no longer its own. Once it says it holds none, it
-        // is stopped (SIGTERM: it finishes what it has in hand) and the sentinel brings in all it
-        // published: the checks below cover everything A did after the takeover, not a window.
+        // A comes back to partitions that are no longer its own. Once it has connected again (a
+        // new session: it has swept, claimed and published whatever it would) and holds no
+        // partition, it is stopped (SIGTERM: it finishes what it has in hand) and the sentinel
+        // brings in all it published: the checks cover everything A did until its exit.
         end()
-        try a.waitForStatus("A holds no partition", timeout: 60) { $0.partitions.isEmpty }
+        try a.waitForStatus("A connected again, holding no partition", timeout: 60) {
+            $0.connected && $0.counters.connections > sessionsOfA && $0.partitions.isEmpty
+        }
         #expect(a.terminate() == 0)
         try client.drainUntilSentinel()
         let late = client.events[eventsBefore...].map { "\($0.properties.type ?? "?") \($0.routingKey)" }
