@@ -30,8 +30,11 @@ enum FuzzTarget: String, CaseIterable {
 // MARK: - json
 
 /// Reasons the project's parser refuses what RFC 8259 allows, on purpose (JSONParser.swift):
-/// duplicate keys, lone surrogates, nesting past the limit, numbers beyond a double.
-let documentedStrictness = ["duplicate key", "lone surrogate", "nesting deeper", "too large for a double", "too large"]
+/// duplicate keys, lone surrogates, nesting past the limit, numbers beyond a double, objects with
+/// more members than the limit. Each is the start of the parser's own reason text (the list named
+/// "too large" while the parser says "number out of range", so CI found `{"k":6e961}` on
+/// 2026-12-07: Foundation reads it, ours refuses it on purpose).
+let documentedStrictness = ["duplicate key", "lone surrogate", "nesting deeper", "number out of range", "object has more than"]
 
 func fuzzJSON(_ bytes: [UInt8]) {
     let ours: Result<JSONValue, JSONParseError> = Result { () throws(JSONParseError) in try JSONValue.parse(bytes) }
