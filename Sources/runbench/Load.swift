@@ -13,6 +13,40 @@ struct RunLoad: Sendable {
     /// `heartbeat_action`s per run, sent while its action is pending (phase `heartbeat`); they
     /// add commands but no events, so every run still has 5 events.
     var heartbeats = 0
+    /// Agent-sized payloads (phase `large`); none by default.
+    var payload = Payload.none
+
+    /// Sizes of the large strings a run carries: in its `start` input, its action's result and
+    /// its result. Each run's strings are a different rotation of one random base64 text, so no
+    /// two runs carry the same bytes (a store that shares equal values across runs, or a
+    /// compressor, gains nothing) and building a body costs a copy, not random numbers.
+    struct Payload: Sendable {
+        var inputBytes = 0
+        var actionResultBytes = 0
+        var resultBytes = 0
+        static let none = Payload()
+        var isNone: Bool { inputBytes == 0 && actionResultBytes == 0 && resultBytes == 0 }
+
+        static let text: [UInt8] = {
+            let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/".utf8)
+            var g = SystemRandomNumberGenerator()
+            return (0..<(1 << 20)).map { _ in alphabet[Int(g.next() % 64)] }
+        }()
+
+        /// `count` bytes of the text starting at a place that depends on the run and the field.
+        static func string(run: Int, field: Int, count: Int) -> String {
+            let start = (run &* 7_919 &+ field &* 104_729) % text.count
+            var out = [UInt8]()
+            out.reserveCapacity(count)
+            var i = start
+            while out.count < count {
+                let n = min(count - out.count, text.count - i)
+                out += text[i..<(i + n)]
+                i = 0
+            }
+            return String(decoding: out, as: UTF8.self)
+        }
+    }
 
     var stepsPerRun: Int { 4 + heartbeats }
     var commandCount: Int { runs.count * stepsPerRun }
@@ -28,10 +62,31 @@ struct RunLoad: Sendable {
 
     /// The body of (run, step): start, require_action, the heartbeats, complete_action, complete.
     func body(run: Int, step: Int) -> [UInt8] {
+        if !payload.isNone { return largeBody(run: run, step: step) }
         guard heartbeats > 0, step >= 2 else { return Self.body(run: run, step: step) }
         if step >= 2 + heartbeats { return Self.body(run: run, step: step - heartbeats) }
         let r = Self.runID(run), c = Self.commandID(run: run, step: step)
         let s = #"{"command":"heartbeat_action","run_id":"\#(r)","command_id":"\#(c)","action_id":"a-1","details":{"done":\#(step - 1)}}"#
+        return Array(s.utf8)
+    }
+
+    /// The four commands with this load's payloads in place of the small values.
+    func largeBody(run: Int, step: Int) -> [UInt8] {
+        let r = Self.runID(run), c = Self.commandID(run: run, step: step)
+        let s: String
+        switch step {
+        case 0:
+            let doc = Payload.string(run: run, field: 0, count: payload.inputBytes)
+            s = #"{"command":"start","run_id":"\#(r)","command_id":"\#(c)","agent_id":"bench","input":{"question":"summarise","document":"\#(doc)"}}"#
+        case 1:
+            s = #"{"command":"require_action","run_id":"\#(r)","command_id":"\#(c)","action":{"id":"a-1","type":"tool_call","tool":"fetch","args":{"url":"https://example.com/\#(r)"}}}"#
+        case 2:
+            let out = Payload.string(run: run, field: 1, count: payload.actionResultBytes)
+            s = #"{"command":"complete_action","run_id":"\#(r)","command_id":"\#(c)","action_id":"a-1","result":{"page":"\#(out)"}}"#
+        default:
+            let out = Payload.string(run: run, field: 2, count: payload.resultBytes)
+            s = #"{"command":"complete","run_id":"\#(r)","command_id":"\#(c)","result":{"summary":"\#(out)"}}"#
+        }
         return Array(s.utf8)
     }
 
@@ -91,6 +146,8 @@ struct ProducerResult: Sendable {
     var lastPublishNs: UInt64 = 0
     var nacked = 0
     var publishNs: [UInt64] = []
+    /// Bytes of command bodies published.
+    var bytes = 0
 }
 
 /// Publishes the load's commands on its own connection (its own thread), persistent, with
@@ -152,8 +209,10 @@ final class Producer: @unchecked Sendable {
             let props = AMQPProperties(contentType: "application/json", deliveryMode: 2, messageID: id)
             let t = nowNs()
             if k == 0 { r.firstPublishNs = t }
+            let body = load.body(run: run, step: step)
+            r.bytes += body.count
             _ = try conn.publish(channel: ch, exchange: exchange, routingKey: RunLoad.runID(run),
-                                 body: load.body(run: run, step: step), properties: props)
+                                 body: body, properties: props)
             if rate != nil { r.publishNs[k] = t }
             // Sliding window: never more than 2 windows unconfirmed, drained back to one.
             if conn.unconfirmedCount(channel: ch) >= 2 * window {

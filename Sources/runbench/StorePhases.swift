@@ -72,6 +72,60 @@ extension Bench {
         say("backlog: drained at \(fmt(rate)) cmd/s, worker \(fmt(us)) µs/cmd, peak VmRSS \(fmt(hwm, 1)) MiB")
     }
 
+    /// Agent-sized payloads: `largeRuns` runs whose `start` carries a 200 KB input, whose action
+    /// result is 20 KB and whose result 50 KB (each run's different), through one worker on its
+    /// default settings, memory budget included. Prints MB/s of command bodies, commands/s, the
+    /// worker's CPU per command, its peak RSS (VmHWM) against the budget, and the store's bytes
+    /// on disk per byte of input (and per byte of all three payloads), measured once the worker
+    /// has stopped.
+    func phaseLarge() throws {
+        let t = Topology(prefix: "\(runID)-large", partitions: o.partitions)
+        defer { deleteTopology(t, url: o.amqpURL) }
+        let w = try startWorkers(t, count: 1)
+        var running = true
+        defer { if running { stopWorkers(w, "large") } }
+        let payload = RunLoad.Payload(inputBytes: 200_000, actionResultBytes: 20_000, resultBytes: 50_000)
+        let load = RunLoad(runs: 0..<largeRuns, payload: payload)
+        let budget = WorkerSettings().memoryBudgetMiB
+        say("large: \(load.runs.count) runs, \(load.commandCount) commands; 200 KB inputs, 20 KB action results, 50 KB results; "
+            + "memory budget \(budget) MiB (the default)")
+        let cpu = CPUMeter(["worker": [w[0].pid], "broker": brokerPIDs, "runbench": [getpid()]])
+        let r = try drive(t, load, eventsPerRun: 5)
+        let usage = cpu.cores()
+        let us = cpu.microsecondsPer(load.commandCount)
+        check("large", r, load: load, eventsPerRun: 5)
+        let seconds = Double(load.commandCount) / r.rate
+        let mbPerSecond = Double(r.prod.bytes) / 1e6 / seconds
+        let hwm = Double(w[0].memoryKiB.hwm) / 1024
+        stopWorkers(w, "large")
+        running = false
+        let disk = storeBytes(t)
+        let input = Double(load.runs.count * payload.inputBytes)
+        let allPayloads = Double(load.runs.count * (payload.inputBytes + payload.actionResultBytes + payload.resultBytes))
+        let perInput = disk / input
+        largeLine = "large_mb_s \(fmt(mbPerSecond, 1)) large_cmd_s \(fmt(r.rate)) large_us_per_cmd \(fmt(us["worker"] ?? .nan)) "
+            + "large_rss_mib \(fmt(hwm, 1)) large_disk_per_input \(fmt(perInput, 2))"
+        rows.append(("9 large payloads, 1 process", "\(load.runs.count) runs (200/20/50 KB), \(load.commandCount) cmds",
+                     "\(fmt(mbPerSecond, 1)) MB/s, \(fmt(r.rate)) cmd/s",
+                     "peak VmRSS \(fmt(hwm, 1)) MiB of a \(budget) MiB budget; store \(fmt(disk / 1_048_576, 0)) MiB = "
+                        + "\(fmt(perInput, 2)) x input (\(fmt(disk / allPayloads, 2)) x all payloads); " + cpuText(usage, us: us)))
+        say("large: \(fmt(mbPerSecond, 1)) MB/s, \(fmt(r.rate)) cmd/s, worker \(fmt(us["worker"] ?? .nan)) µs/cmd, peak VmRSS "
+            + "\(fmt(hwm, 1)) MiB (budget \(budget) MiB); store \(fmt(disk / 1_048_576, 1)) MiB for \(fmt(input / 1_048_576, 1)) MiB "
+            + "of input: \(fmt(perInput, 2)) bytes per input byte, \(fmt(disk / allPayloads, 2)) per payload byte")
+    }
+
+    /// Bytes the store of `t` takes on disk: the SQLite file with its WAL, or on PostgreSQL the
+    /// tables of the phase's schema with their indexes and TOAST (`pg_total_relation_size`).
+    func storeBytes(_ t: Topology) -> Double {
+        guard o.store == "postgres" else { return storeMiB(t) * 1_048_576 }
+        let url = storeURL(t)
+        guard let schema = URLComponents(string: url)?.queryItems?.first(where: { $0.name == "schema" })?.value else { return .nan }
+        let sql = "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            + "WHERE n.nspname = '\(schema)' AND c.relkind = 'r'"
+        let out = Proc.output("/usr/bin/env", ["psql", o.postgresURL, "-Atc", sql])
+        return out.flatMap { Double($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? .nan
+    }
+
     /// The store URL a phase's workers use.
     func storeURL(_ t: Topology) -> String { storeURL(prefix: t.prefix) }
 

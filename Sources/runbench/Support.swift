@@ -85,6 +85,20 @@ enum Proc {
             return pid
         }
     }
+
+    /// What a command printed, or nil when it could not run or failed.
+    static func output(_ executable: String, _ arguments: [String]) -> String? {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = arguments
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = FileHandle.nullDevice
+        do { try p.run() } catch { return nil }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return p.terminationStatus == 0 ? String(decoding: data, as: UTF8.self) : nil
+    }
 }
 
 /// CPU used by a set of processes over an interval, in cores (1.0 = one core busy).

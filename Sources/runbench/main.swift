@@ -18,7 +18,7 @@ struct RunBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "runbench",
         abstract: "Measure runworker against the broker's echo ceiling on this machine.",
-        discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib, worker_us_per_cmd, p99_floor_ms, max_ms, big_store_ratio, and with phase backlog backlog_cmd_s, backlog_rss_mib.")
+        discussion: "The last line of the output is machine-readable: ratio, worker, ceiling, two_workers, p99_ms, rss_mib, worker_us_per_cmd, p99_floor_ms, max_ms, big_store_ratio, with phase large large_mb_s, large_cmd_s, large_us_per_cmd, large_rss_mib, large_disk_per_input, and with phase backlog backlog_cmd_s, backlog_rss_mib.")
 
     @Option(help: "The release runworker binary (not needed by the stream phase).")
     var runworker = ""
@@ -30,8 +30,8 @@ struct RunBench: ParsableCommand {
     @Flag(help: "Small loads (under a minute), for development.")
     var quick = false
 
-    @Option(help: "Phases to run, comma-separated: ceiling, one, heartbeat (runs whose action is heartbeated 8 times), two, latency (memory rides on 'one'), scale (1, 2 and 4 workers), retention (a memory-runs soak with short retention, the store's size sampled), bigstore (the one-worker load on a store of --runs and of --big-store-runs finished runs), backlog (--backlog-commands queued, then drained by one worker); or stream (alone).")
-    var phases = "ceiling,one,heartbeat,two,latency,bigstore,backlog"
+    @Option(help: "Phases to run, comma-separated: ceiling, one, heartbeat (runs whose action is heartbeated 8 times), two, latency (memory rides on 'one'), scale (1, 2 and 4 workers), retention (a memory-runs soak with short retention, the store's size sampled), bigstore (the one-worker load on a store of --runs and of --big-store-runs finished runs), large (--large-runs runs with agent-sized payloads through one worker on default settings: MB/s, peak RSS against the memory budget, store bytes per input byte), backlog (--backlog-commands queued, then drained by one worker); or stream (alone).")
+    var phases = "ceiling,one,heartbeat,two,latency,bigstore,large,backlog"
 
     @Option(help: "Runs (4 commands each) of the throughput phases; default 10000 (quick: 2000).")
     var runs: Int?
@@ -53,6 +53,9 @@ struct RunBench: ParsableCommand {
 
     @Option(name: .customLong("big-store-runs"), help: "Phase 'bigstore': finished runs in the large store; default 1000000 (quick: 50000).")
     var bigStoreRuns: Int?
+
+    @Option(name: .customLong("large-runs"), help: "Phase 'large': runs with a 200 KB input, a 20 KB action result and a 50 KB result; default 10000 (quick: 300).")
+    var largeRuns: Int?
 
     @Option(name: .customLong("backlog-commands"), help: "Phase 'backlog': commands queued before the worker starts; default 500000 (quick: 20000).")
     var backlogCommands: Int?
@@ -139,6 +142,7 @@ final class Bench {
     var latencyMax = Double.nan
     var bigStoreRatio = Double.nan
     var backlogLine = ""
+    var largeLine = ""
 
     init(options: RunBench) {
         o = options
@@ -150,6 +154,7 @@ final class Bench {
     var ceilingRuns: Int { o.ceilingRuns ?? (o.quick ? 5_000 : 25_000) }
     var memoryRuns: Int { o.memoryRuns ?? (o.quick ? 10_000 : 100_000) }
     var latencySeconds: Double { o.latencySeconds ?? (o.quick ? 4 : 15) }
+    var largeRuns: Int { o.largeRuns ?? (o.quick ? 300 : 10_000) }
     var syncLabel: String { o.store == "postgres" ? "n/a (PostgreSQL store)" : o.synchronous?.uppercased() ?? "FULL (default)" }
 
     func runAll() throws {
@@ -168,6 +173,7 @@ final class Bench {
         if phases.contains("scale") { try phaseScale() }
         if phases.contains("retention") { try phaseRetention() }
         if phases.contains("bigstore") { try phaseBigStore() }
+        if phases.contains("large") { try phaseLarge() }
         if phases.contains("backlog") { try phaseBacklog() }
         if phases.contains("stream") {
             try phaseStream()
@@ -601,7 +607,7 @@ final class Bench {
         print("ratio \(fmt(ratio, 2)) worker \(fmt(one)) ceiling \(fmt(ceiling)) two_workers \(fmt(two)) "
               + "p99_ms \(fmt(p99, 2)) rss_mib \(fmt(peakMiB, 1)) worker_us_per_cmd \(fmt(workerMicroseconds)) "
               + "p99_floor_ms \(fmt(p99Floor, 2)) max_ms \(fmt(latencyMax, 2)) big_store_ratio \(fmt(bigStoreRatio, 2))"
-              + (backlogLine.isEmpty ? "" : " " + backlogLine) + (scaleLine.isEmpty ? "" : " " + scaleLine)
+              + (largeLine.isEmpty ? "" : " " + largeLine) + (backlogLine.isEmpty ? "" : " " + backlogLine) + (scaleLine.isEmpty ? "" : " " + scaleLine)
               + (retentionLine.isEmpty ? "" : " " + retentionLine))
     }
 }
