@@ -32,6 +32,10 @@ public struct WorkerSettings: Sendable, Equatable {
     public var memoryBudgetMiB = 256
     /// The run cache's share of the memory budget, in bytes.
     public var runCacheBytes: Int { (memoryBudgetMiB << 20) / 4 }
+    /// Command bytes one batch takes at most (a sixteenth of the budget; at least one command):
+    /// a batch holds each body several times over while it is decoded, applied, stored and
+    /// published, so 512 commands of 200 KB (100 MB of bodies) were one transaction before.
+    public var batchBytes: Int { (memoryBudgetMiB << 20) / 16 }
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
     /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
@@ -266,7 +270,7 @@ extension WorkerSettings {
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
             integer(
                 "memory.budget_mib", \.memoryBudgetMiB,
-                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter; larger runs are read from the store)."),
+                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter, larger runs are read from the store; a batch at most a sixteenth of command bytes)."),
             integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
             number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
             number(

@@ -138,6 +138,19 @@ struct Received: Sendable {
     /// Identifies the message across deliveries, for the poison guard.
     var key: String { PoisonGuard.messageKey(routingKey: command.routingKey, messageID: command.messageID, body: command.body) }
 
+    /// How many of `buffered`, from the front, the next batch takes: at most `count`, and no
+    /// more bodies than `bytes` together, but always the first (a body alone over the bound is
+    /// a batch of its own).
+    static func batchLength(_ buffered: [Received], count: Int, bytes: Int) -> Int {
+        var n = 0, total = 0
+        for r in buffered.prefix(count) {
+            total += r.command.body.count
+            if n > 0 && total > bytes { break }
+            n += 1
+        }
+        return n
+    }
+
     /// The highest delivery tag per channel: one `basic.ack` with `multiple` acks a batch.
     static func highestTags(_ batch: [Received]) -> [Ack] {
         var top: [UInt16: UInt64] = [:]
@@ -409,7 +422,7 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         guard !buffered.isEmpty else { return }  // what was read on lost partitions is gone
-        let batch = Array(buffered.prefix(settings.batchSize * 2))
+        let batch = Array(buffered.prefix(Received.batchLength(buffered, count: settings.batchSize * 2, bytes: settings.batchBytes)))
         buffered.removeFirst(batch.count)
 
         // A redelivered message may be what killed a worker: take such batches one message at

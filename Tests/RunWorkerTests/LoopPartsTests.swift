@@ -235,3 +235,29 @@ import Testing
         #expect(t.isEmpty && t.isValid(at: 100))
     }
 }
+
+@Suite struct BatchLengthTests {
+    static func received(_ sizes: [Int]) -> [Received] {
+        sizes.enumerated().map { i, n in
+            Received(channel: 1, tag: UInt64(i + 1), redelivered: false,
+                     command: InboundCommand(body: [UInt8](repeating: 0x20, count: n), routingKey: "r"))
+        }
+    }
+
+    /// A batch stops at the count or at the byte bound, whichever comes first, and always takes
+    /// the first delivery, however large, so that a body over the bound is applied alone.
+    @Test func boundedByCountAndBytes() {
+        #expect(Received.batchLength(Self.received([10, 10, 10, 10]), count: 3, bytes: 1_000) == 3)
+        #expect(Received.batchLength(Self.received([400, 400, 400, 400]), count: 512, bytes: 1_000) == 2)
+        #expect(Received.batchLength(Self.received([400, 600, 1]), count: 512, bytes: 1_000) == 2)
+        #expect(Received.batchLength(Self.received([5_000, 10]), count: 512, bytes: 1_000) == 1)
+        #expect(Received.batchLength(Self.received([]), count: 512, bytes: 1_000) == 0)
+    }
+
+    /// The default budget (256 MiB) bounds a batch at 16 MiB of bodies: 83 of 200 KB, not 512.
+    @Test func defaultShare() {
+        let settings = WorkerSettings()
+        #expect(settings.batchBytes == 16 << 20)
+        #expect(Received.batchLength(Self.received(Array(repeating: 200_000, count: 512)), count: 512, bytes: settings.batchBytes) == 83)
+    }
+}
