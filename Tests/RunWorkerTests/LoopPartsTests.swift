@@ -261,3 +261,51 @@ import Testing
         #expect(Received.batchLength(Self.received(Array(repeating: 200_000, count: 512)), count: 512, bytes: settings.batchBytes) == 83)
     }
 }
+
+@Suite struct PrefetchSizerTests {
+    /// Before any delivery, and while bodies are small, every consumer gets the configured
+    /// prefetch: small commands keep their batches.
+    @Test func smallBodiesKeepTheCeiling() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
+        #expect(sizer.prefetch(consumers: 8) == 256)
+        for _ in 0..<100 { sizer.observe(bodyBytes: 300) }
+        #expect(sizer.prefetch(consumers: 8) == 256)
+    }
+
+    /// Bodies of 200 KB: the share (64 MiB) divided among 8 consumers allows 41 each, rounded
+    /// down to 32, so that at most 8 × 32 × 200 KB = 51 MB wait in the worker; with 1 MiB
+    /// bodies 8 each; a share too small for even one body each gives the floor (4).
+    @Test func largeBodiesShrinkItToTheShare() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
+        sizer.observe(bodyBytes: 200_000)
+        #expect(sizer.prefetch(consumers: 8) == 32)
+        #expect(sizer.prefetch(consumers: 1) == 256)
+        for _ in 0..<200 { sizer.observe(bodyBytes: 1 << 20) }
+        #expect(sizer.prefetch(consumers: 8) == 8)
+        #expect(PrefetchSizer(shareBytes: 1 << 20, ceiling: 256).prefetch(consumers: 1) == 256)
+        var tiny = PrefetchSizer(shareBytes: 1 << 20, ceiling: 256)
+        tiny.observe(bodyBytes: 1 << 20)
+        #expect(tiny.prefetch(consumers: 8) == 4)
+    }
+
+    /// The average moves by a 64th of each body's difference, so one large body among small
+    /// ones does not restart consumers, while a run of them does.
+    @Test func averageMovesGradually() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
+        for _ in 0..<50 { sizer.observe(bodyBytes: 300) }
+        sizer.observe(bodyBytes: 1 << 20)
+        #expect(sizer.prefetch(consumers: 8) == 256)
+        for _ in 0..<50 { sizer.observe(bodyBytes: 1 << 20) }
+        #expect(sizer.prefetch(consumers: 8) == 8)
+    }
+
+    /// A consumer is started again only when the new count is at least twice or at most half
+    /// the old.
+    @Test func restartsOnlyForAFactorOfTwo() {
+        #expect(!PrefetchSizer.worthChanging(from: 256, to: 256))
+        #expect(!PrefetchSizer.worthChanging(from: 32, to: 17))
+        #expect(PrefetchSizer.worthChanging(from: 32, to: 16))
+        #expect(PrefetchSizer.worthChanging(from: 16, to: 32))
+        #expect(!PrefetchSizer.worthChanging(from: 16, to: 31))
+    }
+}
