@@ -254,7 +254,8 @@ final class WorkerLoop: @unchecked Sendable {
         self.balancer = PartitionBalancer(
             partitions: settings.partitions, offset: Int(UInt64(shared.workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
-        self.prefetchSizer = PrefetchSizer(shareBytes: settings.deliveryBytes, ceiling: settings.prefetch)
+        self.prefetchSizer = PrefetchSizer(
+            shareBytes: settings.deliveryBytes, ceiling: settings.prefetch, largestBody: settings.maxBodyBytes)
         self.schedule = Self.newSchedule(settings)
         self.status = WorkerStatus(workerID: shared.workerID)
         self.logger[metadataKey: "worker"] = .string(shared.workerID)
@@ -475,13 +476,13 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Once a second: a consumer whose prefetch is a factor of two from what the deliveries'
-    /// share allows now (`PrefetchSizer`) is started again with the new count (RabbitMQ applies a
-    /// consumer's prefetch when it starts). Deliveries already read stay unacked on the channel
-    /// and are applied and acked as usual; the queue keeps its order.
+    /// Ten times a second: a consumer whose prefetch is a factor of two from what the
+    /// deliveries' share allows now (`PrefetchSizer`) is started again with the new count
+    /// (RabbitMQ applies a consumer's prefetch when it starts). Deliveries already read stay
+    /// unacked on the channel and are applied and acked as usual; the queue keeps its order.
     private func resizePrefetch(_ conn: BlockingConnection) throws {
         let now = Self.monotonic()
-        guard now - prefetchCheckedAt >= 1 else { return }
+        guard now - prefetchCheckedAt >= 0.1 else { return }
         prefetchCheckedAt = now
         let wanted = prefetchSizer.prefetch(consumers: channels.count)
         for (channel, partition) in channels.sorted(by: { $0.key < $1.key }) {
@@ -496,7 +497,7 @@ final class WorkerLoop: @unchecked Sendable {
                 statusDirty = true
                 logger.debug("partition consumer prefetch resized", metadata: [
                     "partition": "\(partition)", "from": "\(consumer.prefetch)", "to": "\(wanted)",
-                    "average_body_bytes": "\(Int(prefetchSizer.averageBytes ?? 0))",
+                    "expected_body_bytes": "\(Int(prefetchSizer.expectedBytes))",
                 ])
             } catch let error as AMQPError where !error.isConnectionLevel {
                 logger.warning("partition consumer could not be started again", metadata: [
@@ -872,7 +873,9 @@ final class WorkerLoop: @unchecked Sendable {
                 guard leases.lease(for: partition) == lease else { continue }
                 let channel = try conn.openChannel()
                 do {
-                    let prefetch = prefetchSizer.prefetch(consumers: channels.count + 1)
+                    // Sized as if this worker held every partition (it may, after this rebalance);
+                    // `resizePrefetch` widens it to the partitions it does hold.
+                    let prefetch = prefetchSizer.prefetch(consumers: max(channels.count + 1, settings.partitions))
                     try conn.qos(channel: channel, prefetchCount: UInt16(prefetch))
                     let tag = try conn.consume(
                         channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
