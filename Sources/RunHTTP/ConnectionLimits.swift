@@ -449,8 +449,11 @@ final class AcceptPauseHandler: ChannelInboundHandler, RemovableChannelHandler {
             let options = context.channel.syncOptions
         {
             let pause = backoff.failed()
-            logger.warning(
-                "HTTP: cannot accept connections, pausing", metadata: ["error": "\(error)", "pause_ms": "\(pause.nanoseconds / 1_000_000)"])
+            // A warning when a run of failures starts; the rest of it (a pause a second at
+            // most) at debug, so that a long exhaustion does not flood the log.
+            logger.log(
+                level: pause == AcceptBackoff.first ? .warning : .debug, "HTTP: cannot accept connections, pausing",
+                metadata: ["error": "\(error)", "pause_ms": "\(pause.nanoseconds / 1_000_000)"])
             try? options.setOption(ChannelOptions.autoRead, value: false)
             resume = context.eventLoop.assumeIsolated().scheduleTask(in: pause) { [weak self] in
                 self?.resume = nil
