@@ -52,31 +52,117 @@ public struct HTTPConnectionLimits: Sendable, Equatable {
     }
 }
 
-/// The open connections of one listener, counted against a cap. A place is taken when a
-/// connection is accepted and given back when it closes; when none is free the connection is
-/// refused, never queued.
-final class ConnectionCounter: Sendable {
-    let limit: Int
-    private let count = Atomic<Int>(0)
-
-    init(limit: Int) { self.limit = limit }
-
-    var open: Int { count.load(ordering: .relaxed) }
-
-    /// Takes a place; false (and nothing taken) when all `limit` are taken.
-    func tryOpen() -> Bool {
-        var current = count.load(ordering: .relaxed)
-        while current < limit {
-            let (exchanged, original) = count.compareExchange(
-                expected: current, desired: current + 1, ordering: .acquiringAndReleasing)
-            if exchanged { return true }
-            current = original
-        }
-        return false
+/// Who gets a place among the listener's `limit` connections, as plain values (ids stand for
+/// channels). Below the cap a connection is admitted. At the cap, the oldest connection that
+/// is waiting (for its first request head, or idle between requests) is closed to make room,
+/// as Apache's event MPM drops kept-alive connections under load: so idle or trickling sockets
+/// cannot lock out a health probe or a real client, which sends its request at once. Only when
+/// every connection is being answered (requests or event streams in progress) is the new one
+/// refused. A victim keeps its place until it has closed, and at most `maxEvicting` are
+/// closing at once, so the listener never holds more than `limit + maxEvicting` sockets.
+struct ConnectionSlots: Equatable {
+    enum Decision: Equatable {
+        case admit
+        /// Admit, and close `victim` to give its place back.
+        case admitEvicting(victim: Int)
+        case refuse
     }
 
-    /// Gives back a place taken by `tryOpen`.
-    func close() { count.subtract(1, ordering: .acquiringAndReleasing) }
+    struct Entry: Equatable {
+        /// Admission order: the smallest is the oldest.
+        var order: Int
+        /// Waiting for a head or idle: may be closed to make room.
+        var waiting: Bool
+    }
+
+    let limit: Int
+    let maxEvicting: Int
+    private(set) var entries: [Int: Entry] = [:]
+    private(set) var evicting: Set<Int> = []
+    private var admitted = 0
+
+    init(limit: Int, maxEvicting: Int = 16) {
+        self.limit = limit
+        self.maxEvicting = maxEvicting
+    }
+
+    var open: Int { entries.count }
+
+    /// A connection was accepted: whether it may stay, and whom to close for it.
+    mutating func accepted(_ id: Int) -> Decision {
+        if entries.count < limit {
+            add(id)
+            return .admit
+        }
+        guard evicting.count < maxEvicting,
+            let victim = entries.filter({ $0.value.waiting && !evicting.contains($0.key) }).min(by: { $0.value.order < $1.value.order })?.key
+        else { return .refuse }
+        evicting.insert(victim)
+        add(id)
+        return .admitEvicting(victim: victim)
+    }
+
+    /// The connection started (false) or stopped (true) answering a request.
+    mutating func setWaiting(_ id: Int, _ waiting: Bool) {
+        entries[id]?.waiting = waiting
+    }
+
+    /// The connection closed: its place is free.
+    mutating func closed(_ id: Int) {
+        entries[id] = nil
+        evicting.remove(id)
+    }
+
+    private mutating func add(_ id: Int) {
+        entries[id] = Entry(order: admitted, waiting: true)
+        admitted += 1
+    }
+}
+
+/// The listener's open connections, shared by its event loops: `ConnectionSlots` behind a
+/// lock, with the channels it names. Decisions are taken under the lock, closes made outside.
+final class ConnectionTable: Sendable {
+    private struct State {
+        var slots: ConnectionSlots
+        var channels: [Int: any Channel] = [:]
+        var nextID = 0
+    }
+
+    private let state: Mutex<State>
+    let limit: Int
+
+    init(limit: Int, maxEvicting: Int = 16) {
+        self.limit = limit
+        state = Mutex(State(slots: ConnectionSlots(limit: limit, maxEvicting: maxEvicting)))
+    }
+
+    var open: Int { state.withLock { $0.slots.open } }
+
+    /// Takes a place for `channel` (closing the oldest waiting connection when the cap is
+    /// reached); nil when it is refused. The id names the connection in later calls.
+    func admit(_ channel: any Channel) -> (id: Int, evicted: Bool)? {
+        let (id, decision, victim): (Int, ConnectionSlots.Decision, (any Channel)?) = state.withLock { state in
+            let id = state.nextID
+            state.nextID += 1
+            let decision = state.slots.accepted(id)
+            if decision != .refuse { state.channels[id] = channel }
+            if case .admitEvicting(let victim) = decision { return (id, decision, state.channels[victim]) }
+            return (id, decision, nil)
+        }
+        victim?.close(promise: nil)
+        return decision == .refuse ? nil : (id, victim != nil)
+    }
+
+    func setWaiting(_ id: Int, _ waiting: Bool) {
+        state.withLock { $0.slots.setWaiting(id, waiting) }
+    }
+
+    func closed(_ id: Int) {
+        state.withLock { state in
+            state.slots.closed(id)
+            state.channels[id] = nil
+        }
+    }
 }
 
 /// When one connection's wait runs out, as nginx and Go's net/http count it: a request head
@@ -153,37 +239,44 @@ struct ConnectionDeadlines: Equatable {
     func expired(at now: NIODeadline) -> Bool { deadline.map { now >= $0 } ?? false }
 }
 
-/// The listener's connection metrics: open connections, refusals at the cap, and connections
-/// closed for a head that did not arrive in time or for idling.
+/// The listener's connection metrics: open connections, refusals and evictions at the cap,
+/// and connections closed for a head that did not arrive in time or for idling.
 struct ConnectionMetrics: Sendable {
     let open: Gauge
     let refused: Counter
+    let evicted: Counter
     let headerTimeouts: Counter
     let idleTimeouts: Counter
 
     init(factory: any MetricsFactory) {
         open = Gauge(label: "runworker_http_connections", factory: factory)
         refused = Counter(label: "runworker_http_connections_refused_total", factory: factory)
+        evicted = Counter(label: "runworker_http_connections_evicted_total", factory: factory)
         headerTimeouts = Counter(
             label: "runworker_http_connections_timed_out_total", dimensions: [("wait", "header")], factory: factory)
         idleTimeouts = Counter(label: "runworker_http_connections_timed_out_total", dimensions: [("wait", "idle")], factory: factory)
     }
 }
 
-/// First in a connection's pipeline, on raw bytes: keeps `ConnectionDeadlines` and closes the
-/// connection when its deadline passes. `HTTPRequestGuard`, behind the HTTP decoder, tells it
-/// when a head was parsed and when a response ended.
+/// First in a connection's pipeline, on raw bytes: keeps `ConnectionDeadlines`, closes the
+/// connection when its deadline passes, and tells the listener's table whether the connection
+/// is waiting (and may be closed to make room). `HTTPRequestGuard`, behind the HTTP decoder,
+/// tells it when a head was parsed and when a response ended.
 final class ConnectionDeadlineHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
 
     private var deadlines: ConnectionDeadlines
     private let metrics: ConnectionMetrics?
+    /// The listener's table and this connection's id in it.
+    private let table: (ConnectionTable, id: Int)?
+    private var reportedWaiting = true
     private var context: ChannelHandlerContext?
     private var timer: Scheduled<Void>?
     private var timerDeadline: NIODeadline?
 
-    init(limits: HTTPConnectionLimits, metrics: ConnectionMetrics?) {
+    init(limits: HTTPConnectionLimits, metrics: ConnectionMetrics?, table: (ConnectionTable, id: Int)? = nil) {
+        self.table = table
         // The clock starts again when the channel becomes active (`opened`).
         deadlines = ConnectionDeadlines(header: limits.headerTimeout, idle: limits.idleTimeout, openedAt: .uptimeNanoseconds(0))
         self.metrics = metrics
@@ -230,8 +323,14 @@ final class ConnectionDeadlineHandler: ChannelInboundHandler, RemovableChannelHa
         arm()
     }
 
-    /// Schedules the close for the current deadline (once per deadline; none while serving).
+    /// Schedules the close for the current deadline (once per deadline; none while serving),
+    /// and says whether the connection is waiting when that changed.
     private func arm() {
+        let waiting = deadlines.waiting != nil
+        if waiting != reportedWaiting, let (table, id) = table {
+            table.setWaiting(id, waiting)
+            reportedWaiting = waiting
+        }
         guard let context, deadlines.deadline != timerDeadline else { return }
         disarm()
         guard let deadline = deadlines.deadline else { return }
@@ -330,15 +429,15 @@ final class HTTPRequestGuard: ChannelDuplexHandler, RemovableChannelHandler {
     }
 }
 
-/// Answers a connection beyond the cap with a 503 in the API's error shape and closes it, as
-/// soon as it is active; reads nothing. It never reaches Hummingbird.
+/// Answers a connection beyond the cap (every held one busy) with a 503 in the API's error
+/// shape and closes it, as soon as it is active; reads nothing. It never reaches Hummingbird.
 final class RefusedConnectionHandler: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
 
     static let answer: [UInt8] = {
         let error = APIError(
             status: .serviceUnavailable, code: "unavailable",
-            message: "the server has as many connections open as it serves (http.max_connections); try again later")
+            message: "every connection the server holds (http.max_connections) is busy answering; try again later")
         let body = error.bodyBytes
         var head = "HTTP/1.1 503 Service Unavailable\r\n"
         for field in error.closingHead.headerFields { head += "\(field.name.rawName): \(field.value)\r\n" }
@@ -378,38 +477,42 @@ enum LimitedConnection: ServerChildChannelValue {
 }
 
 /// Hummingbird's HTTP/1.1 child channel with the connection limits around it: each accepted
-/// connection takes a place of the counter (or is refused at once), gets the deadline handler
-/// in front of the HTTP decoder and the request guard behind it, and is then served as
-/// `HTTP1Channel` serves it.
+/// connection takes a place in the table (closing the oldest waiting one at the cap, or
+/// refused at once when every one is busy), gets the deadline handler in front of the HTTP
+/// decoder and the request guard behind it, and is then served as `HTTP1Channel` serves it.
 struct LimitedHTTP1Channel: ServerChildChannel {
     let responder: HTTPChannelHandler.Responder
     let limits: HTTPConnectionLimits
-    let counter: ConnectionCounter
+    let table: ConnectionTable
     let metrics: ConnectionMetrics?
 
     func setup(channel: any Channel, logger: Logger) -> EventLoopFuture<LimitedConnection> {
-        let counter = self.counter, metrics = self.metrics
-        guard counter.tryOpen() else {
+        let table = self.table, metrics = self.metrics
+        guard let (id, evicted) = table.admit(channel) else {
             metrics?.refused.increment()
-            logger.debug("HTTP connection refused: the cap is reached", metadata: ["max_connections": "\(counter.limit)"])
+            logger.debug("HTTP connection refused: every connection is busy", metadata: ["max_connections": "\(table.limit)"])
             return channel.eventLoop.makeCompletedFuture {
                 try channel.pipeline.syncOperations.addHandler(RefusedConnectionHandler())
                 return .refused(channel)
             }
         }
-        metrics?.open.record(counter.open)
+        if evicted {
+            metrics?.evicted.increment()
+            logger.debug("HTTP: the oldest waiting connection closed to make room", metadata: ["max_connections": "\(table.limit)"])
+        }
+        metrics?.open.record(table.open)
         channel.closeFuture.whenComplete { _ in
-            counter.close()
-            metrics?.open.record(counter.open)
+            table.closed(id)
+            metrics?.open.record(table.open)
         }
         let limits = self.limits, responder = self.responder
         return channel.eventLoop.makeCompletedFuture {
-            let deadlines = ConnectionDeadlineHandler(limits: limits, metrics: metrics)
+            let deadlines = ConnectionDeadlineHandler(limits: limits, metrics: metrics, table: (table, id))
             try channel.pipeline.syncOperations.addHandler(deadlines)
             let requestGuard = NIOLoopBound(HTTPRequestGuard(deadlines: deadlines), eventLoop: channel.eventLoop)
             return HTTP1Channel(responder: responder, configuration: .init(additionalChannelHandlers: [requestGuard.value]))
         }.flatMap { http in
-            http.setup(channel: channel, logger: logger).map { .served($0) }
+            http.setup(channel: channel, logger: logger).map { @Sendable asyncChannel in LimitedConnection.served(asyncChannel) }
         }.flatMapErrorThrowing { error in
             // Not yet registered: nothing else would close it (and give its place back).
             channel.close(promise: nil)

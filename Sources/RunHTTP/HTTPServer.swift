@@ -30,12 +30,12 @@ public struct RunHTTPServer: Service {
         let router = Self.makeRouter(api: api, token: token, checkHost: endpoint.isLoopback && token == nil, logger: logger)
         let shared = worker.shared
         let limits = Self.connectionLimits(settings, logger: logger)
-        let counter = ConnectionCounter(limit: limits.maxConnections)
+        let table = ConnectionTable(limit: limits.maxConnections)
         let metrics = ConnectionMetrics(factory: Self.metricsFactory(registry))
         application = Application(
             router: router,
             server: HTTPServerBuilder { responder in
-                LimitedHTTP1Channel(responder: responder, limits: limits, counter: counter, metrics: metrics)
+                LimitedHTTP1Channel(responder: responder, limits: limits, table: table, metrics: metrics)
             },
             configuration: .init(address: .hostname(endpoint.host, port: endpoint.port), serverName: "runworker"),
             onServerRunning: { channel in

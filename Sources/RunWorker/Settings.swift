@@ -45,7 +45,8 @@ public struct WorkerSettings: Sendable, Equatable {
     public var httpHeaderTimeoutS = 10.0
     /// `http.idle_timeout_s`: seconds a kept-alive connection may wait for its next request.
     public var httpIdleTimeoutS = 60.0
-    /// `http.max_connections`: HTTP connections open at once; one more is refused at once.
+    /// `http.max_connections`: HTTP connections open at once; one more closes the oldest waiting
+    /// one, or is refused at once when all are busy.
     public var httpMaxConnections = 256
     /// Seconds a finished run (with its history and command records) is kept; nil: forever.
     public var retentionFinishedRunsS: Double? = 7 * 86_400
@@ -310,7 +311,7 @@ extension WorkerSettings {
             number("http.idle_timeout_s", \.httpIdleTimeoutS, "Seconds a kept-alive HTTP connection may wait for its next request."),
             integer(
                 "http.max_connections", \.httpMaxConnections,
-                "HTTP connections open at once (an event stream is one); beyond it a connection gets 503 and is closed at once."),
+                "HTTP connections open at once (an event stream is one); at the cap the oldest idle one is closed for a new one, or with all busy the new one gets 503."),
             duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
             duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
             number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),

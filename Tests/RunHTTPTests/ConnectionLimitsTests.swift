@@ -14,33 +14,59 @@ import Testing
 import Glibc
 #endif
 
-/// The pieces of the listener's connection limits that need no socket: the counter, the cap
+/// The pieces of the listener's connection limits that need no socket: the places, the cap
 /// against the descriptor limit, the deadlines of one connection, the accept back-off, and the
 /// two channel handlers on an embedded channel whose time moves only when the test says.
 @Suite struct ConnectionLimitsTests {
     // MARK: counter and cap
 
-    /// The counter gives out `limit` places and refuses the next, until one is given back.
-    @Test func counterRefusesBeyondTheCap() {
-        let counter = ConnectionCounter(limit: 3)
-        #expect((0..<3).allSatisfy { _ in counter.tryOpen() })
-        #expect(!counter.tryOpen())
-        #expect(counter.open == 3)
-        counter.close()
-        #expect(counter.open == 2)
-        #expect(counter.tryOpen())
-        #expect(!counter.tryOpen())
+    /// Below the cap every connection is admitted; at the cap the oldest waiting one (no
+    /// request in progress) is closed for the newcomer; when all are busy the newcomer is
+    /// refused; a closed connection frees its place.
+    @Test func slotsEvictTheOldestWaitingConnection() {
+        var slots = ConnectionSlots(limit: 3, maxEvicting: 2)
+        #expect((0..<3).map { slots.accepted($0) } == [.admit, .admit, .admit])
+        slots.setWaiting(0, false)  // answering a request (an event stream, say)
+        #expect(slots.accepted(3) == .admitEvicting(victim: 1), "the oldest waiting one, not the busy one")
+        #expect(slots.open == 4, "the victim keeps its place until it has closed")
+        slots.closed(1)
+        slots.setWaiting(2, false)
+        slots.setWaiting(3, false)
+        #expect(slots.accepted(4) == .refuse, "every connection is busy")
+        #expect(slots.open == 3)
+        slots.setWaiting(3, true)  // its response ended: idle
+        #expect(slots.accepted(5) == .admitEvicting(victim: 3))
+        slots.closed(0)
+        slots.closed(3)
+        #expect(slots.accepted(6) == .admit)
+        #expect(slots.open == 3)
     }
 
-    /// Many connections arriving at once on several threads never take more than `limit` places.
-    @Test func counterHoldsUnderConcurrency() async {
-        let counter = ConnectionCounter(limit: 10)
-        let taken = await withTaskGroup(of: Bool.self) { group in
-            for _ in 0..<200 { group.addTask { counter.tryOpen() } }
-            return await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+    /// However many connections arrive while victims are still closing, the listener holds at
+    /// most `limit + maxEvicting` sockets, and a victim is chosen once.
+    @Test func slotsBoundTheSocketsHeld() {
+        var slots = ConnectionSlots(limit: 4, maxEvicting: 2)
+        var victims: [Int] = []
+        for id in 0..<50 {
+            if case .admitEvicting(let victim) = slots.accepted(id) { victims.append(victim) }
         }
-        #expect(taken == 10)
-        #expect(counter.open == 10)
+        #expect(victims == [0, 1], "no victim closes here, so two evictions are all that may be in flight")
+        #expect(slots.open == 6)
+    }
+
+    /// The table closes the victim's channel outside its lock, and refuses when all are busy.
+    @Test func tableClosesTheVictim() async throws {
+        let table = ConnectionTable(limit: 1)
+        let first = EmbeddedChannel()
+        try await first.connect(to: SocketAddress(ipAddress: "127.0.0.1", port: 1)).get()
+        let a = try #require(table.admit(first))
+        #expect(!a.evicted && first.isActive)
+        let b = try #require(table.admit(EmbeddedChannel()))
+        #expect(b.evicted && !first.isActive, "the waiting first connection was closed for the second")
+        table.closed(a.id)
+        table.setWaiting(b.id, false)
+        #expect(table.admit(EmbeddedChannel()) == nil)
+        #expect(table.open == 1)
     }
 
     /// The cap leaves 128 descriptors of the process's limit to the rest of the worker, never

@@ -9,7 +9,8 @@ import Glibc
 #endif
 
 /// The HTTP listener's connection limits against a real worker process, with raw sockets:
-/// a head that trickles, a kept-alive connection that idles, the connection cap, a request
+/// a head that trickles, a kept-alive connection that idles, the connection cap (eviction of
+/// waiting connections, refusal when all are busy), a request
 /// that is not HTTP, and accepting when the process has no descriptor left. Timeouts are
 /// short through the `http.*` settings; bounds are generous above and exact below.
 @Suite(.serialized, .requiresBroker, .ownThread) struct HTTPConnectionTests {
@@ -74,40 +75,63 @@ import Glibc
         }
     }
 
-    /// With `http.max_connections` N open, connection N+1 is answered 503 (the API's error) and
-    /// closed at once; once one closes, /healthz answers again and the refusal is counted.
-    @Test func connectionBeyondTheCapIsRefused() throws {
+    /// With `http.max_connections` N open and waiting, connection N+1 is served and the oldest
+    /// waiting one closed for it (so idle sockets cannot lock out /healthz); with all N busy
+    /// (event streams), N+1 is answered 503 (the API's error) and closed at once, and once one
+    /// closes /healthz answers again; both are counted.
+    @Test func capEvictsWaitingConnectionsAndRefusesWhenAllAreBusy() throws {
         let env = ["RUNWORKER_HTTP_MAX_CONNECTIONS": "3", "RUNWORKER_HTTP_HEADER_TIMEOUT_S": "30", "RUNWORKER_HTTP_IDLE_TIMEOUT_S": "30"]
+        let healthz = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
         try Self.withWorker("httpcap", env) { worker, base in
-            // Each answers a request first, so that the worker has surely taken it.
-            let held = try (0..<3).map { _ in try RawSocket(base) }
-            for socket in held { #expect(try socket.exchange("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").status == 200) }
+            // Each answers a request before the next one connects, so that the worker has taken
+            // them in this order (sockets accepted together are taken on two event loops, in
+            // either order); then they idle.
+            var idle: [RawSocket] = []
+            for _ in 0..<3 {
+                idle.append(try RawSocket(base))
+                #expect(try idle.last?.exchange(healthz).status == 200)
+            }
+            let newcomer = try RawSocket(base)
+            #expect(try newcomer.exchange(healthz).status == 200, "served although the cap was reached")
+            var received = 0
+            #expect(
+                idle[0].closedOrReceived(within: 10, received: &received) && received == 0,
+                "the oldest idle one was closed: \((try? HTTPProbe.request(base, "/metrics").text) ?? "")\n\(worker.log.suffix(3000))")
+            #expect(try idle[2].exchange(healthz).status == 200, "the others are still served")
+            [idle[1], idle[2], newcomer].forEach { $0.close() }
 
+            // Three event streams: every connection busy answering.
+            var streams: [RawSocket] = []
+            try waitUntil("three streams are open", timeout: 20) {
+                guard streams.count < 3 else { return true }
+                let socket = try RawSocket(base)
+                guard socket.send("GET /v1/events/stream HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"),
+                    let head = try? socket.readHead(timeout: 5), head.hasPrefix("HTTP/1.1 200")
+                else { return false }  // refused while the closed sockets' places were not yet free
+                streams.append(socket)
+                return streams.count == 3
+            }
             let started = Date()
             let extra = try RawSocket(base)
-            let refused = try extra.readToEnd(timeout: 10)
+            let answer = try HTTPProbe.parse(try extra.readToEnd(timeout: 10))
             let took = Date().timeIntervalSince(started)
-            let answer = try HTTPProbe.parse(refused)
             #expect(answer.status == 503, "\(answer.text)")
             #expect((try? JSONValue.parse(answer.body))?["error"]?["code"]?.stringValue == "unavailable", "\(answer.text)")
             #expect(answer.headers["connection"] == "close" && answer.headers["retry-after"] == "1")
             #expect(took < 5, "refused after \(took) s")
-            // The held connections are still served.
-            #expect(try held[0].exchange("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").status == 200)
 
-            held[1].close()
-            try waitUntil("a place is free again", timeout: 10) {
-                (try? HTTPProbe.request(base, "/healthz", timeout: 2))?.status == 200
-            }
-            held[2].close()
-            // (A connection may still be refused until the worker has seen the others close.)
+            streams[0].close()
             var metrics = ""
-            try waitUntil("the metrics count the refusal", timeout: 10, explain: { metrics }) {
+            try waitUntil("a place is free again, and the metrics count the refusal and the eviction", timeout: 10, explain: { metrics }) {
                 guard let answer = try? HTTPProbe.request(base, "/metrics", timeout: 2), answer.status == 200 else { return false }
                 metrics = answer.text
-                let line = metrics.split(separator: "\n").first { $0.hasPrefix("runworker_http_connections_refused_total ") }
-                return line.flatMap { Double($0.split(separator: " ").last ?? "") }.map { $0 >= 1 } == true
+                func value(_ name: String) -> Double? {
+                    metrics.split(separator: "\n").first { $0.hasPrefix(name + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+                }
+                return (value("runworker_http_connections_refused_total") ?? 0) >= 1
+                    && (value("runworker_http_connections_evicted_total") ?? 0) >= 1
             }
+            streams.forEach { $0.close() }
             #expect(worker.isRunning)
         }
     }
@@ -235,6 +259,21 @@ final class RawSocket {
             let n = recv(fd, &buffer, buffer.count, 0)
             if n > 0 { data += buffer[0..<n] } else { return data }
         }
+    }
+
+    /// The head of an answer (up to its empty line), leaving the connection open.
+    func readHead(timeout: Double) throws -> String {
+        var data: [UInt8] = []
+        var byte: UInt8 = 0
+        let deadline = Date().addingTimeInterval(timeout)
+        while !data.reversed().starts(with: [10, 13, 10, 13]) {
+            guard deadline.timeIntervalSinceNow > 0 else { throw TestKitError(.process, "no head within \(timeout) s") }
+            var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+            guard poll(&entry, 1, 100) > 0 else { continue }
+            guard recv(fd, &byte, 1, 0) == 1 else { throw TestKitError(.process, "the connection closed after \(data.count) bytes") }
+            data.append(byte)
+        }
+        return String(decoding: data, as: UTF8.self)
     }
 
     /// Sends a request and reads one response (its head, and a body of `Content-Length`),
