@@ -1,5 +1,6 @@
 import Foundation
 import Hummingbird
+import HummingbirdCore
 import Logging
 import NIOCore
 import Prometheus
@@ -28,16 +29,54 @@ public struct RunHTTPServer: Service {
         let token = settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }
         let router = Self.makeRouter(api: api, token: token, checkHost: endpoint.isLoopback && token == nil, logger: logger)
         let shared = worker.shared
+        let limits = Self.connectionLimits(settings, logger: logger)
+        let table = ConnectionTable(limit: limits.maxConnections)
+        let metrics = ConnectionMetrics(factory: Self.metricsFactory(registry))
         application = Application(
             router: router,
+            server: HTTPServerBuilder { responder in
+                LimitedHTTP1Channel(responder: responder, limits: limits, table: table, metrics: metrics)
+            },
             configuration: .init(address: .hostname(endpoint.host, port: endpoint.port), serverName: "runworker"),
             onServerRunning: { channel in
+                // Before the first connection is accepted, in practice: the listener is bound
+                // but its connections are taken from here on.
+                do {
+                    try await channel.eventLoop.submit {
+                        try channel.pipeline.syncOperations.addHandler(AcceptPauseHandler(logger: logger), position: .first)
+                    }.get()
+                } catch {
+                    logger.warning("HTTP: cannot add the accept back-off", metadata: ["error": "\(error)"])
+                }
                 let port = channel.localAddress?.port ?? endpoint.port
                 let host = endpoint.host.contains(":") ? "[\(endpoint.host)]" : endpoint.host
                 shared.setHTTPAddress("\(host):\(port)")
-                logger.info("HTTP listening", metadata: ["address": "\(host):\(port)"])
+                logger.info(
+                    "HTTP listening",
+                    metadata: [
+                        "address": "\(host):\(port)", "max_connections": "\(limits.maxConnections)",
+                        "header_timeout": "\(limits.headerTimeout)", "idle_timeout": "\(limits.idleTimeout)",
+                    ])
             },
             logger: logger)
+    }
+
+    /// The `http.*` limits as the listener applies them; the connection cap lowered (and a
+    /// warning logged) when the process's descriptor limit leaves it too little room.
+    static func connectionLimits(_ settings: WorkerSettings, logger: Logger) -> HTTPConnectionLimits {
+        let descriptors = HTTPConnectionLimits.descriptorLimit()
+        let cap = HTTPConnectionLimits.effectiveMaxConnections(configured: settings.httpMaxConnections, descriptorLimit: descriptors)
+        if cap < settings.httpMaxConnections {
+            logger.warning(
+                "HTTP: http.max_connections lowered to fit the descriptor limit",
+                metadata: [
+                    "configured": "\(settings.httpMaxConnections)", "applied": "\(cap)",
+                    "descriptor_limit": "\(descriptors.map(String.init) ?? "none")",
+                ])
+        }
+        return HTTPConnectionLimits(
+            headerTimeout: .nanoseconds(Int64(settings.httpHeaderTimeoutS * 1e9)),
+            idleTimeout: .nanoseconds(Int64(settings.httpIdleTimeoutS * 1e9)), maxConnections: cap)
     }
 
     /// The router the listener serves: the error, method, query-size, host and token middleware
@@ -121,12 +160,24 @@ struct APIError: Error {
 
     static func validation(_ message: String) -> APIError { APIError(status: .badRequest, code: "validation_error", message: message) }
 
-    var response: Response {
+    var bodyBytes: [UInt8] {
         let body: JSONObject = ["error": .object(["code": .string(code), "message": .string(message)])]
+        return body.serialized()
+    }
+
+    var response: Response {
         var headers: HTTPFields = [.contentType: "application/json"]
         if status == .unauthorized { headers[.wwwAuthenticate] = "Bearer" }
         if status == .methodNotAllowed { headers[.allow] = "GET, HEAD" }
-        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: body.serialized())))
+        return Response(status: status, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bodyBytes)))
+    }
+
+    /// The head of this error written below the router (a parser error, a refused connection):
+    /// its length, the security headers every answer carries, and the connection closing.
+    var closingHead: HTTPResponse {
+        var headers: HTTPFields = [.contentType: "application/json", .contentLength: "\(bodyBytes.count)", .connection: "close"]
+        APIErrorMiddleware.secure(&headers)
+        return HTTPResponse(status: status, headerFields: headers)
     }
 }
 
@@ -154,13 +205,17 @@ struct APIErrorMiddleware: RouterMiddleware {
     /// page's own policy (the board's) keeps its directives and gains `frame-ancestors`.
     static func secured(_ response: Response) -> Response {
         var response = response
-        response.headers[.xContentTypeOptions] = "nosniff"
-        if let policy = response.headers[.contentSecurityPolicy], !policy.contains("frame-ancestors") {
-            response.headers[.contentSecurityPolicy] = policy + "; frame-ancestors 'none'"
-        } else if response.headers[.contentSecurityPolicy] == nil {
-            response.headers[.contentSecurityPolicy] = "frame-ancestors 'none'"
-        }
+        secure(&response.headers)
         return response
+    }
+
+    static func secure(_ headers: inout HTTPFields) {
+        headers[.xContentTypeOptions] = "nosniff"
+        if let policy = headers[.contentSecurityPolicy], !policy.contains("frame-ancestors") {
+            headers[.contentSecurityPolicy] = policy + "; frame-ancestors 'none'"
+        } else if headers[.contentSecurityPolicy] == nil {
+            headers[.contentSecurityPolicy] = "frame-ancestors 'none'"
+        }
     }
 
     private func answer(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {

@@ -47,6 +47,14 @@ public struct WorkerSettings: Sendable, Equatable {
     public var httpAddress = "127.0.0.1:8080"
     /// The bearer token the HTTP API asks for; required to listen beyond loopback.
     public var httpToken: String? = nil
+    /// `http.header_timeout_s`: seconds a request's head may take to arrive, counted from the
+    /// connection's opening or, on a kept-alive connection, from the next request's first byte.
+    public var httpHeaderTimeoutS = 10.0
+    /// `http.idle_timeout_s`: seconds a kept-alive connection may wait for its next request.
+    public var httpIdleTimeoutS = 60.0
+    /// `http.max_connections`: HTTP connections open at once; one more closes the oldest waiting
+    /// one, or is refused at once when all are busy.
+    public var httpMaxConnections = 256
     /// Seconds a finished run (with its history and command records) is kept; nil: forever.
     public var retentionFinishedRunsS: Double? = 7 * 86_400
     /// Seconds a command id is remembered for de-duplication; nil: forever.
@@ -91,6 +99,15 @@ public struct WorkerSettings: Sendable, Equatable {
         }
         if let token = httpToken, !token.isEmpty, token.utf8.count < 16 {
             throw SettingsError("http_token must be at least 16 characters")
+        }
+        guard httpHeaderTimeoutS > 0, httpHeaderTimeoutS <= 3600 else {
+            throw SettingsError("http.header_timeout_s must be > 0 (at most 3600)")
+        }
+        guard httpIdleTimeoutS > 0, httpIdleTimeoutS <= 86_400 else {
+            throw SettingsError("http.idle_timeout_s must be > 0 (at most 86400)")
+        }
+        guard (1...65_536).contains(httpMaxConnections) else {
+            throw SettingsError("http.max_connections must be between 1 and 65536")
         }
         if let s = retentionFinishedRunsS, s < 1 { throw SettingsError("retention.finished_runs must be at least 1s (or off)") }
         // Shorter than this and a command redelivered after a worker died, or retried by its
@@ -295,6 +312,13 @@ extension WorkerSettings {
                 key: "http_token", help: "bearer token the HTTP API asks for (required beyond loopback)",
                 set: { (s, v) in s.httpToken = (v == nil || v == "" || v == "null") ? nil : v },
                 get: { $0.httpToken == nil ? nil : "(set)" }),
+            number(
+                "http.header_timeout_s", \.httpHeaderTimeoutS,
+                "Seconds a request head may take (from the connection's opening, or the next request's first byte); slower clients are disconnected."),
+            number("http.idle_timeout_s", \.httpIdleTimeoutS, "Seconds a kept-alive HTTP connection may wait for its next request."),
+            integer(
+                "http.max_connections", \.httpMaxConnections,
+                "HTTP connections open at once (an event stream is one); at the cap the oldest idle one is closed for a new one, or with all busy the new one gets 503."),
             duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
             duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
             number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),

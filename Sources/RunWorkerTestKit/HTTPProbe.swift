@@ -77,7 +77,7 @@ public enum HTTPProbe {
         return Array((text + "\r\n").utf8)
     }
 
-    static func hostPort(_ base: String) -> (String, UInt16) {
+    public static func hostPort(_ base: String) -> (String, UInt16) {
         var rest = base
         if let r = rest.range(of: "://") { rest = String(rest[r.upperBound...]) }
         if let slash = rest.firstIndex(of: "/") { rest = String(rest[..<slash]) }
@@ -116,7 +116,7 @@ public enum HTTPProbe {
     }
 
     /// Status, headers (names lowercased) and body; a chunked body is reassembled.
-    static func parse(_ data: [UInt8]) throws -> Answer {
+    public static func parse(_ data: [UInt8]) throws -> Answer {
         let separator: [UInt8] = Array("\r\n\r\n".utf8)
         guard let end = data.indices.first(where: { data[$0...].starts(with: separator) }) else {
             throw TestKitError(.process, "no HTTP head in \(data.count) bytes: \(String(decoding: data, as: UTF8.self))")

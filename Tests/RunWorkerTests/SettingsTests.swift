@@ -113,6 +113,29 @@ import Testing
         try s.validate()
     }
 
+    /// The HTTP connection limits: defaults that keep a listener within a 1024-descriptor
+    /// limit, set by the file (under `http:`), the environment and flags, refused out of range.
+    @Test func httpConnectionLimits() throws {
+        var s = WorkerSettings()
+        #expect(s.httpHeaderTimeoutS == 10 && s.httpIdleTimeoutS == 60 && s.httpMaxConnections == 256)
+        try s.apply(yaml: "http:\n  header_timeout_s: 2.5\n  max_connections: 40\n")
+        #expect(s.httpHeaderTimeoutS == 2.5 && s.httpMaxConnections == 40)
+        try s.apply(environment: ["RUNWORKER_HTTP_IDLE_TIMEOUT_S": "5", "RUNWORKER_HTTP_MAX_CONNECTIONS": "12"])
+        #expect(s.httpIdleTimeoutS == 5 && s.httpMaxConnections == 12)
+        try s.apply(arguments: ["--http.header-timeout-s", "1", "--http.max-connections=7"])
+        #expect(s.httpHeaderTimeoutS == 1 && s.httpMaxConnections == 7)
+        try s.validate()
+        for (key, value) in [
+            ("RUNWORKER_HTTP_HEADER_TIMEOUT_S", "0"), ("RUNWORKER_HTTP_IDLE_TIMEOUT_S", "-1"),
+            ("RUNWORKER_HTTP_MAX_CONNECTIONS", "0"), ("RUNWORKER_HTTP_HEADER_TIMEOUT_S", "3601"),
+        ] {
+            var bad = s
+            try bad.apply(environment: [key: value])
+            #expect(throws: SettingsError.self, "\(key)=\(value)") { try bad.validate() }
+        }
+        #expect(throws: SettingsError.self) { try s.apply(environment: ["RUNWORKER_HTTP_MAX_CONNECTIONS": "many"]) }
+    }
+
     /// Retention durations: seconds, s/m/h/d suffixes, off; command ids never under 60 s.
     @Test func retentionDurations() throws {
         var s = WorkerSettings()
