@@ -205,44 +205,87 @@ struct RunsAPI: Sendable {
             guard RunStatus(rawValue: s) != nil else { throw APIError.validation("status must be a run status, got \(s)") }
             return s
         })
-        let events = feed.subscribe(filter)
+        let subscription: Subscription
+        do {
+            subscription = try feed.subscribe(filter, token: Self.presentedToken(request))
+        } catch {
+            return Self.refusal(error)
+        }
         guard await feed.waitUntilConsuming() else {
+            subscription.cancel()
             throw APIError(status: .serviceUnavailable, code: "unavailable", message: "the event stream cannot reach the broker")
         }
         return Response(
             status: .ok,
             headers: [.contentType: "text/event-stream", .cacheControl: "no-cache"],
             body: ResponseBody { writer in
+                defer { subscription.cancel() }
                 try await writer.write(ByteBuffer(string: ": connected\n\n"))
-                // Events and keepalives, merged: a keepalive goes out when no event did for a while.
-                try await withThrowingTaskGroup(of: Void.self) { group in
-                    let (ticks, tick) = AsyncStream<Void>.makeStream()
+                // The events are written by a child task, so that a client that stops reading
+                // (the write waits on its full socket) can be cut off: when its buffer
+                // overflows, the watcher throws, the group cancels the writer's wait, and the
+                // error closes the connection. The client reconnects and reads the store.
+                let out = BodyWriterBox(writer)
+                let ending: StreamBuffer.Ending = try await withThrowingTaskGroup(of: StreamBuffer.Ending.self) { group in
+                    group.addTask { try await Self.pump(subscription.buffer, into: out) }
                     group.addTask {
-                        while !Task.isCancelled {
+                        await subscription.buffer.waitForOverflow()
+                        try Task.checkCancellation()
+                        throw StreamOverflowed()
+                    }
+                    group.addTask {
+                        while true {
                             try await Task.sleep(for: .seconds(Self.keepaliveSeconds))
-                            tick.yield()
+                            subscription.buffer.keepalive()
                         }
                     }
-                    // Bounded like the subscription: a client that stops reading loses the
-                    // oldest frames, never the worker's memory.
-                    let merged = AsyncStream<ByteBuffer>(bufferingPolicy: .bufferingNewest(EventFeed.bufferPerSubscriber)) { out in
-                        let a = Task {
-                            for await e in events { out.yield(Self.frame(e)) }
-                            out.finish()
-                        }
-                        let b = Task {
-                            for await _ in ticks { out.yield(ByteBuffer(string: ": keepalive\n\n")) }
-                        }
-                        out.onTermination = { _ in
-                            a.cancel()
-                            b.cancel()
-                        }
-                    }
-                    for await buffer in merged { try await writer.write(buffer) }
-                    group.cancelAll()
+                    defer { group.cancelAll() }
+                    return try await group.next() ?? .finished
                 }
+                if ending == .overflowed { throw StreamOverflowed() }
                 try await writer.finish(nil)
             })
+    }
+
+    /// Writes the buffer's events and keepalives in order until it ends.
+    private static func pump(_ buffer: StreamBuffer, into out: BodyWriterBox) async throws -> StreamBuffer.Ending {
+        while true {
+            switch await buffer.next() {
+            case .event(let event): try await out.writer.write(frame(event))
+            case .keepalive: try await out.writer.write(ByteBuffer(string: ": keepalive\n\n"))
+            case .end(let ending): return ending
+            }
+        }
+    }
+
+    /// Seconds a refused stream is told to wait (`Retry-After`).
+    static let streamRetryAfterSeconds = 10
+
+    /// A stream beyond the caps: 429 when the client's token has its share open, 503 when the
+    /// worker has all it serves; either says when to try again.
+    static func refusal(_ refusal: StreamRefusal) -> Response {
+        let error: APIError
+        switch refusal {
+        case .full(let max):
+            error = APIError(
+                status: .serviceUnavailable, code: "too_many_streams",
+                message: "this worker serves \(max) event streams at once (http.max_streams); try again later")
+        case .tokenFull(let max):
+            error = APIError(
+                status: .tooManyRequests, code: "too_many_streams",
+                message: "\(max) event streams are open with this token (http.max_streams_per_token); close one or try again later")
+        }
+        var response = error.response
+        response.headers[.retryAfter] = String(streamRetryAfterSeconds)
+        return response
+    }
+
+    /// The bearer token a request carries (header, or the stream's `access_token`), if any.
+    static func presentedToken(_ request: Request) -> String? {
+        if let header = request.headers[.authorization], header.lowercased().hasPrefix("bearer ") {
+            return String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        }
+        return request.uri.queryParameters.get("access_token")
     }
 
     /// One server-sent event: id, event type, and the body on one `data:` line (the bodies
@@ -312,6 +355,18 @@ struct RunsAPI: Sendable {
 
 func json(_ object: JSONObject, status: HTTPResponse.Status = .ok) -> Response {
     Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: object.serialized())))
+}
+
+/// A stream ended because its client did not read: thrown out of the response body, which
+/// closes the connection.
+struct StreamOverflowed: Error {}
+
+/// The response's body writer, handed to the one child task that writes the events.
+/// `@unchecked Sendable`: only that child uses it, and the body closure, which owns the writer,
+/// waits for the child (the task group) before it touches the writer again.
+private final class BodyWriterBox: @unchecked Sendable {
+    var writer: any ResponseBodyWriter
+    init(_ writer: any ResponseBodyWriter) { self.writer = writer }
 }
 
 /// A continuation resumed by whichever answer comes first; later ones are dropped.

@@ -40,6 +40,17 @@ public struct WorkerSettings: Sendable, Equatable {
     public var httpAddress = "127.0.0.1:8080"
     /// The bearer token the HTTP API asks for; required to listen beyond loopback.
     public var httpToken: String? = nil
+    /// Live event streams (`/v1/events/stream`) served at once, all clients together.
+    public var httpMaxStreams = 64
+    /// Live event streams open at once with one bearer token (only with `http_token`).
+    public var httpMaxStreamsPerToken = 16
+    /// KiB of events one stream holds for a client that has not read them; beyond it the
+    /// client is disconnected. See `streamBufferBytes` for what the budget allows.
+    public var httpStreamBufferKiB = 1024
+    /// The bytes one event stream may hold unread: `http.stream_buffer_kib`, or less when the
+    /// streams' share of the memory budget (a quarter, like the run cache's) divided among
+    /// `http.max_streams` is less. With the defaults: 256 MiB / 4 = 64 MiB = 64 streams × 1 MiB.
+    public var streamBufferBytes: Int { min(httpStreamBufferKiB << 10, ((memoryBudgetMiB << 20) / 4) / httpMaxStreams) }
     /// Seconds a finished run (with its history and command records) is kept; nil: forever.
     public var retentionFinishedRunsS: Double? = 7 * 86_400
     /// Seconds a command id is remembered for de-duplication; nil: forever.
@@ -84,6 +95,13 @@ public struct WorkerSettings: Sendable, Equatable {
         }
         if let token = httpToken, !token.isEmpty, token.utf8.count < 16 {
             throw SettingsError("http_token must be at least 16 characters")
+        }
+        guard (1...100_000).contains(httpMaxStreams) else { throw SettingsError("http.max_streams must be between 1 and 100000") }
+        guard (1...100_000).contains(httpMaxStreamsPerToken) else {
+            throw SettingsError("http.max_streams_per_token must be between 1 and 100000")
+        }
+        guard (16...1_048_576).contains(httpStreamBufferKiB) else {
+            throw SettingsError("http.stream_buffer_kib must be between 16 and 1048576")
         }
         if let s = retentionFinishedRunsS, s < 1 { throw SettingsError("retention.finished_runs must be at least 1s (or off)") }
         // Shorter than this and a command redelivered after a worker died, or retried by its
@@ -288,6 +306,13 @@ extension WorkerSettings {
                 key: "http_token", help: "bearer token the HTTP API asks for (required beyond loopback)",
                 set: { (s, v) in s.httpToken = (v == nil || v == "" || v == "null") ? nil : v },
                 get: { $0.httpToken == nil ? nil : "(set)" }),
+            integer("http.max_streams", \.httpMaxStreams, "Live event streams served at once; more are answered 503 with Retry-After."),
+            integer(
+                "http.max_streams_per_token", \.httpMaxStreamsPerToken,
+                "Live event streams open at once with one bearer token (with http_token); more are answered 429 with Retry-After."),
+            integer(
+                "http.stream_buffer_kib", \.httpStreamBufferKiB,
+                "KiB of unread events one stream holds before its client is disconnected (at most a quarter of memory.budget_mib over http.max_streams)."),
             duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
             duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
             number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),
