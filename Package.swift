@@ -106,7 +106,7 @@ let package = Package(
         .target(
             name: "RunHTTP",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                "AMQPClient", "RunApply", "RunContract", "RunStore", "RunWorker",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "Metrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),

@@ -2,6 +2,7 @@ import Foundation
 import Hummingbird
 import NIOCore
 import Prometheus
+import RunApply
 import RunContract
 import RunStore
 import RunWorker
@@ -126,11 +127,71 @@ struct RunsAPI: Sendable {
             guard let c = RunCursor(token: cursor) else { throw APIError.validation("cursor is not one this API gave out") }
             query.after = c
         }
-        let page = try await store.listRuns(query)
-        return json([
-            "runs": .array(page.runs.map { .object($0.snapshotJSON) }),
-            "next_cursor": page.next.map { .string($0.token) } ?? .null,
-        ])
+        let include = Set(try list(q, "include").map { field in
+            guard Self.listOmitted.contains(field) else {
+                throw APIError.validation("include must be one or more of \(Self.listOmitted.joined(separator: ", ")), got \(field)")
+            }
+            return field
+        })
+        return try await listPage(query, include: include)
+    }
+
+    /// Fields of a snapshot that list items leave out unless `include` names them: what a run
+    /// carries without bound (its input and result, up to a command's size each, and the
+    /// pending actions' arguments). `GET /v1/runs/{id}` has them all.
+    static let listOmitted = ["input", "result", "pending_actions"]
+    /// Bytes of items one list page holds at most: the page ends early (with `next_cursor`)
+    /// before the item that would pass it; its first item is always there, whatever its size.
+    static let maxPageBytes = 4 << 20
+    /// Runs read from the store at a time while a page is built: the first read takes
+    /// `firstListChunk`, later ones as many as `maxPageBytes` holds at the sizes seen so far
+    /// (the stores read whole runs, inputs included, even for summaries).
+    static let firstListChunk = 8
+    static let maxListChunk = 100
+
+    /// One page of `query.limit` runs at most, each a summary (plus the `include`d fields),
+    /// their JSON `maxPageBytes` at most; read in chunks so that large runs are never all in
+    /// memory at once.
+    func listPage(_ query: RunQuery, include: Set<String>) async throws -> Response {
+        let omitted = Self.listOmitted.filter { !include.contains($0) }
+        var query = query
+        let limit = query.limit
+        var out: [UInt8] = Array(#"{"runs":["#.utf8)
+        var taken = 0
+        var itemBytes = 0
+        var next: RunCursor?
+        var chunk = Self.firstListChunk
+        var seenRuns = 0
+        var seenBytes = 0
+        reading: while taken < limit {
+            query.limit = min(limit - taken, chunk)
+            let page = try await store.listRuns(query)
+            for run in page.runs {
+                var item = run.snapshotJSON
+                for field in omitted { item[field] = nil }
+                let bytes = JSONValue.object(item).serialized()
+                if taken > 0 && itemBytes + 1 + bytes.count > Self.maxPageBytes {
+                    next = query.after
+                    break reading
+                }
+                if taken > 0 { out.append(UInt8(ascii: ",")) }
+                out += bytes
+                itemBytes += bytes.count + (taken > 0 ? 1 : 0)
+                taken += 1
+                query.after = RunCursor(run)
+                seenRuns += 1
+                seenBytes += run.approximateBytes
+            }
+            // The store's cursor says whether runs are left after this chunk.
+            next = page.next
+            guard let more = page.next else { break }
+            query.after = more
+            chunk = max(1, min(Self.maxListChunk, Self.maxPageBytes / max(1, seenBytes / max(1, seenRuns))))
+        }
+        out += Array(#"],"next_cursor":"#.utf8)
+        out += (next.map { JSONValue.string($0.token) } ?? .null).serialized()
+        out.append(UInt8(ascii: "}"))
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
     func getRun(_ id: String) async throws -> Response {

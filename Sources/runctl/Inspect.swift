@@ -175,12 +175,15 @@ struct List: ParsableCommand {
     @Option(help: "Only runs in this status (several: comma-separated).") var status: String?
     @Option(help: "Only runs of this agent_id.") var agent: String?
     @Option(help: "At most this many.") var limit = 50
-    @Flag(help: "One snapshot JSON per line.") var json = false
+    @Flag(help: "One run summary JSON per line (a snapshot without input, result and pending actions).") var json = false
+    @Option(help: "With --json, put these back into each line: input, result, pending_actions (comma-separated).")
+    var include: String?
     @OptionGroup var http: HTTPOptions
 
     func run() throws {
         let client = try http.client()
         var query = ["limit=\(min(limit, 500))"]
+        if let include { query.append("include=\(APIClient.escape(include))") }
         if let status { query.append("status=\(APIClient.escape(status))") }
         if let agent { query.append("agent_id=\(APIClient.escape(agent))") }
         var printed = 0

@@ -87,8 +87,10 @@ import Testing
             #expect(answer.status == .ok)
             #expect(try Self.ids(answer) == ["r-d", "r-c", "r-b", "r-a"])
             #expect(try answer.json()["next_cursor"] == .null)
-            // Each entry is the run's snapshot.
-            #expect(try answer.json()["runs"]?.arrayValue?.last == .object(oldest.snapshotJSON))
+            // Each entry is the run's snapshot without input, result and pending actions.
+            var summary = oldest.snapshotJSON
+            for field in ["input", "result", "pending_actions"] { summary[field] = nil }
+            #expect(try answer.json()["runs"]?.arrayValue?.last == .object(summary))
         }
     }
 
@@ -146,6 +148,74 @@ import Testing
 
             // The largest page is accepted.
             #expect(try Self.ids(try await client.get("/v1/runs?limit=500")).count == 4)
+        }
+    }
+
+    /// List items are summaries: no input, result or pending actions unless `include` names
+    /// them (comma-separated or repeated); with all three an item is the full snapshot.
+    @Test func listItemsAreSummaries() async throws {
+        let store = InMemoryRunStore()
+        var run = storedRun("r-1", .waiting, agent: "agent-x", created: 1_000)
+        run.result = ["partial": 1]
+        run.actions = [Action(id: "act-1", type: .toolCall, fields: ["tool": "calc", "args": ["x": 2]], requestedAt: ms(1_000))]
+        try await seed(store, run, events: ["created"])
+        let snapshot = run.snapshotJSON
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let item = try #require(try await client.get("/v1/runs").json()["runs"]?.arrayValue?.first?.objectValue)
+            #expect(item["input"] == nil && item["result"] == nil && item["pending_actions"] == nil)
+            #expect(item["run_id"] == "r-1" && item["status"] == "waiting" && item["agent_id"] == "agent-x")
+            let withInput = try #require(try await client.get("/v1/runs?include=input").json()["runs"]?.arrayValue?.first?.objectValue)
+            #expect(withInput["input"] == ["q": "2+2"] && withInput["result"] == nil)
+            for query in ["include=input,result,pending_actions", "include=input&include=result,pending_actions"] {
+                let full = try await client.get("/v1/runs?" + query).json()["runs"]?.arrayValue?.first
+                #expect(full == .object(snapshot), "\(query)")
+            }
+            let bad = try await client.get("/v1/runs?include=metadata")
+            #expect(try bad.status == .badRequest && bad.errorCode() == "validation_error")
+            #expect(try bad.json()["error"]?["message"] == "include must be one or more of input, result, pending_actions, got metadata")
+        }
+    }
+
+    /// A page's items stay within `maxPageBytes`: with large inputs included the page ends early
+    /// with a cursor, the pages walk every run once in order, and a run larger than the bound
+    /// has a page to itself; without inputs every run fits one small page.
+    @Test func listPagesAreBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        var expected: [String] = []
+        for i in 0..<12 {
+            let id = "big-" + (i < 10 ? "0" : "") + String(i)
+            var run = storedRun(id, .completed, created: Int64(1_000 + i))
+            run.input = .string(String(repeating: "x", count: i == 5 ? 5 << 20 : 700_000))
+            try await seed(store, run)
+            expected.insert(id, at: 0)
+        }
+        let newestFirst = expected
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let summaries = try await client.get("/v1/runs?limit=500")
+            #expect(try Self.ids(summaries) == newestFirst)
+            #expect(summaries.bytes.count < 12 * 1024, "\(summaries.bytes.count) bytes")
+
+            var walked: [[String]] = []
+            var next: String? = nil
+            repeat {
+                let page = try await client.get("/v1/runs?limit=500&include=input" + (next.map { "&cursor=" + $0 } ?? ""))
+                #expect(page.status == .ok)
+                let ids = try Self.ids(page)
+                // The page's items are at most the bound, or one item alone (the 5 MiB run).
+                #expect(page.bytes.count <= RunsAPI.maxPageBytes + 100 || ids.count == 1, "\(page.bytes.count) bytes")
+                walked.append(ids)
+                next = try page.json()["next_cursor"]?.stringValue
+            } while next != nil && walked.count < 20
+            #expect(walked.flatMap { $0 } == newestFirst)
+            #expect(walked.contains(["big-05"]), "the oversized run has a page of its own: \(walked)")
+            #expect(walked.count >= 3, "\(walked)")
+            // A page that ends at its limit says where the next begins, and the last says none.
+            let two = try await client.get("/v1/runs?limit=2")
+            #expect(try Self.ids(two) == Array(newestFirst.prefix(2)) && two.json()["next_cursor"]?.stringValue != nil)
+            let all = try await client.get("/v1/runs?limit=12")
+            #expect(try Self.ids(all) == newestFirst && all.json()["next_cursor"] == .null)
         }
     }
 

@@ -296,6 +296,51 @@ import Testing
         #expect(worker.terminate() == 0)
     }
 
+    /// List items leave inputs out unless asked (`include=input`), and a page with inputs stops
+    /// before 4 MiB with a cursor that walks every run once; `GET /v1/runs/{id}` has the input.
+    @Test func listsLeaveInputsOutAndBoundPages() throws {
+        let prefix = uniquePrefix("httplist")
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let client = try ContractClient(prefix: prefix, bind: "none")
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store)
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase)
+        let input = String(repeating: "x", count: 600_000)
+        for i in 0..<10 {
+            try client.send(["command": "start", "run_id": .string("big-\(i)"), "input": ["text": .string(input)]], id: "b\(i)", reply: false)
+        }
+        try client.confirmAll(timeout: 30)
+        try waitUntil("the worker applied every command", timeout: 60, poll: 0.2) {
+            (try? Self.json(try Self.get(base, "/v1/counts"))["total"]) == .int(10)
+        }
+        let summaries = try Self.get(base, "/v1/runs?limit=500")
+        let items = try #require(try Self.json(summaries)["runs"]?.arrayValue)
+        #expect(items.count == 10 && items.allSatisfy { $0["input"] == nil && $0["status"] == "running" })
+        #expect(summaries.body.count < 20_000, "\(summaries.body.count) bytes")
+        #expect(try Self.json(try Self.get(base, "/v1/runs/big-3"))["input"]?["text"]?.stringValue == input)
+
+        var seen: [String] = []
+        var cursor: String? = nil
+        var pages = 0
+        repeat {
+            let page = try Self.get(base, "/v1/runs?limit=500&include=input" + (cursor.map { "&cursor=\($0)" } ?? ""), timeout: 30)
+            #expect(page.status == 200 && page.body.count <= (4 << 20) + 1024, "\(page.body.count) bytes")
+            let body = try Self.json(page)
+            let runs = body["runs"]?.arrayValue ?? []
+            #expect(runs.allSatisfy { $0["input"]?["text"]?.stringValue == input })
+            seen += runs.map { $0["run_id"]?.stringValue ?? "" }
+            cursor = body["next_cursor"]?.stringValue
+            pages += 1
+        } while cursor != nil && pages < 20
+        #expect(pages >= 2, "600 KB inputs: 6 to a page")
+        // Every run once (their order is by creation time, which partitions decide).
+        #expect(seen.count == 10 && Set(seen) == Set((0..<10).map { "big-\($0)" }), "\(seen)")
+        #expect(worker.terminate() == 0)
+    }
+
     /// Retention removes a finished run with its history once its time has passed, leaves a
     /// live run alone, and a later command for the removed run is answered run_not_found with
     /// a message that says why.
