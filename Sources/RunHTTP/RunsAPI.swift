@@ -34,8 +34,8 @@ struct RunsAPI: Sendable {
         router.get("/v1/runs/:id/chain") { _, context in try await chain(try runID(context)) }
         router.get("/v1/counts") { _, _ in try await counts() }
         router.get("/v1/events/stream") { request, _ in try await stream(request) }
-        router.get("/") { _, _ in file("index.html") }
-        router.get("/index.html") { _, _ in file("index.html") }
+        router.get("/") { request, _ in page(request) }
+        router.get("/index.html") { request, _ in page(request) }
         router.get("/board.js") { _, _ in file("board.js") }
         router.get("/board.css") { _, _ in file("board.css") }
     }
@@ -361,6 +361,21 @@ struct RunsAPI: Sendable {
 
     // MARK: - Board
 
+    /// `Referrer-Policy` (swift-http-types names no constant for it).
+    static let referrerPolicy = HTTPFields.Element.Name("Referrer-Policy")!
+
+    /// The board's page. An old link's `?token=` is redirected to the same page with the token
+    /// in the fragment (`#token=`), which the page reads and which never leaves the browser:
+    /// the token was in this one request line, it is in no later one, nor in a `Referer`.
+    func page(_ request: Request) -> Response {
+        guard let token = request.uri.queryParameters.get("token") else { return file("index.html") }
+        let here = request.uri.path.hasSuffix("/index.html") ? "index.html" : "./"
+        let fragment = token.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._~"))) ?? ""
+        return Response(
+            status: .seeOther,
+            headers: [.location: here + "#token=" + fragment, .cacheControl: "no-store", Self.referrerPolicy: "no-referrer"])
+    }
+
     func file(_ name: String) -> Response {
         guard let f = board.files[name] else { return APIError(status: .notFound, code: "not_found", message: name).response }
         return Response(
@@ -368,6 +383,8 @@ struct RunsAPI: Sendable {
             headers: [
                 .contentType: f.contentType, .cacheControl: "no-cache", .xContentTypeOptions: "nosniff",
                 .contentSecurityPolicy: "default-src 'self'; img-src 'self' data:",
+                // The page's address is never sent on with its script, style or API loads.
+                Self.referrerPolicy: "no-referrer",
             ],
             body: .init(byteBuffer: ByteBuffer(bytes: f.bytes)))
     }
