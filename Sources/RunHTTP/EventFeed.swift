@@ -37,7 +37,7 @@ struct StreamLimits: Sendable, Equatable {
     var maxStreamsPerToken = 16
     /// Bytes of events one stream holds for a client that has not read them yet; beyond it the
     /// client is disconnected.
-    var bufferBytes = 1 << 20
+    var bufferBytes = 256 << 10
     /// Whether streams are counted per bearer token (the listener has `http_token`).
     var perToken = false
 }

@@ -46,10 +46,11 @@ public struct WorkerSettings: Sendable, Equatable {
     public var httpMaxStreamsPerToken = 16
     /// KiB of events one stream holds for a client that has not read them; beyond it the
     /// client is disconnected. See `streamBufferBytes` for what the budget allows.
-    public var httpStreamBufferKiB = 1024
+    public var httpStreamBufferKiB = 256
     /// The bytes one event stream may hold unread: `http.stream_buffer_kib`, or less when the
     /// streams' share of the memory budget (a quarter, like the run cache's) divided among
-    /// `http.max_streams` is less. With the defaults: 256 MiB / 4 = 64 MiB = 64 streams × 1 MiB.
+    /// `http.max_streams` is less. With the defaults: min(256 KiB, 256 MiB / 4 / 64 = 1 MiB), so
+    /// 64 streams hold 16 MiB at most, within the quarter (64 MiB).
     public var streamBufferBytes: Int { min(httpStreamBufferKiB << 10, ((memoryBudgetMiB << 20) / 4) / httpMaxStreams) }
     /// Seconds a finished run (with its history and command records) is kept; nil: forever.
     public var retentionFinishedRunsS: Double? = 7 * 86_400

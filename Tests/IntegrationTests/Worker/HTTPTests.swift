@@ -286,11 +286,12 @@ import Testing
         #expect(try client.call(["command": "start", "run_id": "after-stall"], id: "after").ok)
         let metrics = try Self.get(base, "/metrics").text
         #expect(Self.metric(metrics, "runworker_http_streams_open") == 0, "\(metrics)")
-        // Each stream held at most 256 KiB here (plus what the sockets hold); the run cache
-        // takes its share too (12 MB of runs). On main the 20 streams alone held 240 MB.
+        // Each stream held at most 256 KiB here, plus what the HTTP library took for its socket;
+        // the run cache takes its share too (12 MB of runs). On main the 20 streams alone held
+        // a frame of every event each: 240 MB.
         let grewMiB = Double(after.peak - before.rss) / 1_048_576
         print("stalled streams: VmRSS \(before.rss >> 20) MiB before, \(after.rss >> 20) MiB after, peak \(after.peak >> 20) MiB (+\(Int(grewMiB)) MiB)")
-        #expect(grewMiB < 100, "the worker grew by \(grewMiB) MiB")
+        #expect(grewMiB < 120, "the worker grew by \(grewMiB) MiB")
         // The clients see the end of their streams (after the little their sockets held).
         for stream in stalled { #expect(stream.closedByServer(timeout: 10)) }
         #expect(worker.terminate() == 0)
