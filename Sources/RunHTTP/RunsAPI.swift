@@ -31,7 +31,7 @@ struct RunsAPI: Sendable {
         router.get("/v1/runs") { request, _ in try await listRuns(request) }
         router.get("/v1/runs/:id") { _, context in try await getRun(try runID(context)) }
         router.get("/v1/runs/:id/events") { request, context in try await history(try runID(context), request) }
-        router.get("/v1/runs/:id/chain") { _, context in try await chain(try runID(context)) }
+        router.get("/v1/runs/:id/chain") { request, context in try await chain(try runID(context), request) }
         router.get("/v1/counts") { _, _ in try await counts() }
         router.get("/v1/events/stream") { request, _ in try await stream(request) }
         router.get("/") { request, _ in page(request) }
@@ -127,13 +127,25 @@ struct RunsAPI: Sendable {
             guard let c = RunCursor(token: cursor) else { throw APIError.validation("cursor is not one this API gave out") }
             query.after = c
         }
-        let include = Set(try list(q, "include").map { field in
+        return try await listPage(query, include: try included(q))
+    }
+
+    /// The `include` parameter: which of `listOmitted` to put back into list items.
+    private func included(_ q: Parameters) throws -> Set<String> {
+        Set(try list(q, "include").map { field in
             guard Self.listOmitted.contains(field) else {
                 throw APIError.validation("include must be one or more of \(Self.listOmitted.joined(separator: ", ")), got \(field)")
             }
             return field
         })
-        return try await listPage(query, include: include)
+    }
+
+    /// A run as lists show it: its snapshot without the `listOmitted` fields `include` does not
+    /// name, serialized.
+    static func listItem(_ run: Run, include: Set<String>) -> [UInt8] {
+        var item = run.snapshotJSON
+        for field in listOmitted where !include.contains(field) { item[field] = nil }
+        return JSONValue.object(item).serialized()
     }
 
     /// Fields of a snapshot that list items leave out unless `include` names them: what a run
@@ -153,7 +165,6 @@ struct RunsAPI: Sendable {
     /// their JSON `maxPageBytes` at most; read in chunks so that large runs are never all in
     /// memory at once.
     func listPage(_ query: RunQuery, include: Set<String>) async throws -> Response {
-        let omitted = Self.listOmitted.filter { !include.contains($0) }
         var query = query
         let limit = query.limit
         var out: [UInt8] = Array(#"{"runs":["#.utf8)
@@ -167,9 +178,7 @@ struct RunsAPI: Sendable {
             query.limit = min(limit - taken, chunk)
             let page = try await store.listRuns(query)
             for run in page.runs {
-                var item = run.snapshotJSON
-                for field in omitted { item[field] = nil }
-                let bytes = JSONValue.object(item).serialized()
+                let bytes = Self.listItem(run, include: include)
                 if taken > 0 && itemBytes + 1 + bytes.count > Self.maxPageBytes {
                     next = query.after
                     break reading
@@ -204,20 +213,33 @@ struct RunsAPI: Sendable {
 
     /// The run and the runs it was rerun from (`previous_run_id`), newest first: the run
     /// itself, then its previous run, and so on back to the first one (or one that retention
-    /// removed, or `maxChain` runs).
-    func chain(_ id: String) async throws -> Response {
+    /// removed, or `maxChain` runs, or the run whose item would take the items past
+    /// `maxPageBytes`: the last item's `previous_run_id` says where to go on). Items are list
+    /// items (summaries, and what `include` names).
+    func chain(_ id: String, _ request: Request) async throws -> Response {
+        let include = try included(request.uri.queryParameters)
         guard var run = try await store.run(id) else { throw notFound(id) }
-        var chain: [JSONValue] = [.object(run.snapshotJSON)]
+        var items = Self.listItem(run, include: include)
+        var count = 1
         var seen: Set<String> = [run.runID]
         // A previous run created after its successor is another run that reused the id once
         // retention removed the original: the chain ends there.
-        while chain.count < Self.maxChain, let previousID = run.previousRunID, seen.insert(previousID).inserted,
+        while count < Self.maxChain, let previousID = run.previousRunID, seen.insert(previousID).inserted,
             let previous = try await store.run(previousID), previous.createdAt <= run.createdAt
         {
-            chain.append(.object(previous.snapshotJSON))
+            let item = Self.listItem(previous, include: include)
+            guard items.count + 1 + item.count <= Self.maxPageBytes else { break }
+            items.append(UInt8(ascii: ","))
+            items += item
+            count += 1
             run = previous
         }
-        return json(["run_id": .string(id), "chain": .array(chain)])
+        var out: [UInt8] = Array(#"{"run_id":"#.utf8)
+        out += JSONValue.string(id).serialized()
+        out += Array(#","chain":["#.utf8)
+        out += items
+        out += Array("]}".utf8)
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 
     /// The run's history: the stored bodies, exactly as published, spliced into the answer.

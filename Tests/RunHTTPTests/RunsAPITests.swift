@@ -309,6 +309,28 @@ import Testing
 
     // MARK: chain
 
+    /// A chain's items stay within `maxPageBytes`: with large inputs included it stops at the
+    /// run that would pass it (the last item's `previous_run_id` says where to go on), the run
+    /// itself always there; without inputs the whole chain comes.
+    @Test func chainIsBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        for i in 1...8 {
+            var run = storedRun("b\(i)", .failed, created: Int64(i * 1_000), previous: i > 1 ? "b\(i - 1)" : nil)
+            run.input = .string(String(repeating: "x", count: 1_000_000))
+            try await seed(store, run)
+        }
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let summaries = try await client.get("/v1/runs/b8/chain")
+            #expect(try summaries.json()["chain"]?.arrayValue?.count == 8)
+            let full = try await client.get("/v1/runs/b8/chain?include=input")
+            let chain = try #require(try full.json()["chain"]?.arrayValue)
+            #expect(chain.map { $0["run_id"]?.stringValue ?? "?" } == ["b8", "b7", "b6", "b5"])
+            #expect(chain.last?["previous_run_id"] == "b4")
+            #expect(full.bytes.count <= RunsAPI.maxPageBytes + 100)
+        }
+    }
+
     /// The chain follows `previous_run_id` back, newest first, and ends at the first run, at a
     /// previous run that is gone, at one created after its successor (an id reused), or at a
     /// run already in the chain.
@@ -336,8 +358,13 @@ import Testing
                 #expect(body["run_id"]?.stringValue == id)
                 #expect(body["chain"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "?" } == expected, "\(id)")
             }
+            // Items are list items: summaries, with what `include` names.
             let first = try await client.get("/v1/runs/g3/chain")
-            #expect(try first.json()["chain"]?.arrayValue?.first == .object(newest.snapshotJSON))
+            let item = try #require(try first.json()["chain"]?.arrayValue?.first?.objectValue)
+            #expect(item["input"] == nil && item["run_id"] == "g3")
+            let full = try await client.get("/v1/runs/g3/chain?include=input,result,pending_actions")
+            #expect(try full.json()["chain"]?.arrayValue?.first == .object(newest.snapshotJSON))
+            #expect(try await client.get("/v1/runs/g3/chain?include=bogus").status == .badRequest)
             let unknown = try await client.get("/v1/runs/nobody/chain")
             #expect(unknown.status == .notFound)
             #expect(try unknown.errorCode() == "run_not_found")
