@@ -243,20 +243,45 @@ struct RunsAPI: Sendable {
     }
 
     /// The run's history: the stored bodies, exactly as published, spliced into the answer.
+    /// A page holds `limit` events at most and their bodies `maxPageBytes` at most (the first
+    /// always): it ends before the event that would pass that, with `next_after_seq` saying
+    /// where the next page begins (null when this one reached the end). The store is read in
+    /// chunks, like lists, so that large events are never all in memory at once.
     func history(_ id: String, _ request: Request) async throws -> Response {
         let q = request.uri.queryParameters
         let after = try integer(q, "after_seq", in: 0...Int64.max) ?? 0
         let limit = try integer(q, "limit", in: 1...Int64(Self.maxHistoryPage)).map(Int.init) ?? Self.maxHistoryPage
-        let rows = try await store.history(runID: id, afterSeq: after, limit: limit)
-        if rows.isEmpty, try await store.run(id) == nil { throw notFound(id) }
         var out: [UInt8] = Array(#"{"run_id":"#.utf8)
         out += JSONValue.string(id).serialized()
         out += Array(#","events":["#.utf8)
-        for (i, row) in rows.enumerated() {
-            if i > 0 { out.append(UInt8(ascii: ",")) }
-            out += row.body
+        var taken = 0
+        var bytes = 0
+        var cursor = after
+        var more = false
+        var chunk = Self.firstListChunk
+        reading: while taken < limit {
+            let ask = min(limit - taken, chunk)
+            let rows = try await store.history(runID: id, afterSeq: cursor, limit: ask)
+            if taken == 0, rows.isEmpty, try await store.run(id) == nil { throw notFound(id) }
+            for row in rows {
+                if taken > 0 && bytes + 1 + row.body.count > Self.maxPageBytes {
+                    more = true
+                    break reading
+                }
+                if taken > 0 { out.append(UInt8(ascii: ",")) }
+                out += row.body
+                bytes += row.body.count + (taken > 0 ? 1 : 0)
+                taken += 1
+                cursor = row.seq
+            }
+            // A short chunk is the end of the history; a full page may have more after it.
+            guard rows.count == ask else { break }
+            more = taken == limit
+            chunk = max(1, min(Self.maxListChunk, Self.maxPageBytes / max(1, bytes / max(1, taken))))
         }
-        out += Array("]}".utf8)
+        out += Array(#"],"next_after_seq":"#.utf8)
+        out += (more ? JSONValue.int(cursor) : .null).serialized()
+        out.append(UInt8(ascii: "}"))
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: out)))
     }
 

@@ -204,14 +204,16 @@ struct List: ParsableCommand {
     }
 }
 
-/// All of a run's history, following `after_seq` past a page.
+/// All of a run's history, following `next_after_seq` past a page (a page ends at 1000 events
+/// or 4 MiB of them).
 func history(_ client: APIClient, _ runID: String) throws -> [JSONValue] {
     var events: [JSONValue] = []
+    var after: Int64 = 0
     while true {
-        let after = events.last?["seq"]?.intValue ?? 0
-        let page = try client.get("/v1/runs/\(APIClient.escape(runID))/events?after_seq=\(after)")["events"]?.arrayValue ?? []
-        events += page
-        if page.count < 1000 { return events }
+        let page = try client.get("/v1/runs/\(APIClient.escape(runID))/events?after_seq=\(after)")
+        events += page["events"]?.arrayValue ?? []
+        guard let next = page["next_after_seq"]?.intValue, next > after else { return events }
+        after = next
     }
 }
 

@@ -255,7 +255,8 @@ import Testing
             #expect(answer.headers[.contentType] == "application/json")
             let types = ["created", "started", "action_required", "action_completed", "completed"]
             let bodies = types.enumerated().map { i, type in eventBody("r-a", Int64(i + 1), type) }
-            let expected = Array(#"{"run_id":"r-a","events":["#.utf8) + Array(bodies.joined(separator: Array(",".utf8))) + Array("]}".utf8)
+            let expected = Array(#"{"run_id":"r-a","events":["#.utf8) + Array(bodies.joined(separator: Array(",".utf8)))
+                + Array(#"],"next_after_seq":null}"#.utf8)
             #expect(answer.bytes == expected, "\(answer.text)")
             #expect(try answer.json()["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } == [1, 2, 3, 4, 5])
         }
@@ -272,6 +273,38 @@ import Testing
             let answer = try await client.get("/v1/runs/r-a/events?" + query)
             #expect(answer.status == .ok)
             #expect(try answer.json()["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } == seqs)
+        }
+    }
+
+    /// A history page's bodies stay within `maxPageBytes`: with large events it ends early, its
+    /// `next_after_seq` leads through every event once, in order, and the last page says null;
+    /// a page that ends at its `limit` points on too.
+    @Test func historyPagesAreBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        let run = storedRun("h-big", .running, created: 1_000, version: 12)
+        let outbox = (1...12).map { seq in
+            OutboxMessage(
+                runID: run.runID, seq: Int64(seq), type: "action_completed", status: "running",
+                routingKey: "run.h-big.action_completed", messageID: "h-big:\(seq)",
+                body: Array(#"{"seq":\#(seq),"result":""#.utf8) + Array(repeating: UInt8(ascii: "r"), count: 900_000) + Array(#""}"#.utf8),
+                writtenAt: run.updatedAt)
+        }
+        _ = try await store.commit(StoreCommit(
+            runs: [RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], outbox: outbox))
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            var pages: [[Int64]] = []
+            var after: Int64? = 0
+            while let from = after, pages.count < 20 {
+                let page = try await client.get("/v1/runs/h-big/events?after_seq=\(from)")
+                #expect(page.bytes.count <= RunsAPI.maxPageBytes + 100, "\(page.bytes.count) bytes")
+                let body = try page.json()
+                pages.append(body["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } ?? [])
+                after = body["next_after_seq"]?.intValue
+            }
+            #expect(pages == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+            let limited = try await client.get("/v1/runs/h-big/events?limit=2").json()
+            #expect(limited["next_after_seq"] == .int(2))
         }
     }
 
@@ -300,7 +333,7 @@ import Testing
         try await server.test { client in
             let quiet = try await client.get("/v1/runs/quiet/events")
             #expect(quiet.status == .ok)
-            #expect(quiet.text == #"{"run_id":"quiet","events":[]}"#)
+            #expect(quiet.text == #"{"run_id":"quiet","events":[],"next_after_seq":null}"#)
             let unknown = try await client.get("/v1/runs/nobody/events")
             #expect(unknown.status == .notFound)
             #expect(try unknown.errorCode() == "run_not_found")

@@ -447,9 +447,9 @@
       return api(path + "/events?after_seq=" + after + "&limit=1000").then(function (body) {
         var evs = (body && body.events) || [];
         collected = collected.concat(evs);
-        var max = after;
-        evs.forEach(function (e) { if (typeof e.seq === "number" && e.seq > max) max = e.seq; });
-        return evs.length >= 1000 && max > after ? page(max) : collected;
+        // A page ends at 1000 events or 4 MiB of them; next_after_seq says where the next begins.
+        var next = body && body.next_after_seq;
+        return typeof next === "number" && next > after ? page(next) : collected;
       });
     }
     return Promise.all([api(path), page(0)]).then(function (res) {
