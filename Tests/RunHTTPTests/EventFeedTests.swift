@@ -109,7 +109,7 @@ import Testing
     /// A reader waiting on an empty buffer gets the next event directly, a keepalive when one
     /// is due, and the end after `finish`; a keepalive is never queued for a reader that is
     /// not waiting.
-    @Test func waitingReaderGetsEventsKeepalivesAndTheEnd() async {
+    @Test(.timeLimit(.minutes(1))) func waitingReaderGetsEventsKeepalivesAndTheEnd() async {
         let buffer = StreamBuffer(capacity: 1000)
         buffer.keepalive()  // nobody waits: dropped
         #expect(buffer.offer(Self.sized("a", 10)))
@@ -133,7 +133,7 @@ import Testing
     }
 
     /// A cancelled reader stops waiting: its task is not held by an idle stream.
-    @Test func cancelledReaderStops() async {
+    @Test(.timeLimit(.minutes(1))) func cancelledReaderStops() async {
         let buffer = StreamBuffer(capacity: 1000)
         let reader = Task { await buffer.next() }
         while !buffer.hasReader { await Task.yield() }
