@@ -109,7 +109,7 @@ let package = Package(
         .target(
             name: "RunHTTP",
             dependencies: [
-                "AMQPClient", "RunContract", "RunStore", "RunWorker",
+                "AMQPClient", "RunApply", "RunContract", "RunStore", "RunWorker",
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "HummingbirdCore", package: "hummingbird"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -24,7 +24,7 @@ public struct RunHTTPServer: Service {
         self.logger = logger
         feed = EventFeed(
             amqpURLs: (try? settings.amqpURLs()) ?? [settings.amqpURL], exchange: settings.topology.eventsExchange,
-            logger: logger)
+            logger: logger, limits: StreamLimits(settings), metricsFactory: Self.metricsFactory(registry))
         let api = RunsAPI(store: worker.store, shared: worker.shared, registry: registry, feed: feed, board: try Board.load())
         let token = settings.httpToken.flatMap { $0.isEmpty ? nil : $0 }
         let router = Self.makeRouter(api: api, token: token, checkHost: endpoint.isLoopback && token == nil, logger: logger)

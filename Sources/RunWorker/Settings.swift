@@ -55,6 +55,18 @@ public struct WorkerSettings: Sendable, Equatable {
     /// `http.max_connections`: HTTP connections open at once; one more closes the oldest waiting
     /// one, or is refused at once when all are busy.
     public var httpMaxConnections = 256
+    /// Live event streams (`/v1/events/stream`) served at once, all clients together.
+    public var httpMaxStreams = 64
+    /// Live event streams open at once with one bearer token (only with `http_token`).
+    public var httpMaxStreamsPerToken = 16
+    /// KiB of events one stream holds for a client that has not read them; beyond it the
+    /// client is disconnected. See `streamBufferBytes` for what the budget allows.
+    public var httpStreamBufferKiB = 256
+    /// The bytes one event stream may hold unread: `http.stream_buffer_kib`, or less when the
+    /// streams' share of the memory budget (a quarter, like the run cache's) divided among
+    /// `http.max_streams` is less. With the defaults: min(256 KiB, 256 MiB / 4 / 64 = 1 MiB), so
+    /// 64 streams hold 16 MiB at most, within the quarter (64 MiB).
+    public var streamBufferBytes: Int { min(httpStreamBufferKiB << 10, ((memoryBudgetMiB << 20) / 4) / httpMaxStreams) }
     /// Seconds a finished run (with its history and command records) is kept; nil: forever.
     public var retentionFinishedRunsS: Double? = 7 * 86_400
     /// Seconds a command id is remembered for de-duplication; nil: forever.
@@ -108,6 +120,13 @@ public struct WorkerSettings: Sendable, Equatable {
         }
         guard (1...65_536).contains(httpMaxConnections) else {
             throw SettingsError("http.max_connections must be between 1 and 65536")
+        }
+        guard (1...100_000).contains(httpMaxStreams) else { throw SettingsError("http.max_streams must be between 1 and 100000") }
+        guard (1...100_000).contains(httpMaxStreamsPerToken) else {
+            throw SettingsError("http.max_streams_per_token must be between 1 and 100000")
+        }
+        guard (16...1_048_576).contains(httpStreamBufferKiB) else {
+            throw SettingsError("http.stream_buffer_kib must be between 16 and 1048576")
         }
         if let s = retentionFinishedRunsS, s < 1 { throw SettingsError("retention.finished_runs must be at least 1s (or off)") }
         // Shorter than this and a command redelivered after a worker died, or retried by its
@@ -319,6 +338,13 @@ extension WorkerSettings {
             integer(
                 "http.max_connections", \.httpMaxConnections,
                 "HTTP connections open at once (an event stream is one); at the cap the oldest idle one is closed for a new one, or with all busy the new one gets 503."),
+            integer("http.max_streams", \.httpMaxStreams, "Live event streams served at once; more are answered 503 with Retry-After."),
+            integer(
+                "http.max_streams_per_token", \.httpMaxStreamsPerToken,
+                "Live event streams open at once with one bearer token (with http_token); more are answered 429 with Retry-After."),
+            integer(
+                "http.stream_buffer_kib", \.httpStreamBufferKiB,
+                "KiB of unread events one stream holds before its client is disconnected (at most a quarter of memory.budget_mib over http.max_streams)."),
             duration("retention.finished_runs", \.retentionFinishedRunsS, "How long finished runs and their history are kept (7d, 12h, 30m, 90s; off: forever)."),
             duration("retention.command_ids", \.retentionCommandIDsS, "How long command ids are remembered for de-duplication (off: forever)."),
             number("retention.interval_s", \.retentionIntervalS, "Seconds between retention passes."),

@@ -69,6 +69,63 @@ public enum HTTPProbe {
         return false
     }
 
+    /// A stream client that stops reading: it opens `path` with a small receive buffer, reads
+    /// the answer's head (and whatever came with it), then reads nothing, so that the server's
+    /// writes pile up (a stalled client, or an attacker's). `closedByServer` tells later whether
+    /// the server gave up on it.
+    public final class StalledStream: @unchecked Sendable {
+        // @unchecked: one test thread uses it; `fd` is closed once, in `close()`.
+        public let status: Int
+        public let head: String
+        private var fd: Int32
+
+        public init(_ base: String, _ path: String, headers: [String: String] = [:], receiveBuffer: Int32 = 4096) throws {
+            let fd = try HTTPProbe.connect(base, timeout: 10, receiveBuffer: receiveBuffer)
+            self.fd = fd
+            do {
+                try HTTPProbe.send(fd, HTTPProbe.request(base, path, method: "GET", headers: headers))
+                var data: [UInt8] = []
+                var buffer = [UInt8](repeating: 0, count: 4096)
+                let separator: [UInt8] = Array("\r\n\r\n".utf8)
+                while !data.indices.contains(where: { data[$0...].starts(with: separator) }) {
+                    let n = recv(fd, &buffer, buffer.count, 0)
+                    guard n > 0 else { throw TestKitError(.process, "the stream's head did not come: \(String(decoding: data, as: UTF8.self))") }
+                    data += buffer[0..<n]
+                }
+                let end = data.indices.first { data[$0...].starts(with: separator) }!
+                head = String(decoding: data[..<end], as: UTF8.self)
+                status = Int(head.split(separator: " ").dropFirst().first ?? "") ?? 0
+            } catch {
+                Glibc.close(fd)
+                throw error
+            }
+        }
+
+        /// Whether the server closed the connection: reads (and drops) what is buffered until
+        /// the end of the stream, a reset, or `timeout` seconds without it.
+        public func closedByServer(timeout: Double) -> Bool {
+            guard fd >= 0 else { return false }
+            var tv = timeval(tv_sec: 0, tv_usec: 200_000)
+            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+            var buffer = [UInt8](repeating: 0, count: 65_536)
+            let deadline = Date().addingTimeInterval(timeout)
+            while Date() < deadline {
+                let n = recv(fd, &buffer, buffer.count, 0)
+                if n == 0 { return true }
+                if n < 0 && errno != EAGAIN && errno != EINTR { return errno == ECONNRESET }
+            }
+            return false
+        }
+
+        public func close() {
+            guard fd >= 0 else { return }
+            Glibc.close(fd)
+            fd = -1
+        }
+
+        deinit { close() }
+    }
+
     /// The request's bytes; a `Host` in `headers` replaces the base's.
     static func request(_ base: String, _ path: String, method: String, headers: [String: String]) -> [UInt8] {
         let host = headers.first { $0.key.lowercased() == "host" }?.value ?? hostPort(base).0
@@ -85,10 +142,13 @@ public enum HTTPProbe {
         return (String(parts.first ?? "127.0.0.1"), parts.count > 1 ? UInt16(parts[1]) ?? 80 : 80)
     }
 
-    static func connect(_ base: String, timeout: Double) throws -> Int32 {
+    /// A connected socket; `receiveBuffer` sets its receive buffer before it connects, so that
+    /// the window the server sees is small from the start.
+    static func connect(_ base: String, timeout: Double, receiveBuffer: Int32? = nil) throws -> Int32 {
         let (host, port) = hostPort(base)
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw TestKitError(.process, "socket: \(String(cString: strerror(errno)))") }
+        if var size = receiveBuffer { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size)) }
         var tv = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         var address = sockaddr_in()

@@ -60,6 +60,18 @@ public final class WorkerProcess: @unchecked Sendable {
 
     public var pid: Int32 { process.processIdentifier }
     public var isRunning: Bool { process.isRunning }
+    /// The process's resident memory now and at its peak (VmRSS, VmHWM), in bytes; nil once
+    /// it is gone.
+    public var memory: (rss: Int, peak: Int)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8) else { return nil }
+        func kib(_ name: String) -> Int? {
+            text.split(separator: "\n").first { $0.hasPrefix(name + ":") }
+                .flatMap { Int($0.split(whereSeparator: { $0 == " " || $0 == "\t" }).dropFirst().first ?? "") }
+        }
+        guard let rss = kib("VmRSS"), let peak = kib("VmHWM") else { return nil }
+        return (rss * 1024, peak * 1024)
+    }
+
     public var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// The last status the worker wrote; nil before its first write.

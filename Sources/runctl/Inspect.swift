@@ -175,12 +175,15 @@ struct List: ParsableCommand {
     @Option(help: "Only runs in this status (several: comma-separated).") var status: String?
     @Option(help: "Only runs of this agent_id.") var agent: String?
     @Option(help: "At most this many.") var limit = 50
-    @Flag(help: "One snapshot JSON per line.") var json = false
+    @Flag(help: "One run summary JSON per line (a snapshot without input, result and pending actions).") var json = false
+    @Option(help: "With --json, put these back into each line: input, result, pending_actions (comma-separated).")
+    var include: String?
     @OptionGroup var http: HTTPOptions
 
     func run() throws {
         let client = try http.client()
         var query = ["limit=\(min(limit, 500))"]
+        if let include { query.append("include=\(APIClient.escape(include))") }
         if let status { query.append("status=\(APIClient.escape(status))") }
         if let agent { query.append("agent_id=\(APIClient.escape(agent))") }
         var printed = 0
@@ -201,14 +204,16 @@ struct List: ParsableCommand {
     }
 }
 
-/// All of a run's history, following `after_seq` past a page.
+/// All of a run's history, following `next_after_seq` past a page (a page ends at 1000 events
+/// or 4 MiB of them).
 func history(_ client: APIClient, _ runID: String) throws -> [JSONValue] {
     var events: [JSONValue] = []
+    var after: Int64 = 0
     while true {
-        let after = events.last?["seq"]?.intValue ?? 0
-        let page = try client.get("/v1/runs/\(APIClient.escape(runID))/events?after_seq=\(after)")["events"]?.arrayValue ?? []
-        events += page
-        if page.count < 1000 { return events }
+        let page = try client.get("/v1/runs/\(APIClient.escape(runID))/events?after_seq=\(after)")
+        events += page["events"]?.arrayValue ?? []
+        guard let next = page["next_after_seq"]?.intValue, next > after else { return events }
+        after = next
     }
 }
 

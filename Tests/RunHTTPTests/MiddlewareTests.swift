@@ -266,9 +266,29 @@ import Testing
                 #expect(answer.headers[.cacheControl] == "no-cache", "\(path)")
                 #expect(answer.headers[.xContentTypeOptions] == "nosniff", "\(path)")
                 #expect(answer.headers[.contentSecurityPolicy] == "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'", "\(path)")
+                #expect(answer.headers[RunsAPI.referrerPolicy] == "no-referrer", "\(path)")
                 #expect(answer.bytes == board.files[name]?.bytes, "\(path)")
                 #expect(!answer.bytes.isEmpty, "\(path)")
             }
+        }
+    }
+
+    /// An old board link with `?token=` is redirected (303, never cached, no referrer) to the
+    /// same page with the token, percent-encoded, in the fragment, which no request carries.
+    @Test func boardQueryTokenRedirectsToTheFragment() async throws {
+        let server = try TestServer(token: "board-token+0123456789/=")
+        try await server.test { client in
+            for (path, location) in [
+                ("/?token=board-token%2B0123456789%2F%3D", "./#token=board-token%2B0123456789%2F%3D"),
+                ("/index.html?token=abc", "index.html#token=abc"),
+            ] {
+                let answer = try await client.get(path)
+                #expect(answer.status == .seeOther, "\(path)")
+                #expect(answer.headers[.location] == location, "\(path)")
+                #expect(answer.headers[.cacheControl] == "no-store")
+                #expect(answer.headers[RunsAPI.referrerPolicy] == "no-referrer")
+            }
+            #expect(try await client.get("/?other=1").status == .ok)
         }
     }
 

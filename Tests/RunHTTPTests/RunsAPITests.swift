@@ -87,8 +87,10 @@ import Testing
             #expect(answer.status == .ok)
             #expect(try Self.ids(answer) == ["r-d", "r-c", "r-b", "r-a"])
             #expect(try answer.json()["next_cursor"] == .null)
-            // Each entry is the run's snapshot.
-            #expect(try answer.json()["runs"]?.arrayValue?.last == .object(oldest.snapshotJSON))
+            // Each entry is the run's snapshot without input, result and pending actions.
+            var summary = oldest.snapshotJSON
+            for field in ["input", "result", "pending_actions"] { summary[field] = nil }
+            #expect(try answer.json()["runs"]?.arrayValue?.last == .object(summary))
         }
     }
 
@@ -149,6 +151,74 @@ import Testing
         }
     }
 
+    /// List items are summaries: no input, result or pending actions unless `include` names
+    /// them (comma-separated or repeated); with all three an item is the full snapshot.
+    @Test func listItemsAreSummaries() async throws {
+        let store = InMemoryRunStore()
+        var run = storedRun("r-1", .waiting, agent: "agent-x", created: 1_000)
+        run.result = ["partial": 1]
+        run.actions = [Action(id: "act-1", type: .toolCall, fields: ["tool": "calc", "args": ["x": 2]], requestedAt: ms(1_000))]
+        try await seed(store, run, events: ["created"])
+        let snapshot = run.snapshotJSON
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let item = try #require(try await client.get("/v1/runs").json()["runs"]?.arrayValue?.first?.objectValue)
+            #expect(item["input"] == nil && item["result"] == nil && item["pending_actions"] == nil)
+            #expect(item["run_id"] == "r-1" && item["status"] == "waiting" && item["agent_id"] == "agent-x")
+            let withInput = try #require(try await client.get("/v1/runs?include=input").json()["runs"]?.arrayValue?.first?.objectValue)
+            #expect(withInput["input"] == ["q": "2+2"] && withInput["result"] == nil)
+            for query in ["include=input,result,pending_actions", "include=input&include=result,pending_actions"] {
+                let full = try await client.get("/v1/runs?" + query).json()["runs"]?.arrayValue?.first
+                #expect(full == .object(snapshot), "\(query)")
+            }
+            let bad = try await client.get("/v1/runs?include=metadata")
+            #expect(try bad.status == .badRequest && bad.errorCode() == "validation_error")
+            #expect(try bad.json()["error"]?["message"] == "include must be one or more of input, result, pending_actions, got metadata")
+        }
+    }
+
+    /// A page's items stay within `maxPageBytes`: with large inputs included the page ends early
+    /// with a cursor, the pages walk every run once in order, and a run larger than the bound
+    /// has a page to itself; without inputs every run fits one small page.
+    @Test func listPagesAreBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        var expected: [String] = []
+        for i in 0..<12 {
+            let id = "big-" + (i < 10 ? "0" : "") + String(i)
+            var run = storedRun(id, .completed, created: Int64(1_000 + i))
+            run.input = .string(String(repeating: "x", count: i == 5 ? 5 << 20 : 700_000))
+            try await seed(store, run)
+            expected.insert(id, at: 0)
+        }
+        let newestFirst = expected
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let summaries = try await client.get("/v1/runs?limit=500")
+            #expect(try Self.ids(summaries) == newestFirst)
+            #expect(summaries.bytes.count < 12 * 1024, "\(summaries.bytes.count) bytes")
+
+            var walked: [[String]] = []
+            var next: String? = nil
+            repeat {
+                let page = try await client.get("/v1/runs?limit=500&include=input" + (next.map { "&cursor=" + $0 } ?? ""))
+                #expect(page.status == .ok)
+                let ids = try Self.ids(page)
+                // The page's items are at most the bound, or one item alone (the 5 MiB run).
+                #expect(page.bytes.count <= RunsAPI.maxPageBytes + 100 || ids.count == 1, "\(page.bytes.count) bytes")
+                walked.append(ids)
+                next = try page.json()["next_cursor"]?.stringValue
+            } while next != nil && walked.count < 20
+            #expect(walked.flatMap { $0 } == newestFirst)
+            #expect(walked.contains(["big-05"]), "the oversized run has a page of its own: \(walked)")
+            #expect(walked.count >= 3, "\(walked)")
+            // A page that ends at its limit says where the next begins, and the last says none.
+            let two = try await client.get("/v1/runs?limit=2")
+            #expect(try Self.ids(two) == Array(newestFirst.prefix(2)) && two.json()["next_cursor"]?.stringValue != nil)
+            let all = try await client.get("/v1/runs?limit=12")
+            #expect(try Self.ids(all) == newestFirst && all.json()["next_cursor"] == .null)
+        }
+    }
+
     /// Bad list parameters are refused 400 `validation_error`, with a message naming the bound.
     @Test(arguments: [
         ("limit=0", "limit must be an integer from 1 to 500, got 0"),
@@ -185,7 +255,8 @@ import Testing
             #expect(answer.headers[.contentType] == "application/json")
             let types = ["created", "started", "action_required", "action_completed", "completed"]
             let bodies = types.enumerated().map { i, type in eventBody("r-a", Int64(i + 1), type) }
-            let expected = Array(#"{"run_id":"r-a","events":["#.utf8) + Array(bodies.joined(separator: Array(",".utf8))) + Array("]}".utf8)
+            let expected = Array(#"{"run_id":"r-a","events":["#.utf8) + Array(bodies.joined(separator: Array(",".utf8)))
+                + Array(#"],"next_after_seq":null}"#.utf8)
             #expect(answer.bytes == expected, "\(answer.text)")
             #expect(try answer.json()["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } == [1, 2, 3, 4, 5])
         }
@@ -202,6 +273,38 @@ import Testing
             let answer = try await client.get("/v1/runs/r-a/events?" + query)
             #expect(answer.status == .ok)
             #expect(try answer.json()["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } == seqs)
+        }
+    }
+
+    /// A history page's bodies stay within `maxPageBytes`: with large events it ends early, its
+    /// `next_after_seq` leads through every event once, in order, and the last page says null;
+    /// a page that ends at its `limit` points on too.
+    @Test func historyPagesAreBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        let run = storedRun("h-big", .running, created: 1_000, version: 12)
+        let outbox = (1...12).map { seq in
+            OutboxMessage(
+                runID: run.runID, seq: Int64(seq), type: "action_completed", status: "running",
+                routingKey: "run.h-big.action_completed", messageID: "h-big:\(seq)",
+                body: Array(#"{"seq":\#(seq),"result":""#.utf8) + Array(repeating: UInt8(ascii: "r"), count: 900_000) + Array(#""}"#.utf8),
+                writtenAt: run.updatedAt)
+        }
+        _ = try await store.commit(StoreCommit(
+            runs: [RunWrite(run: run, previousVersion: nil, nextDeadline: nil, partition: 0)], outbox: outbox))
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            var pages: [[Int64]] = []
+            var after: Int64? = 0
+            while let from = after, pages.count < 20 {
+                let page = try await client.get("/v1/runs/h-big/events?after_seq=\(from)")
+                #expect(page.bytes.count <= RunsAPI.maxPageBytes + 100, "\(page.bytes.count) bytes")
+                let body = try page.json()
+                pages.append(body["events"]?.arrayValue?.map { $0["seq"]?.intValue ?? 0 } ?? [])
+                after = body["next_after_seq"]?.intValue
+            }
+            #expect(pages == [[1, 2, 3, 4], [5, 6, 7, 8], [9, 10, 11, 12]])
+            let limited = try await client.get("/v1/runs/h-big/events?limit=2").json()
+            #expect(limited["next_after_seq"] == .int(2))
         }
     }
 
@@ -230,7 +333,7 @@ import Testing
         try await server.test { client in
             let quiet = try await client.get("/v1/runs/quiet/events")
             #expect(quiet.status == .ok)
-            #expect(quiet.text == #"{"run_id":"quiet","events":[]}"#)
+            #expect(quiet.text == #"{"run_id":"quiet","events":[],"next_after_seq":null}"#)
             let unknown = try await client.get("/v1/runs/nobody/events")
             #expect(unknown.status == .notFound)
             #expect(try unknown.errorCode() == "run_not_found")
@@ -238,6 +341,28 @@ import Testing
     }
 
     // MARK: chain
+
+    /// A chain's items stay within `maxPageBytes`: with large inputs included it stops at the
+    /// run that would pass it (the last item's `previous_run_id` says where to go on), the run
+    /// itself always there; without inputs the whole chain comes.
+    @Test func chainIsBoundedInBytes() async throws {
+        let store = InMemoryRunStore()
+        for i in 1...8 {
+            var run = storedRun("b\(i)", .failed, created: Int64(i * 1_000), previous: i > 1 ? "b\(i - 1)" : nil)
+            run.input = .string(String(repeating: "x", count: 1_000_000))
+            try await seed(store, run)
+        }
+        let server = try TestServer(store: store)
+        try await server.test { client in
+            let summaries = try await client.get("/v1/runs/b8/chain")
+            #expect(try summaries.json()["chain"]?.arrayValue?.count == 8)
+            let full = try await client.get("/v1/runs/b8/chain?include=input")
+            let chain = try #require(try full.json()["chain"]?.arrayValue)
+            #expect(chain.map { $0["run_id"]?.stringValue ?? "?" } == ["b8", "b7", "b6", "b5"])
+            #expect(chain.last?["previous_run_id"] == "b4")
+            #expect(full.bytes.count <= RunsAPI.maxPageBytes + 100)
+        }
+    }
 
     /// The chain follows `previous_run_id` back, newest first, and ends at the first run, at a
     /// previous run that is gone, at one created after its successor (an id reused), or at a
@@ -266,8 +391,13 @@ import Testing
                 #expect(body["run_id"]?.stringValue == id)
                 #expect(body["chain"]?.arrayValue?.map { $0["run_id"]?.stringValue ?? "?" } == expected, "\(id)")
             }
+            // Items are list items: summaries, with what `include` names.
             let first = try await client.get("/v1/runs/g3/chain")
-            #expect(try first.json()["chain"]?.arrayValue?.first == .object(newest.snapshotJSON))
+            let item = try #require(try first.json()["chain"]?.arrayValue?.first?.objectValue)
+            #expect(item["input"] == nil && item["run_id"] == "g3")
+            let full = try await client.get("/v1/runs/g3/chain?include=input,result,pending_actions")
+            #expect(try full.json()["chain"]?.arrayValue?.first == .object(newest.snapshotJSON))
+            #expect(try await client.get("/v1/runs/g3/chain?include=bogus").status == .badRequest)
             let unknown = try await client.get("/v1/runs/nobody/chain")
             #expect(unknown.status == .notFound)
             #expect(try unknown.errorCode() == "run_not_found")

@@ -12,7 +12,9 @@ import Testing
 
 /// The worker's HTTP side as `RunHTTPServer` assembles it (`RunHTTPServer.makeRouter`), served
 /// in memory by HummingbirdTesting's router framework: no listener, no broker. The event feed
-/// is never started (no test opens a stream past its validation).
+/// points at a port where no broker listens (127.0.0.1:1): a test that takes a stream slot
+/// starts its consuming thread, which fails to connect and stops when the slot is given back;
+/// no stream is ever answered 200.
 struct TestServer: Sendable {
     let store: any RunStore
     let shared: SharedStatus
@@ -26,11 +28,16 @@ struct TestServer: Sendable {
         return logger
     }()
 
-    init(store: any RunStore = InMemoryRunStore(), token: String? = nil, checkHost: Bool = false, board: Board? = nil) throws {
+    static let noBroker = "amqp://guest:guest@127.0.0.1:1/"
+
+    init(
+        store: any RunStore = InMemoryRunStore(), token: String? = nil, checkHost: Bool = false, board: Board? = nil,
+        limits: StreamLimits = StreamLimits()
+    ) throws {
         self.store = store
         shared = SharedStatus(workerID: "w-test")
         registry = PrometheusCollectorRegistry()
-        feed = EventFeed(amqpURLs: [], exchange: "test.events", logger: Self.logger)
+        feed = EventFeed(amqpURLs: [Self.noBroker], exchange: "test.events", logger: Self.logger, limits: limits)
         let api = RunsAPI(store: store, shared: shared, registry: registry, feed: feed, board: try board ?? Board.load())
         let router = RunHTTPServer.makeRouter(api: api, token: token, checkHost: checkHost, logger: Self.logger)
         application = Application(router: router, logger: Self.logger)

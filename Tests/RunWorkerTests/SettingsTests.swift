@@ -30,6 +30,34 @@ import Testing
         #expect(throws: SettingsError.self) { try s.validate() }
     }
 
+    /// A stream's buffer is `http.stream_buffer_kib`, or less when a quarter of the memory
+    /// budget shared by `http.max_streams` is less: every stream's buffer together never takes
+    /// more than that quarter. Out-of-range values are refused with the key's name.
+    @Test func streamBuffersShareAQuarterOfTheBudget() throws {
+        var s = WorkerSettings()
+        #expect(s.streamBufferBytes == 256 << 10)
+        #expect(s.httpMaxStreams * s.streamBufferBytes <= (s.memoryBudgetMiB << 20) / 4)
+        s.memoryBudgetMiB = 32
+        #expect(s.streamBufferBytes == 128 << 10)
+        s.httpMaxStreams = 1
+        s.httpStreamBufferKiB = 512
+        #expect(s.streamBufferBytes == 512 << 10)
+        try s.apply(environment: ["RUNWORKER_HTTP_MAX_STREAMS": "200", "RUNWORKER_HTTP_STREAM_BUFFER_KIB": "512"])
+        #expect(s.streamBufferBytes == (32 << 20) / 4 / 200)
+        #expect(s.httpMaxStreams * s.streamBufferBytes <= (s.memoryBudgetMiB << 20) / 4)
+        try s.apply(yaml: "http:\n  max_streams_per_token: 3\n")
+        #expect(s.httpMaxStreamsPerToken == 3)
+        for (variable, value, key) in [
+            ("RUNWORKER_HTTP_MAX_STREAMS", "0", "http.max_streams"),
+            ("RUNWORKER_HTTP_MAX_STREAMS_PER_TOKEN", "0", "http.max_streams_per_token"),
+            ("RUNWORKER_HTTP_STREAM_BUFFER_KIB", "8", "http.stream_buffer_kib"),
+        ] {
+            var t = WorkerSettings()
+            try t.apply(environment: [variable: value])
+            #expect { try t.validate() } throws: { "\($0)".contains(key) }
+        }
+    }
+
     /// A named config file that does not exist is an error; the default one may be absent.
     @Test func missingConfigFile() throws {
         #expect(throws: SettingsError.self) { try WorkerSettings.load(configFile: "/nonexistent.yaml", environment: [:]) }

@@ -1,8 +1,13 @@
 // The live run board: plain browser JavaScript, no build step, no dependencies.
 //
 // Data: GET v1/counts, v1/runs, v1/runs/{id}, v1/runs/{id}/events, and the live stream
-// GET v1/events/stream (EventSource). Paths are relative, so the board also works behind a
-// proxy that serves the worker under a sub-path.
+// GET v1/events/stream (read with fetch, so that the token goes in a header). Paths are
+// relative, so the board also works behind a proxy that serves the worker under a sub-path.
+//
+// The token: open the board as /#token=<http_token>. A fragment never leaves the browser: it is
+// in no request line, log or Referer. The page remembers it (localStorage), takes it out of the
+// address bar, and sends it as `Authorization: Bearer` on every request, the stream included
+// (EventSource cannot set headers, which is why the stream is read with fetch).
 //
 // Consistency: the stream is opened first and every (re)open reloads the lists, so nothing is
 // missed between a query and the stream. Events that arrive while a query is in flight are
@@ -25,27 +30,22 @@
 
   function $(id) { return document.getElementById(id); }
 
-  // --- token: ?token=... (remembered in localStorage) or a remembered one ---------------------
+  // --- token: #token=... (remembered in localStorage) or a remembered one ---------------------
+  // (An old link's ?token= is redirected by the worker to #token=.)
   var token = (function () {
-    var params = new URLSearchParams(location.search);
+    var params = new URLSearchParams(location.hash.replace(/^#/, ""));
     var t = null;
-    var stored = false;
-    try {
-      if (params.has("token")) {
-        t = params.get("token");
-        if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
-        stored = true;
-      } else {
-        t = localStorage.getItem(TOKEN_KEY);
-      }
-    } catch (e) {
+    if (params.has("token")) {
       t = params.get("token");
-    }
-    if (stored) {
-      // Keep the secret out of the address bar (history, screenshots) once it is remembered.
+      try {
+        if (t) localStorage.setItem(TOKEN_KEY, t); else localStorage.removeItem(TOKEN_KEY);
+      } catch (e) { /* not remembered: this page still has it */ }
+      // Keep the secret out of the address bar (history, screenshots); #run= stays.
       params.delete("token");
-      var q = params.toString();
-      history.replaceState(null, "", location.pathname + (q ? "?" + q : "") + location.hash);
+      var h = params.toString();
+      history.replaceState(null, "", location.pathname + location.search + (h ? "#" + h : ""));
+    } else {
+      try { t = localStorage.getItem(TOKEN_KEY); } catch (e) { t = null; }
     }
     return t || null;
   })();
@@ -61,7 +61,7 @@
     el.hidden = text === "";
   }
   function describe(err) {
-    if (err && err.status === 401) return "unauthorized: open the board with ?token=<http_token>";
+    if (err && err.status === 401) return "unauthorized: open the board with #token=<http_token>";
     return (err && err.message) || String(err);
   }
 
@@ -268,34 +268,75 @@
   setInterval(requestCounts, COUNTS_IDLE_MS);
 
   // --- the live stream ----------------------------------------------------------------------
-  var stream = { es: null, retryMs: 1000 };
+  var stream = { gen: 0, retryMs: 1000 };
   function setStreamState(live) {
     var s = $("stream-state");
     s.textContent = live ? "live" : "reconnecting";
     s.className = live ? "state-up" : "state-down";
   }
+  // The event stream over fetch: its server-sent events are parsed here (comments, `event:`,
+  // `data:` and a blank line ending each event), as EventSource would. Whenever it ends (the
+  // worker stopped, or cut this page off for falling behind, or a refusal such as 429), the
+  // page reconnects after a growing pause and reloads what it shows.
   function connect() {
-    var url = "v1/events/stream" + (token ? "?access_token=" + encodeURIComponent(token) : "");
-    var es = new EventSource(url);
-    stream.es = es;
-    es.onopen = function () {
+    var gen = ++stream.gen;
+    var headers = { Accept: "text/event-stream" };
+    if (token) headers.Authorization = "Bearer " + token;
+    fetch("v1/events/stream", { headers: headers, cache: "no-store" }).then(function (res) {
+      if (!res.ok || !res.body) {
+        return res.json().catch(function () { return null; }).then(function (body) {
+          var e = (body && body.error) || {};
+          var err = new Error(e.message || ("HTTP " + res.status));
+          err.status = res.status;
+          throw err;
+        });
+      }
       setStreamState(true);
+      clearError("stream");
       stream.retryMs = 1000;
       // Whatever happened while the stream was down is in the store: reload.
       loadRuns();
       loadCounts();
       if (state.open) loadDetail(state.open);
-    };
-    es.onerror = function () {
-      setStreamState(false);
-      if (es.readyState === EventSource.CLOSED) {
-        // The browser gave up (e.g. 401, or not an event stream): retry ourselves.
-        es.close();
-        setTimeout(connect, stream.retryMs);
-        stream.retryMs = Math.min(stream.retryMs * 2, 15000);
+      var reader = res.body.getReader();
+      var decoder = new TextDecoder();
+      var rest = "";
+      var type = "message";
+      var data = [];
+      function read() {
+        return reader.read().then(function (chunk) {
+          if (chunk.done) throw new Error("the stream ended");
+          var text = rest + decoder.decode(chunk.value, { stream: true });
+          var from = 0;
+          var nl;
+          while ((nl = text.indexOf("\n", from)) >= 0) {
+            var line = text.slice(from, nl);
+            from = nl + 1;
+            if (line.charAt(line.length - 1) === "\r") line = line.slice(0, -1);
+            if (line === "") {
+              if (data.length) onStreamMessage({ type: type, data: data.join("\n") });
+              type = "message";
+              data = [];
+            } else if (line.charAt(0) !== ":") {
+              var colon = line.indexOf(":");
+              var field = colon < 0 ? line : line.slice(0, colon);
+              var value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+              if (field === "event") type = value;
+              else if (field === "data") data.push(value);
+            }
+          }
+          rest = text.slice(from);
+          return read();
+        });
       }
-    };
-    EVENT_TYPES.concat(["message"]).forEach(function (t) { es.addEventListener(t, onStreamMessage); });
+      return read();
+    }).catch(function (err) {
+      if (gen !== stream.gen) return;
+      setStreamState(false);
+      if (err && err.status) setError("stream", "stream: " + describe(err));
+      setTimeout(connect, stream.retryMs);
+      stream.retryMs = Math.min(stream.retryMs * 2, 15000);
+    });
   }
 
   var received = 0; // stream events so far; shown as data-events on #stream-state once rendered
@@ -406,9 +447,9 @@
       return api(path + "/events?after_seq=" + after + "&limit=1000").then(function (body) {
         var evs = (body && body.events) || [];
         collected = collected.concat(evs);
-        var max = after;
-        evs.forEach(function (e) { if (typeof e.seq === "number" && e.seq > max) max = e.seq; });
-        return evs.length >= 1000 && max > after ? page(max) : collected;
+        // A page ends at 1000 events or 4 MiB of them; next_after_seq says where the next begins.
+        var next = body && body.next_after_seq;
+        return typeof next === "number" && next > after ? page(next) : collected;
       });
     }
     return Promise.all([api(path), page(0)]).then(function (res) {
@@ -626,10 +667,8 @@
     connect();
     loadRuns();
     loadCounts();
-    var m = /^#run=(.+)$/.exec(location.hash);
-    if (m) {
-      try { openRun(decodeURIComponent(m[1])); } catch (e) { /* a bad hash opens nothing */ }
-    }
+    var run = new URLSearchParams(location.hash.replace(/^#/, "")).get("run");
+    if (run) openRun(run);
   }
 
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", setup);

@@ -8,8 +8,8 @@ import Testing
 /// The worker's own HTTP side against a real worker process, broker and store: health,
 /// metrics, the runs API with history, the live stream, bad input, the token, retention.
 @Suite(.serialized, .requiresBroker, .ownThread) struct HTTPTests {
-    static func get(_ base: String, _ path: String, headers: [String: String] = [:]) throws -> HTTPProbe.Answer {
-        try HTTPProbe.request(base, path, headers: headers)
+    static func get(_ base: String, _ path: String, headers: [String: String] = [:], timeout: Double = 10) throws -> HTTPProbe.Answer {
+        try HTTPProbe.request(base, path, headers: headers, timeout: timeout)
     }
 
     static func json(_ answer: HTTPProbe.Answer) throws -> JSONValue { try JSONValue.parse(answer.body) }
@@ -182,6 +182,163 @@ import Testing
         #expect(try Self.get(base, "/v1/events/stream").status == 401)
         // With a token, another host name is not refused: the token protects.
         #expect(try Self.get(base, "/v1/runs", headers: ["Authorization": "Bearer \(token)", "Host": "runs.example"]).status == 200)
+        #expect(worker.terminate() == 0)
+    }
+
+    /// The value of a metric line (`name{labels} value`) in a /metrics answer.
+    static func metric(_ text: String, _ line: String) -> Double? {
+        text.split(separator: "\n").first { $0.hasPrefix(line + " ") }.flatMap { Double($0.split(separator: " ").last ?? "") }
+    }
+
+    /// Streams are capped: with `http.max_streams` open, one more is answered 503
+    /// `too_many_streams` with Retry-After while /healthz still answers, and a slot comes back
+    /// once a client leaves; with a token, one more than `http.max_streams_per_token` is
+    /// answered 429.
+    @Test func streamBeyondTheCapIsRefused() throws {
+        let prefix = uniquePrefix("httpcap")
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let client = try ContractClient(prefix: prefix, bind: "none")
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_MAX_STREAMS": "3"])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase)
+        var open = try (0..<3).map { _ in try HTTPProbe.StalledStream(base, "/v1/events/stream") }
+        #expect(open.map(\.status) == [200, 200, 200], "\(open.map(\.head))")
+        let refused = try Self.get(base, "/v1/events/stream")
+        #expect(refused.status == 503, "\(refused.text)")
+        #expect(try Self.json(refused)["error"]?["code"] == "too_many_streams")
+        #expect(refused.headers["retry-after"] == "10")
+        #expect(try Self.get(base, "/healthz").status == 200)
+        #expect(try Self.get(base, "/v1/runs").status == 200)
+        let metrics = try Self.get(base, "/metrics").text
+        #expect(Self.metric(metrics, #"runworker_http_streams_refused_total{reason="max_streams"}"#) == 1, "\(metrics)")
+
+        // A client that leaves gives its slot back (noticed at the stream's next write: an
+        // event, here a command's, or a keepalive).
+        open.removeLast().close()
+        var n = 0
+        try waitUntil("a slot comes back once a client left", timeout: 40, poll: 0.5) {
+            n += 1
+            _ = try client.send(["command": "start", "run_id": .string("cap-\(n)")], id: "cap-\(n)", reply: false)
+            let again = try HTTPProbe.StalledStream(base, "/v1/events/stream")
+            guard again.status == 200 else { return false }
+            open.append(again)
+            return true
+        }
+        open.forEach { $0.close() }
+        #expect(worker.terminate() == 0)
+
+        let token = "stream-cap-token-0123456789"
+        let guarded = try WorkerProcess(prefix: prefix, store: store, extraEnv: [
+            "RUNWORKER_HTTP_ADDRESS": "0.0.0.0:0", "RUNWORKER_HTTP_TOKEN": token, "RUNWORKER_HTTP_MAX_STREAMS_PER_TOKEN": "1",
+        ])
+        defer { _ = guarded.terminate() }
+        try guarded.waitReady()
+        let port = try #require(guarded.status?.httpAddress?.split(separator: ":").last)
+        let tokenBase = "http://127.0.0.1:\(port)"
+        let first = try HTTPProbe.StalledStream(tokenBase, "/v1/events/stream", headers: ["Authorization": "Bearer \(token)"])
+        #expect(first.status == 200, "\(first.head)")
+        let second = try Self.get(tokenBase, "/v1/events/stream", headers: ["Authorization": "Bearer \(token)"])
+        #expect(second.status == 429, "\(second.text)")
+        #expect(try Self.json(second)["error"]?["code"] == "too_many_streams")
+        #expect(second.headers["retry-after"] == "10")
+        first.close()
+        #expect(guarded.terminate() == 0)
+    }
+
+    /// Stalled clients (they read nothing, with small socket buffers) are disconnected once the
+    /// events they did not read pass their buffer (`http.stream_buffer_kib`), while the worker's
+    /// memory stays bounded (on main each held every event: 12 MB each here) and it answers
+    /// /healthz and commands throughout.
+    @Test func stalledStreamsAreDisconnected() throws {
+        let prefix = uniquePrefix("httpstall")
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let client = try ContractClient(prefix: prefix, bind: "none")
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_HTTP_STREAM_BUFFER_KIB": "256"])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase)
+        let streams = 20
+        let stalled = try (0..<streams).map { _ in try HTTPProbe.StalledStream(base, "/v1/events/stream") }
+        #expect(stalled.allSatisfy { $0.status == 200 })
+        let before = try #require(worker.memory)
+
+        // 120 runs with 100 KB inputs: each `created` event carries its input, 12 MB in all
+        // for every stream.
+        let runs = 120
+        let input = String(repeating: "i", count: 100_000)
+        for i in 0..<runs {
+            try client.send(["command": "start", "run_id": .string("stall-\(i)"), "input": ["text": .string(input)]], id: "s\(i)", reply: false)
+        }
+        try client.confirmAll(timeout: 30)
+        try waitUntil("the worker applied every command", timeout: 60, poll: 0.2) {
+            (try? Self.json(try Self.get(base, "/v1/counts"))["total"]) == .int(Int64(runs))
+        }
+        try waitUntil("every stalled stream is cut off", timeout: 30, poll: 0.2) {
+            Self.metric(try Self.get(base, "/metrics").text, "runworker_http_stream_overflows_total") == Double(streams)
+        }
+        let after = try #require(worker.memory)
+        #expect(try Self.get(base, "/healthz").status == 200)
+        #expect(try client.call(["command": "start", "run_id": "after-stall"], id: "after").ok)
+        let metrics = try Self.get(base, "/metrics").text
+        #expect(Self.metric(metrics, "runworker_http_streams_open") == 0, "\(metrics)")
+        // Each stream held at most 256 KiB here, plus what the HTTP library took for its socket;
+        // the run cache takes its share too (12 MB of runs). On main the 20 streams alone held
+        // a frame of every event each: 240 MB.
+        let grewMiB = Double(after.peak - before.rss) / 1_048_576
+        print("stalled streams: VmRSS \(before.rss >> 20) MiB before, \(after.rss >> 20) MiB after, peak \(after.peak >> 20) MiB (+\(Int(grewMiB)) MiB)")
+        #expect(grewMiB < 120, "the worker grew by \(grewMiB) MiB")
+        // The clients see the end of their streams (after the little their sockets held).
+        for stream in stalled { #expect(stream.closedByServer(timeout: 10)) }
+        #expect(worker.terminate() == 0)
+    }
+
+    /// List items leave inputs out unless asked (`include=input`), and a page with inputs stops
+    /// before 4 MiB with a cursor that walks every run once; `GET /v1/runs/{id}` has the input.
+    @Test func listsLeaveInputsOutAndBoundPages() throws {
+        let prefix = uniquePrefix("httplist")
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let client = try ContractClient(prefix: prefix, bind: "none")
+        defer { client.deleteTopology() }
+        let worker = try WorkerProcess(prefix: prefix, store: store)
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let base = try #require(worker.httpBase)
+        let input = String(repeating: "x", count: 600_000)
+        for i in 0..<10 {
+            try client.send(["command": "start", "run_id": .string("big-\(i)"), "input": ["text": .string(input)]], id: "b\(i)", reply: false)
+        }
+        try client.confirmAll(timeout: 30)
+        try waitUntil("the worker applied every command", timeout: 60, poll: 0.2) {
+            (try? Self.json(try Self.get(base, "/v1/counts"))["total"]) == .int(10)
+        }
+        let summaries = try Self.get(base, "/v1/runs?limit=500")
+        let items = try #require(try Self.json(summaries)["runs"]?.arrayValue)
+        #expect(items.count == 10 && items.allSatisfy { $0["input"] == nil && $0["status"] == "running" })
+        #expect(summaries.body.count < 20_000, "\(summaries.body.count) bytes")
+        #expect(try Self.json(try Self.get(base, "/v1/runs/big-3"))["input"]?["text"]?.stringValue == input)
+
+        var seen: [String] = []
+        var cursor: String? = nil
+        var pages = 0
+        repeat {
+            let page = try Self.get(base, "/v1/runs?limit=500&include=input" + (cursor.map { "&cursor=\($0)" } ?? ""), timeout: 30)
+            #expect(page.status == 200 && page.body.count <= (4 << 20) + 1024, "\(page.body.count) bytes")
+            let body = try Self.json(page)
+            let runs = body["runs"]?.arrayValue ?? []
+            #expect(runs.allSatisfy { $0["input"]?["text"]?.stringValue == input })
+            seen += runs.map { $0["run_id"]?.stringValue ?? "" }
+            cursor = body["next_cursor"]?.stringValue
+            pages += 1
+        } while cursor != nil && pages < 20
+        #expect(pages >= 2, "600 KB inputs: 6 to a page")
+        // Every run once (their order is by creation time, which partitions decide).
+        #expect(seen.count == 10 && Set(seen) == Set((0..<10).map { "big-\($0)" }), "\(seen)")
         #expect(worker.terminate() == 0)
     }
 

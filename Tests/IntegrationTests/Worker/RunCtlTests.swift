@@ -71,6 +71,13 @@ func runctl(_ args: [String], prefix: String, store: String) throws -> (status: 
         #expect(r.status == 0 && r.output.contains("completed (version 5"), "\(r.output)")
         r = try runctl(["list", "--status", "completed", "--http", http], prefix: prefix, store: store)
         #expect(r.status == 0 && r.output.hasPrefix("run-42\tcompleted\tv5"), "\(r.output)")
+        // Lists carry summaries: the result only when asked for.
+        r = try runctl(["list", "--status", "completed", "--json", "--http", http], prefix: prefix, store: store)
+        let summary = try JSONValue.parse(Array((r.output.split(separator: "\n").first ?? "").utf8))
+        #expect(r.status == 0 && summary["run_id"] == "run-42" && summary["result"] == nil, "\(r.output)")
+        r = try runctl(["list", "--status", "completed", "--json", "--include", "result", "--http", http], prefix: prefix, store: store)
+        let full = try JSONValue.parse(Array((r.output.split(separator: "\n").first ?? "").utf8))
+        #expect(r.status == 0 && full["result"] == "4", "\(r.output)")
         r = try runctl(["get", "nobody", "--http", http], prefix: prefix, store: store)
         #expect(r.status == 1 && r.output.contains("run_not_found"))
         r = try runctl(["events", "run-42", "--http", http], prefix: prefix, store: store)

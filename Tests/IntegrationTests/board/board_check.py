@@ -15,9 +15,15 @@ answer) and asserts on what the page shows, without ever reloading it:
                    so it has a deadline), complete (refused: the action is pending), cancel:
                    the open timeline follows live, the refusal included
 
+With a token, the board is opened as /#token=T (or, with --token-in query, through an old
+/?token=T link, which the worker redirects to the fragment), and the browser's network log must
+show the token in no request line and no Referer (the old link's own first request aside), and
+as a bearer header on the event stream.
+
 Usage:
   board_check.py --http http://127.0.0.1:8080 --amqp amqp://guest:guest@127.0.0.1:5672/
-      [--prefix runs] [--commands-exchange runs.commands] [--token T] [--screenshot out.png]
+      [--prefix runs] [--commands-exchange runs.commands] [--token T] [--token-in fragment|query]
+      [--screenshot out.png]
 
 Prints one line per check; exits 1 with the reason at the first failure (2 on bad setup).
 Needs: selenium, pika, chromium, chromedriver (scripts/lib.sh: ensure_browser_deps,
@@ -52,6 +58,8 @@ def parse_args():
                          "the routing key is always the run id")
     ap.add_argument("--token", default=os.environ.get("RUNWORKER_HTTP_TOKEN", ""),
                     help="the worker's http_token, if set (default: $RUNWORKER_HTTP_TOKEN)")
+    ap.add_argument("--token-in", choices=["fragment", "query"], default="fragment",
+                    help="open the board with #token= (default) or an old ?token= link")
     ap.add_argument("--run-id-prefix", default="board",
                     help="run ids are <this>-<unique>-<a..e> (default: board)")
     ap.add_argument("--timeout", type=float, default=20.0, help="seconds to wait for each condition (default 20)")
@@ -158,7 +166,7 @@ def start_browser(args):
               "--disable-background-networking", "--disable-component-update", "--disable-sync",
               "--force-device-scale-factor=1"):
         opts.add_argument(a)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
     os.environ.setdefault("SE_AVOID_STATS", "true")
     b = webdriver.Chrome(options=opts, service=Service(executable_path=driver))
     b.set_window_size(1280, 800)
@@ -282,7 +290,8 @@ def run_checks(args, browser, cmds, By, Select, run, agent, t):
         box.send_keys("\n")
 
     # --- open the board -------------------------------------------------------------------------
-    url = args.http + "/" + (("?token=" + urllib.parse.quote(args.token)) if args.token else "")
+    quoted = urllib.parse.quote(args.token, safe="")
+    url = args.http + "/" + ((("#token=" if args.token_in == "fragment" else "?token=") + quoted) if args.token else "")
     browser.get(url)
     wait_for("board page loaded", lambda: (browser.find_element(By.ID, "runs-table") is not None, browser.title), t)
     browser.execute_script("window.__boardCheckMarker = arguments[0];", run["a"])
@@ -491,6 +500,57 @@ def run_checks(args, browser, cmds, By, Select, run, agent, t):
     if err:
         raise CheckFailed(f"the board shows an error: {err}")
     ok("no error shown on the board")
+    if args.token:
+        check_token_kept_private(args, browser, quoted)
+
+
+def check_token_kept_private(args, browser, quoted):
+    """The token is in no request line and no Referer, only in Authorization headers (the
+    event stream's among them); an old ?token= link's own first request is the one exception,
+    redirected at once. The address bar no longer shows it."""
+    requests = {}  # requestId -> {"url", "headers"}
+    order = []
+    for entry in browser.get_log("performance"):
+        msg = json.loads(entry["message"])["message"]
+        method, params = msg.get("method"), msg.get("params", {})
+        if method == "Network.requestWillBeSent":
+            rid = params["requestId"]
+            if rid not in requests:
+                requests[rid] = {"urls": [], "headers": {}}
+                order.append(rid)
+            # A redirect is the same request id with a new URL.
+            requests[rid]["urls"].append(params["request"]["url"])
+            requests[rid]["headers"].update({k.lower(): v for k, v in params["request"].get("headers", {}).items()})
+        elif method == "Network.requestWillBeSentExtraInfo":
+            rid = params["requestId"]
+            requests.setdefault(rid, {"urls": [], "headers": {}})
+            if rid not in order:
+                order.append(rid)
+            requests[rid]["headers"].update({k.lower(): v for k, v in params.get("headers", {}).items()})
+    secrets_seen = (args.token, quoted)
+    lines = [(rid, u) for rid in order for u in requests[rid]["urls"]]
+    if not lines:
+        raise CheckFailed("the browser's network log is empty")
+    leaks = [u for _, u in lines if any(t in u.split("#", 1)[0] for t in secrets_seen) or "access_token" in u]
+    if args.token_in == "query":
+        first = lines[0][1]
+        if not leaks or leaks[0] != first:
+            raise CheckFailed(f"the old link's first request should carry ?token=: {lines[:3]}")
+        leaks = leaks[1:]
+    if leaks:
+        raise CheckFailed(f"the token is in request lines: {leaks[:5]}")
+    ok(f"the token is in no request line ({len(lines)} requests)")
+    referers = [r["headers"].get("referer") for r in requests.values() if r["headers"].get("referer")]
+    if referers:
+        raise CheckFailed(f"requests carry a Referer: {referers[:5]}")
+    ok("no request carries a Referer")
+    stream = [r for r in requests.values() if any("/v1/events/stream" in u for u in r["urls"])]
+    if not stream or not all(r["headers"].get("authorization") == f"Bearer {args.token}" for r in stream):
+        raise CheckFailed(f"the event stream is not read with the bearer header: {stream[:2]}")
+    ok("the event stream is read with the bearer header")
+    if any(t in browser.current_url for t in secrets_seen):
+        raise CheckFailed(f"the address bar still shows the token: {browser.current_url}")
+    ok("the address bar no longer shows the token")
 
 
 if __name__ == "__main__":
