@@ -171,8 +171,9 @@ public struct PayloadCutter {
         // Cuts as (start, end, candidate index) in `body`'s coordinates, never overlapping.
         var cuts: [(start: Int, end: Int, index: Int)] = []
         for index in list.indices where list[index].bytes.count <= body.count {
-            for start in list[index].occurrences(in: body) where !cuts.contains(where: { start < $0.end && $0.start < start + list[index].bytes.count }) {
-                cuts.append((start, start + list[index].bytes.count, index))
+            let length = list[index].bytes.count
+            for start in list[index].occurrences(in: body) where !cuts.contains(where: { start < $0.end && $0.start < start + length }) {
+                cuts.append((start, start + length, index))
             }
         }
         guard !cuts.isEmpty else { return StoredBody(bytes: body) }
@@ -182,7 +183,7 @@ public struct PayloadCutter {
         var at = 0
         for cut in cuts {
             stored.bytes.append(contentsOf: body[at..<cut.start])
-            let payload = list[cut.index].payload(runID: runID)
+            let payload = list[cut.index].payload(of: runID)
             stored.refs.append(PayloadRef(offset: stored.bytes.count, length: cut.end - cut.start, digest: payload.digest))
             if used.insert([runID, payload.digest]).inserted { payloads.append(payload) }
             at = cut.end
@@ -196,15 +197,16 @@ public struct PayloadCutter {
     struct Candidate {
         let bytes: [UInt8]
         private var failure: [Int32]?
-        private var digest: Payload?
+        private var payload: Payload?
 
         init(bytes: [UInt8]) { self.bytes = bytes }
 
-        mutating func payload(runID: String) -> Payload {
-            if let digest { return digest }
-            let payload = Payload(runID: runID, bytes: bytes)
-            digest = payload
-            return payload
+        /// The value as a payload of run `runID`, hashed once.
+        mutating func payload(of runID: String) -> Payload {
+            if let payload { return payload }
+            let made = Payload(runID: runID, bytes: bytes)
+            payload = made
+            return made
         }
 
         /// The start of every non-overlapping occurrence of `bytes` in `text`, left to right:
