@@ -16,15 +16,15 @@ import Testing
 @Suite struct StoredOnceTests {
     // MARK: Bytes on disk
 
-    /// 100 runs with 100 KB inputs of random base64 (which no compressor shrinks much), taken
+    /// 60 runs with 100 KB inputs of random base64 (which no compressor shrinks much), taken
     /// through start (created and started, both carrying the input) and complete with their
-    /// events confirmed, leave at most 1.5 bytes on disk per byte of input (3.0 on SQLite and
-    /// 3.6 on PostgreSQL when every copy was kept whole). Figures are printed.
+    /// events confirmed, leave at most 1.5 bytes on disk per byte of input (3.1 on SQLite and 4.3
+    /// on PostgreSQL here when every copy was kept whole). Figures go to standard error.
     @Test(arguments: StoreKind.durable) func largeInputsAreStoredOnce(kind: StoreKind) async throws {
         try await withStore(kind) { (store) async throws in
             let applier = Self.applier(store)
             var inputBytes = 0
-            for first in stride(from: 0, to: 100, by: 20) {
+            for first in stride(from: 0, to: 60, by: 20) {
                 let ids = (first..<first + 20).map { "r\($0)" }
                 var starts: [InboundCommand] = []
                 for (n, id) in ids.enumerated() {
@@ -38,12 +38,14 @@ import Testing
                     removeOutbox: Self.outboxIDs(started))
                 try await store.removeOutbox(ids: Self.outboxIDs(completed))
             }
-            #expect(try await store.run("r99")?.input == ["document": .string(Self.incompressible(100_000, seed: 99))])
+            #expect(try await store.run("r59")?.input == ["document": .string(Self.incompressible(100_000, seed: 59))])
             #expect(try await store.outboxDepth() == 0)
 
             let bytes = try await Self.diskBytes(store)
             let ratio = Double(bytes) / Double(inputBytes)
-            print("\(kind): \(bytes) bytes on disk for \(inputBytes) bytes of input: \(String(format: "%.3f", ratio)) per byte")
+            // To standard error, unbuffered: the figures are what the test is for.
+            FileHandle.standardError.write(
+                Data("\(kind): \(bytes) bytes on disk for \(inputBytes) bytes of input: \(String(format: "%.3f", ratio)) per byte\n".utf8))
             #expect(ratio <= 1.5, "\(kind): \(bytes) bytes on disk for \(inputBytes) bytes of input")
         }
     }
