@@ -17,6 +17,8 @@ public final class WorkerProcess: @unchecked Sendable {
     public let logPath: String
     public let statusPath: String
     private let configPath: String
+    /// Whether the HTTP listener takes a free port, so that `waitReady` waits for its address.
+    private var picksHTTPPort = false
     private let removesFiles: Bool
 
     /// Starts `binary` for `prefix` and `store`.
@@ -51,6 +53,7 @@ public final class WorkerProcess: @unchecked Sendable {
         env["RUNWORKER_HTTP_ADDRESS"] = "127.0.0.1:0"
         for (k, v) in environment { env[k] = v }
         process.environment = env
+        picksHTTPPort = env["RUNWORKER_HTTP_ADDRESS"]?.hasSuffix(":0") == true
         let log = FileHandle(forWritingAtPath: logPath)!
         defer { try? log.close() }
         process.standardError = log
@@ -87,9 +90,14 @@ public final class WorkerProcess: @unchecked Sendable {
     /// The partitions this worker holds, from its status file.
     public var ownedPartitions: Set<Int> { Set(status?.partitions ?? []) }
 
-    /// Waits until the status file says ready; throws if the process exits first or after `timeout`.
+    /// Waits until the status file says ready and, when the listener takes a free port (the
+    /// tests' default), where it listens: the HTTP side starts beside the loop, and under load
+    /// the loop can be ready first. Throws if the process exits first or after `timeout`.
     public func waitReady(timeout: Double = 60) throws {
-        try waitForStatus("runworker ready", timeout: timeout) { $0.ready }
+        let http = picksHTTPPort
+        try waitForStatus(http ? "runworker ready and listening" : "runworker ready", timeout: timeout) {
+            $0.ready && (!http || $0.httpAddress != nil)
+        }
     }
 
     /// Waits until the worker's status satisfies `condition` and returns that status; throws

@@ -54,7 +54,7 @@ struct RunBench: ParsableCommand {
     @Option(name: .customLong("big-store-runs"), help: "Phase 'bigstore': finished runs in the large store; default 1000000 (quick: 50000).")
     var bigStoreRuns: Int?
 
-    @Option(name: .customLong("large-runs"), help: "Phase 'large': runs with a 200 KB input, a 20 KB action result and a 50 KB result; default 10000 (quick: 300).")
+    @Option(name: .customLong("large-runs"), help: "Phase 'large': runs with a 200 KB input, a 20 KB action result and a 50 KB result; default 10000 (quick: 100).")
     var largeRuns: Int?
 
     @Option(name: .customLong("backlog-commands"), help: "Phase 'backlog': commands queued before the worker starts; default 500000 (quick: 20000).")
@@ -154,7 +154,7 @@ final class Bench {
     var ceilingRuns: Int { o.ceilingRuns ?? (o.quick ? 5_000 : 25_000) }
     var memoryRuns: Int { o.memoryRuns ?? (o.quick ? 10_000 : 100_000) }
     var latencySeconds: Double { o.latencySeconds ?? (o.quick ? 4 : 15) }
-    var largeRuns: Int { o.largeRuns ?? (o.quick ? 300 : 10_000) }
+    var largeRuns: Int { o.largeRuns ?? (o.quick ? 100 : 10_000) }
     var syncLabel: String { o.store == "postgres" ? "n/a (PostgreSQL store)" : o.synchronous?.uppercased() ?? "FULL (default)" }
 
     func runAll() throws {
