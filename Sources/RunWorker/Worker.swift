@@ -254,8 +254,7 @@ final class WorkerLoop: @unchecked Sendable {
         self.balancer = PartitionBalancer(
             partitions: settings.partitions, offset: Int(UInt64(shared.workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
-        self.prefetchSizer = PrefetchSizer(
-            shareBytes: settings.deliveryBytes, ceiling: settings.prefetch, largestBody: settings.maxBodyBytes)
+        self.prefetchSizer = PrefetchSizer(shareBytes: settings.deliveryBytes, ceiling: settings.prefetch)
         self.schedule = Self.newSchedule(settings)
         self.status = WorkerStatus(workerID: shared.workerID)
         self.logger[metadataKey: "worker"] = .string(shared.workerID)
@@ -476,13 +475,13 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Ten times a second: a consumer whose prefetch is a factor of two from what the
-    /// deliveries' share allows now (`PrefetchSizer`) is started again with the new count
-    /// (RabbitMQ applies a consumer's prefetch when it starts). Deliveries already read stay
-    /// unacked on the channel and are applied and acked as usual; the queue keeps its order.
+    /// Once a second: a consumer whose prefetch is a factor of two from what the deliveries'
+    /// share allows now (`PrefetchSizer`) is started again with the new count (RabbitMQ applies a
+    /// consumer's prefetch when it starts). Deliveries already read stay unacked on the channel
+    /// and are applied and acked as usual; the queue keeps its order.
     private func resizePrefetch(_ conn: BlockingConnection) throws {
         let now = Self.monotonic()
-        guard now - prefetchCheckedAt >= 0.1 else { return }
+        guard now - prefetchCheckedAt >= 1 else { return }
         prefetchCheckedAt = now
         let wanted = prefetchSizer.prefetch(consumers: channels.count)
         for (channel, partition) in channels.sorted(by: { $0.key < $1.key }) {
@@ -497,7 +496,7 @@ final class WorkerLoop: @unchecked Sendable {
                 statusDirty = true
                 logger.debug("partition consumer prefetch resized", metadata: [
                     "partition": "\(partition)", "from": "\(consumer.prefetch)", "to": "\(wanted)",
-                    "expected_body_bytes": "\(Int(prefetchSizer.expectedBytes))",
+                    "average_body_bytes": "\(Int(prefetchSizer.averageBytes ?? 0))",
                 ])
             } catch let error as AMQPError where !error.isConnectionLevel {
                 logger.warning("partition consumer could not be started again", metadata: [
@@ -873,9 +872,7 @@ final class WorkerLoop: @unchecked Sendable {
                 guard leases.lease(for: partition) == lease else { continue }
                 let channel = try conn.openChannel()
                 do {
-                    // Sized as if this worker held every partition (it may, after this rebalance);
-                    // `resizePrefetch` widens it to the partitions it does hold.
-                    let prefetch = prefetchSizer.prefetch(consumers: max(channels.count + 1, settings.partitions))
+                    let prefetch = prefetchSizer.prefetch(consumers: channels.count + 1)
                     try conn.qos(channel: channel, prefetchCount: UInt16(prefetch))
                     let tag = try conn.consume(
                         channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)

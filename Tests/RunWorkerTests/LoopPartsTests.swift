@@ -263,38 +263,40 @@ import Testing
 }
 
 @Suite struct PrefetchSizerTests {
-    static let mib = 1 << 20
-
-    /// Before any delivery the sizer expects bodies of the largest allowed size (1 MiB): a 64 MiB
-    /// share among 8 consumers gives 8 each; a single consumer gets the configured 256 only if
-    /// the share holds 256 such bodies.
-    @Test func startsCautious() {
-        #expect(PrefetchSizer(shareBytes: 64 * Self.mib, ceiling: 256, largestBody: Self.mib).prefetch(consumers: 8) == 8)
-        #expect(PrefetchSizer(shareBytes: 64 * Self.mib, ceiling: 256, largestBody: Self.mib).prefetch(consumers: 1) == 64)
-        #expect(PrefetchSizer(shareBytes: 256 * Self.mib, ceiling: 256, largestBody: Self.mib).prefetch(consumers: 1) == 256)
+    /// Before any delivery, and while bodies are small, every consumer gets the configured
+    /// prefetch: small commands keep their batches.
+    @Test func smallBodiesKeepTheCeiling() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
+        #expect(sizer.prefetch(consumers: 8) == 256)
+        for _ in 0..<100 { sizer.observe(bodyBytes: 300) }
+        #expect(sizer.prefetch(consumers: 8) == 256)
     }
 
-    /// Small bodies widen it to the configured prefetch within about 900 deliveries; a 200 KB
-    /// body narrows it at once (64 MiB / (8 × 200 KB) = 41, rounded down to 32), and it widens
-    /// again only gradually.
-    @Test func followsTheBodies() {
-        var sizer = PrefetchSizer(shareBytes: 64 * Self.mib, ceiling: 256, largestBody: Self.mib)
-        for _ in 0..<900 { sizer.observe(bodyBytes: 300) }
-        #expect(sizer.prefetch(consumers: 8) == 256)
+    /// Bodies of 200 KB: the share (64 MiB) divided among 8 consumers allows 41 each, rounded
+    /// down to 32, so that at most 8 × 32 × 200 KB = 51 MB wait in the worker; with 1 MiB
+    /// bodies 8 each; a share too small for even one body each gives the floor (4).
+    @Test func largeBodiesShrinkItToTheShare() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
         sizer.observe(bodyBytes: 200_000)
         #expect(sizer.prefetch(consumers: 8) == 32)
-        for _ in 0..<10 { sizer.observe(bodyBytes: 300) }
-        #expect(sizer.prefetch(consumers: 8) == 32)
-        for _ in 0..<1_000 { sizer.observe(bodyBytes: 300) }
-        #expect(sizer.prefetch(consumers: 8) == 256)
+        #expect(sizer.prefetch(consumers: 1) == 256)
+        for _ in 0..<200 { sizer.observe(bodyBytes: 1 << 20) }
+        #expect(sizer.prefetch(consumers: 8) == 8)
+        #expect(PrefetchSizer(shareBytes: 1 << 20, ceiling: 256).prefetch(consumers: 1) == 256)
+        var tiny = PrefetchSizer(shareBytes: 1 << 20, ceiling: 256)
+        tiny.observe(bodyBytes: 1 << 20)
+        #expect(tiny.prefetch(consumers: 8) == 4)
     }
 
-    /// A share too small for one body per consumer gives the floor (4), never less.
-    @Test func neverBelowTheFloor() {
-        var sizer = PrefetchSizer(shareBytes: Self.mib, ceiling: 256, largestBody: Self.mib)
-        sizer.observe(bodyBytes: Self.mib)
-        #expect(sizer.prefetch(consumers: 8) == 4)
-        #expect(PrefetchSizer(shareBytes: Self.mib, ceiling: 2, largestBody: Self.mib).prefetch(consumers: 8) == 2)
+    /// The average moves by a 64th of each body's difference, so one large body among small
+    /// ones does not restart consumers, while a run of them does.
+    @Test func averageMovesGradually() {
+        var sizer = PrefetchSizer(shareBytes: 64 << 20, ceiling: 256)
+        for _ in 0..<50 { sizer.observe(bodyBytes: 300) }
+        sizer.observe(bodyBytes: 1 << 20)
+        #expect(sizer.prefetch(consumers: 8) == 256)
+        for _ in 0..<50 { sizer.observe(bodyBytes: 1 << 20) }
+        #expect(sizer.prefetch(consumers: 8) == 8)
     }
 
     /// A consumer is started again only when the new count is at least twice or at most half

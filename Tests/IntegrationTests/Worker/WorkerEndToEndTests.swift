@@ -64,69 +64,7 @@ import Testing
     /// of at most 128 KiB) is not cached: its commands read it from the store and apply as usual,
     /// while a small run beside it is cached. The worker says what its cache holds.
     @Test func runTooBigToCacheIsReadFromTheStore() async throws {
-        try await withSmallBudgetWorker("bigrun") { client, worker, store in
-            let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
-            #expect(try client.call(["command": "start", "run_id": "small"], id: "s1").ok)
-            #expect(try client.call(["command": "start", "run_id": "big", "input": input], id: "b1").ok)
-            _ = try client.call(["command": "require_action", "run_id": "big",
-                                 "action": ["id": "a1", "type": "tool_call", "tool": "read", "args": [:]]], id: "b2")
-            let done = try client.call(["command": "complete_action", "run_id": "big", "action_id": "a1", "result": "ok"], id: "b3")
-            #expect(done.run?.status == .running && done.run?.input == input)
-            // Both runs are live (finished runs are never cached): only the small one is kept.
-            let status = try worker.waitForStatus("four commands applied") { $0.counters.applied >= 4 }
-            #expect(status.counters.runCacheRuns == 1, "only the small run is cached: \(status.counters)")
-            #expect(status.counters.runCacheBytes > 0 && status.counters.runCacheBytes < 128 << 10)
-            let finished = try client.call(["command": "complete", "run_id": "big", "result": "summary"], id: "b4")
-            #expect(finished.ok && finished.run?.status == .completed && finished.run?.result == "summary")
-            let stored = try await openRunStore(url: store).run("big")
-            #expect(stored?.input == input && stored?.status == .completed)
-        }
-    }
-
-    /// The worker sizes its consumers' prefetch to the deliveries' share of the memory budget
-    /// (a quarter of 256 MiB): it starts expecting 1 MiB bodies (64 MiB / 4 consumers / 1 MiB =
-    /// 16), widens to the configured 256 once it has seen about 900 small commands, narrows at
-    /// once for 220 KB commands (64 MiB / 4 / 220 KB = 76, so 64), and every command sent before,
-    /// during and after those restarts is applied once.
-    @Test func prefetchFollowsTheBodies() async throws {
-        let prefix = uniquePrefix("prefetch")
-        let client = try ContractClient(prefix: prefix)
-        defer { client.deleteTopology() }
-        let store = tempStore(prefix)
-        defer { removeTempStore(store) }
-        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_PARTITIONS": "4"])
-        defer { _ = worker.terminate() }
-        try worker.waitReady()
-        let cautious = try worker.waitForStatus("four consumers started") { $0.partitions.count == 4 && $0.counters.consumerPrefetch > 0 }
-        #expect(cautious.counters.consumerPrefetch == 16)
-        for i in 0..<1_000 {
-            try client.send(["command": "start", "run_id": .string("small\(i)")], id: "s\(i)", reply: false)
-        }
-        let wide = try worker.waitForStatus("small commands applied and the prefetch widened") {
-            $0.counters.applied >= 1_000 && $0.counters.consumerPrefetch == 256
-        }
-        #expect(wide.counters.prefetchResizes >= 4)
-        let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
-        for i in 0..<6 {
-            #expect(try client.call(["command": "start", "run_id": .string("big\(i)"), "input": input], id: "b\(i)").ok)
-        }
-        let narrow = try worker.waitForStatus("the prefetch narrowed") { $0.counters.consumerPrefetch == 64 }
-        #expect(narrow.counters.prefetchResizes >= 8)
-        for i in 0..<6 {
-            let done = try client.call(["command": "complete", "run_id": .string("big\(i)"), "result": "ok"], id: "c\(i)")
-            #expect(done.ok && done.run?.status == .completed && done.run?.version == 3)
-        }
-        let final = try worker.waitForStatus("every command applied once") { $0.counters.applied >= 1_012 }
-        #expect(final.counters.applied == 1_012 && final.counters.duplicates == 0 && final.counters.refused == 0)
-        let stored = try await openRunStore(url: store).run("small999")
-        #expect(stored?.status == .running && stored?.version == 2)
-    }
-
-    /// A worker on a 16 MiB memory budget with its own topology and store, for `body`.
-    func withSmallBudgetWorker(
-        _ name: String, _ body: (ContractClient, WorkerProcess, String) async throws -> Void
-    ) async throws {
-        let prefix = uniquePrefix(name)
+        let prefix = uniquePrefix("bigrun")
         let client = try ContractClient(prefix: prefix)
         defer { client.deleteTopology() }
         let store = tempStore(prefix)
@@ -134,7 +72,51 @@ import Testing
         let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_MEMORY_BUDGET_MIB": "16"])
         defer { _ = worker.terminate() }
         try worker.waitReady()
-        try await body(client, worker, store)
+        let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
+        #expect(try client.call(["command": "start", "run_id": "small"], id: "s1").ok)
+        #expect(try client.call(["command": "start", "run_id": "big", "input": input], id: "b1").ok)
+        _ = try client.call(["command": "require_action", "run_id": "big",
+                             "action": ["id": "a1", "type": "tool_call", "tool": "read", "args": [:]]], id: "b2")
+        let done = try client.call(["command": "complete_action", "run_id": "big", "action_id": "a1", "result": "ok"], id: "b3")
+        #expect(done.run?.status == .running && done.run?.input == input)
+        // Both runs are live (finished runs are never cached): only the small one is kept.
+        let status = try worker.waitForStatus("four commands applied") { $0.counters.applied >= 4 }
+        #expect(status.counters.runCacheRuns == 1, "only the small run is cached: \(status.counters)")
+        #expect(status.counters.runCacheBytes > 0 && status.counters.runCacheBytes < 128 << 10)
+        let finished = try client.call(["command": "complete", "run_id": "big", "result": "summary"], id: "b4")
+        #expect(finished.ok && finished.run?.status == .completed && finished.run?.result == "summary")
+        let stored = try await openRunStore(url: store).run("big")
+        #expect(stored?.input == input && stored?.status == .completed)
+    }
+
+    /// Commands of 220 KB make the worker start its partition consumers again with a prefetch
+    /// sized to the deliveries' share of the memory budget (16 MiB: 4 MiB for deliveries, so the
+    /// floor, 4), and the commands sent before, during and after that are each applied once.
+    @Test func largeCommandsShrinkThePrefetch() async throws {
+        let prefix = uniquePrefix("prefetch")
+        let client = try ContractClient(prefix: prefix)
+        defer { client.deleteTopology() }
+        let store = tempStore(prefix)
+        defer { removeTempStore(store) }
+        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_MEMORY_BUDGET_MIB": "16"])
+        defer { _ = worker.terminate() }
+        try worker.waitReady()
+        let before = try worker.waitForStatus("consumers started") { $0.counters.consumerPrefetch > 0 }
+        #expect(before.counters.consumerPrefetch == 256 && before.counters.prefetchResizes == 0)
+        let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
+        for i in 0..<6 {
+            #expect(try client.call(["command": "start", "run_id": .string("big\(i)"), "input": input], id: "s\(i)").ok)
+        }
+        let resized = try worker.waitForStatus("consumers restarted with a smaller prefetch") {
+            $0.counters.prefetchResizes > 0 && $0.counters.consumerPrefetch == 4
+        }
+        #expect(resized.counters.consumerPrefetch == 4)
+        for i in 0..<6 {
+            let done = try client.call(["command": "complete", "run_id": .string("big\(i)"), "result": "ok"], id: "c\(i)")
+            #expect(done.ok && done.run?.status == .completed && done.run?.version == 3)
+        }
+        let stored = try await openRunStore(url: store).run("big5")
+        #expect(stored?.input == input && stored?.status == .completed && stored?.version == 3)
     }
 
     /// Every refusal code comes back on reply_to, is published as command_rejected with
