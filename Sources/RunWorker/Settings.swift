@@ -36,9 +36,6 @@ public struct WorkerSettings: Sendable, Equatable {
     /// a batch holds each body several times over while it is decoded, applied, stored and
     /// published, so 512 commands of 200 KB (100 MB of bodies) were one transaction before.
     public var batchBytes: Int { (memoryBudgetMiB << 20) / 16 }
-    /// Bytes the deliveries read but not yet applied may take (a quarter of the budget): each
-    /// partition consumer's prefetch is sized to it by the bodies' average (`PrefetchSizer`).
-    public var deliveryBytes: Int { (memoryBudgetMiB << 20) / 4 }
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
     /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
@@ -309,7 +306,7 @@ extension WorkerSettings {
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
             integer(
                 "memory.budget_mib", \.memoryBudgetMiB,
-                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter, larger runs are read from the store; deliveries not yet applied a quarter, by sizing each consumer's prefetch to the average body; a batch at most a sixteenth of command bytes)."),
+                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter, larger runs are read from the store; a batch at most a sixteenth of command bytes)."),
             integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
             number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
             number(

@@ -210,12 +210,6 @@ final class WorkerLoop: @unchecked Sendable {
     var publisher: UInt16 = 0
     /// Partition consumers: channel → partition.
     var channels: [UInt16: Int] = [:]
-    /// Each partition consumer's tag and the prefetch it was started with.
-    var consumers: [UInt16: (tag: String, prefetch: Int)] = [:]
-    /// Sizes the consumers' prefetch to the deliveries' share of the memory budget.
-    var prefetchSizer: PrefetchSizer
-    /// When the consumers' prefetch was last checked against the sizer (monotonic seconds).
-    var prefetchCheckedAt = 0.0
     var balancer: PartitionBalancer
     var pipeline: ConfirmPipeline<PublishedBatch>
     var schedule: LoopSchedule
@@ -254,7 +248,6 @@ final class WorkerLoop: @unchecked Sendable {
         self.balancer = PartitionBalancer(
             partitions: settings.partitions, offset: Int(UInt64(shared.workerID, radix: 36)! % UInt64(settings.partitions)))
         self.pipeline = ConfirmPipeline(depth: settings.pipelineDepth)
-        self.prefetchSizer = PrefetchSizer(shareBytes: settings.deliveryBytes, ceiling: settings.prefetch)
         self.schedule = Self.newSchedule(settings)
         self.status = WorkerStatus(workerID: shared.workerID)
         self.logger[metadataKey: "worker"] = .string(shared.workerID)
@@ -342,7 +335,6 @@ final class WorkerLoop: @unchecked Sendable {
         conn?.close()
         conn = nil
         channels = [:]
-        consumers = [:]
         balancer.reset()
         // Unacked deliveries go back to their queues with the connection; unconfirmed events
         // stay in the outbox for the next sweep.
@@ -401,7 +393,6 @@ final class WorkerLoop: @unchecked Sendable {
             try pump(timeout: schedule.wait(at: Self.monotonic(), limit: 0.1))
         }
         try pumpAvailable()
-        try resizePrefetch(conn)
 
         for chore in schedule.due(at: Self.monotonic()) {
             switch chore {
@@ -475,40 +466,6 @@ final class WorkerLoop: @unchecked Sendable {
         }
     }
 
-    /// Once a second: a consumer whose prefetch is a factor of two from what the deliveries'
-    /// share allows now (`PrefetchSizer`) is started again with the new count (RabbitMQ applies a
-    /// consumer's prefetch when it starts). Deliveries already read stay unacked on the channel
-    /// and are applied and acked as usual; the queue keeps its order.
-    private func resizePrefetch(_ conn: BlockingConnection) throws {
-        let now = Self.monotonic()
-        guard now - prefetchCheckedAt >= 1 else { return }
-        prefetchCheckedAt = now
-        let wanted = prefetchSizer.prefetch(consumers: channels.count)
-        for (channel, partition) in channels.sorted(by: { $0.key < $1.key }) {
-            guard let consumer = consumers[channel], PrefetchSizer.worthChanging(from: consumer.prefetch, to: wanted) else { continue }
-            do {
-                try conn.qos(channel: channel, prefetchCount: UInt16(wanted))
-                try conn.cancel(channel: channel, consumerTag: consumer.tag)
-                let tag = try conn.consume(
-                    channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
-                consumers[channel] = (tag, wanted)
-                status.counters.prefetchResizes += 1
-                statusDirty = true
-                logger.debug("partition consumer prefetch resized", metadata: [
-                    "partition": "\(partition)", "from": "\(consumer.prefetch)", "to": "\(wanted)",
-                    "average_body_bytes": "\(Int(prefetchSizer.averageBytes ?? 0))",
-                ])
-            } catch let error as AMQPError where !error.isConnectionLevel {
-                logger.warning("partition consumer could not be started again", metadata: [
-                    "partition": "\(partition)", "error": "\(error)",
-                ])
-                closeConsumer(channel)
-                schedule.soon(.rebalance)
-                partitionsChanged()
-            }
-        }
-    }
-
     // MARK: - Connection events
 
     /// Waits up to `timeout` for one event (or the waker), handling it.
@@ -531,7 +488,6 @@ final class WorkerLoop: @unchecked Sendable {
         switch event {
         case .delivery(let d):
             guard let partition = channels[d.channel] else { return }  // released: the broker requeues it
-            prefetchSizer.observe(bodyBytes: d.body.count)
             buffered.append(Received(
                 channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
                 command: InboundCommand(
@@ -849,7 +805,6 @@ final class WorkerLoop: @unchecked Sendable {
             for partition in partitions {
                 guard let channel = channels.first(where: { $0.value == partition })?.key else { continue }
                 channels[channel] = nil
-                consumers[channel] = nil
                 balancer.released(partition)
                 buffered.removeAll { $0.channel == channel }
                 try? conn.closeChannel(channel)
@@ -872,12 +827,10 @@ final class WorkerLoop: @unchecked Sendable {
                 guard leases.lease(for: partition) == lease else { continue }
                 let channel = try conn.openChannel()
                 do {
-                    let prefetch = prefetchSizer.prefetch(consumers: channels.count + 1)
-                    try conn.qos(channel: channel, prefetchCount: UInt16(prefetch))
-                    let tag = try conn.consume(
+                    try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
+                    _ = try conn.consume(
                         channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
                     channels[channel] = partition
-                    consumers[channel] = (tag, prefetch)
                     balancer.claimed(partition)
                     claimed += 1
                     logger.info("claimed partition", metadata: [
@@ -1029,7 +982,6 @@ final class WorkerLoop: @unchecked Sendable {
     /// of its batches still in flight: the broker returns the unacked deliveries to the queue,
     /// and a channel opened later may reuse the number.
     private func closeConsumer(_ channel: UInt16) {
-        consumers[channel] = nil
         guard let partition = channels.removeValue(forKey: channel) else { return }
         balancer.lost(partition)
         buffered.removeAll { $0.channel == channel }
@@ -1241,7 +1193,6 @@ final class WorkerLoop: @unchecked Sendable {
         }
         guard statusDirty || force else { return }
         if let postgres = store as? PostgresRunStore { status.counters.storeRoundTrips = postgres.roundTrips }
-        status.counters.consumerPrefetch = consumers.values.map(\.prefetch).max() ?? 0
         if let cache = applier.cache {
             status.counters.runCacheRuns = cache.count
             status.counters.runCacheBytes = cache.bytes

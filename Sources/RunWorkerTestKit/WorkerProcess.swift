@@ -209,8 +209,6 @@ extension WorkerStatus {
         counters.stageCommands = n("stage_commands")
         counters.runCacheRuns = n("run_cache_runs")
         counters.runCacheBytes = n("run_cache_bytes")
-        counters.consumerPrefetch = n("consumer_prefetch")
-        counters.prefetchResizes = n("prefetch_resizes")
         if let w = json["webhooks"]?.objectValue {
             var hooks = WebhookCounters()
             hooks.connected = w["connected"]?.boolValue ?? false

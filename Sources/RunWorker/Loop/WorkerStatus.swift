@@ -49,10 +49,6 @@ public struct WorkerStatus: Sendable, Equatable {
         /// What the run cache holds now: runs, and their bytes by `Run.approximateBytes`.
         public var runCacheRuns = 0
         public var runCacheBytes = 0
-        /// The largest prefetch a partition consumer has now, and how many times consumers were
-        /// started again with another (`PrefetchSizer`).
-        public var consumerPrefetch = 0
-        public var prefetchResizes = 0
     }
 
     public var workerID: String
@@ -94,7 +90,6 @@ public struct WorkerStatus: Sendable, Equatable {
                 "stage_store_ns": .int(Int64(c.stageStoreNs)), "stage_publish_ns": .int(Int64(c.stagePublishNs)),
                 "stage_commands": .int(Int64(c.stageCommands)),
                 "run_cache_runs": .int(Int64(c.runCacheRuns)), "run_cache_bytes": .int(Int64(c.runCacheBytes)),
-                "consumer_prefetch": .int(Int64(c.consumerPrefetch)), "prefetch_resizes": .int(Int64(c.prefetchResizes)),
             ]),
         ]
         if let w = webhooks { o["webhooks"] = .object(w.json) }

@@ -89,36 +89,6 @@ import Testing
         #expect(stored?.input == input && stored?.status == .completed)
     }
 
-    /// Commands of 220 KB make the worker start its partition consumers again with a prefetch
-    /// sized to the deliveries' share of the memory budget (16 MiB: 4 MiB for deliveries, so the
-    /// floor, 4), and the commands sent before, during and after that are each applied once.
-    @Test func largeCommandsShrinkThePrefetch() async throws {
-        let prefix = uniquePrefix("prefetch")
-        let client = try ContractClient(prefix: prefix)
-        defer { client.deleteTopology() }
-        let store = tempStore(prefix)
-        defer { removeTempStore(store) }
-        let worker = try WorkerProcess(prefix: prefix, store: store, extraEnv: ["RUNWORKER_MEMORY_BUDGET_MIB": "16"])
-        defer { _ = worker.terminate() }
-        try worker.waitReady()
-        let before = try worker.waitForStatus("consumers started") { $0.counters.consumerPrefetch > 0 }
-        #expect(before.counters.consumerPrefetch == 256 && before.counters.prefetchResizes == 0)
-        let input = JSONValue.string(String(repeating: "transcript ", count: 20_000))  // 220 KB
-        for i in 0..<6 {
-            #expect(try client.call(["command": "start", "run_id": .string("big\(i)"), "input": input], id: "s\(i)").ok)
-        }
-        let resized = try worker.waitForStatus("consumers restarted with a smaller prefetch") {
-            $0.counters.prefetchResizes > 0 && $0.counters.consumerPrefetch == 4
-        }
-        #expect(resized.counters.consumerPrefetch == 4)
-        for i in 0..<6 {
-            let done = try client.call(["command": "complete", "run_id": .string("big\(i)"), "result": "ok"], id: "c\(i)")
-            #expect(done.ok && done.run?.status == .completed && done.run?.version == 3)
-        }
-        let stored = try await openRunStore(url: store).run("big5")
-        #expect(stored?.input == input && stored?.status == .completed && stored?.version == 3)
-    }
-
     /// Every refusal code comes back on reply_to, is published as command_rejected with
     /// after_seq, and changes nothing; the worker keeps serving.
     @Test func everyRefusalCode() async throws {
