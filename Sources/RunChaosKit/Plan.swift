@@ -455,10 +455,8 @@ public func planLoad(seed: UInt64, count: Int, prefix: String, noise: Double) ->
 /// write, so that the workers have something to fail on): plain lifecycles without timers or
 /// noise (nothing in them waits), checked like the rest of the load. Each starts with an input
 /// of `inputBytes`, so that storing them needs new pages (a store with room left in its write-ahead
-/// log would otherwise absorb small writes on a full disk). 768 KiB: the store keeps a large
-/// input once now (it was three copies of 256 KiB), and 20 probes of 256 KiB fitted in the room
-/// a busy soak's log had left, so no worker noticed the full disk (CI, 2026-12-07, twice).
-public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int = 768 * 1024) -> [PlannedRun] {
+/// log would otherwise absorb small writes on a full disk).
+public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int = 256 * 1024) -> [PlannedRun] {
     (0..<count).map { i in
         let rng = SeededRandom(seed: seed ^ (UInt64(i + 1) &* 0x9E37_79B9))
         var p = RunPlanner(runID: "\(prefix)-probe\(i)", rng: rng, noise: 0)
