@@ -518,28 +518,58 @@ public final class BlockingConnection {
             }
             return first.map { $0...last }
         }
-        let status: Int32 = withArena { a in
-            let batch = a.allocate(MemoryLayout<rw_publish_t>.stride * messages.count)
-                .bindMemory(to: rw_publish_t.self, capacity: messages.count)
-            for (i, m) in messages.enumerated() {
-                batch[i] = rw_publish_t(
-                    exchange: a.bytes(m.exchange), routing_key: a.bytes(m.routingKey), properties: a.properties(m.properties),
-                    body: a.bytes(m.body))
-            }
-            return rw_publish_batch(st, channel, batch, messages.count)
+        // The bodies are copied into an arena for the C call: a part of about 1 MiB of bodies
+        // at a time, so a batch of large events is not held whole a second time. Every header
+        // is checked first, so that a batch refused is one of which nothing was sent.
+        let checked: Int32 = withArena { a in
+            rw_check_batch(st, Self.cMessages(messages[...], in: a, bodies: false), messages.count)
         }
-        if status == AMQP_STATUS_BAD_AMQP_DATA.rawValue || status == AMQP_STATUS_TABLE_TOO_BIG.rawValue {
+        if checked == AMQP_STATUS_BAD_AMQP_DATA.rawValue || checked == AMQP_STATUS_TABLE_TOO_BIG.rawValue {
             // Refused while encoding (a short string over 255 bytes, a header over a frame):
             // nothing was sent, the connection is intact.
-            throw AMQPError(.invalidArgument, "basic.publish (batch): a message cannot be encoded (\(statusError(status, "").message))")
+            throw AMQPError(.invalidArgument, "basic.publish (batch): a message cannot be encoded (\(statusError(checked, "").message))")
         }
-        try checkStatus(status, "basic.publish (batch)")
+        try checkStatus(checked, "basic.publish (batch)")
+        var start = 0
+        while start < messages.count {
+            var end = start + 1
+            var bytes = messages[start].body.count
+            while end < messages.count, bytes + messages[end].body.count <= Self.publishPartBytes {
+                bytes += messages[end].body.count
+                end += 1
+            }
+            let part = messages[start..<end]
+            let status: Int32 = withArena { a in
+                rw_publish_batch(st, channel, Self.cMessages(part, in: a, bodies: true), part.count)
+            }
+            // Checked above: a failure now is the connection's (and earlier parts went out).
+            if status != AMQP_STATUS_OK.rawValue { throw fail(statusError(status, "basic.publish (batch)")) }
+            start = end
+        }
         guard var t = confirmChannels[channel] else { return nil }
         let first = t.nextTag
         t.nextTag += UInt64(messages.count)
         t.outstanding.append(contentsOf: first..<t.nextTag)
         confirmChannels[channel] = t
         return first...(t.nextTag - 1)
+    }
+
+    /// Bodies copied for one C call of `publishBatch` (at least one message).
+    static let publishPartBytes = 1 << 20
+
+    /// The shim's view of `messages`, copied into `a`; without `bodies`, only their lengths
+    /// (for `rw_check_batch`).
+    private static func cMessages(_ messages: ArraySlice<AMQPOutgoingMessage>, in a: Arena, bodies: Bool)
+        -> UnsafeMutablePointer<rw_publish_t>
+    {
+        let batch = a.allocate(MemoryLayout<rw_publish_t>.stride * messages.count)
+            .bindMemory(to: rw_publish_t.self, capacity: messages.count)
+        for (i, m) in messages.enumerated() {
+            batch[i] = rw_publish_t(
+                exchange: a.bytes(m.exchange), routing_key: a.bytes(m.routingKey), properties: a.properties(m.properties),
+                body: bodies ? a.bytes(m.body) : amqp_bytes_t(len: m.body.count, bytes: nil))
+        }
+        return batch
     }
 
     /// Number of published messages on `channel` the broker has not confirmed yet.
@@ -601,7 +631,10 @@ public final class BlockingConnection {
     /// finds none ready. While waiting it wakes at least every heartbeat/4 (every second at
     /// most) to let librabbitmq send heartbeats and notice missed ones, so a long wait keeps the
     /// connection alive and a dead one is still reported.
-    public func nextEvent(timeout: Double?, waker: Waker) throws -> AMQPEvent? {
+    ///
+    /// `alsoWatching`: another connection of the same thread; its socket turning readable
+    /// ends the wait like the waker (the caller reads it).
+    public func nextEvent(timeout: Double?, waker: Waker, alsoWatching other: BlockingConnection? = nil) throws -> AMQPEvent? {
         let deadline = timeout.map { ContinuousClock.now + .seconds(Swift.max(0, $0)) }
         let sliceMS = heartbeat > 0 ? Swift.min(1000, heartbeat * 250) : 1000
         while true {
@@ -615,10 +648,13 @@ public final class BlockingConnection {
             let waitMS = deadline.map { Swift.min(sliceMS, Self.milliseconds(until: $0)) } ?? sliceMS
             var fds = [pollfd(fd: amqp_get_sockfd(st), events: Int16(POLLIN), revents: 0),
                        pollfd(fd: waker.fileDescriptor, events: Int16(POLLIN), revents: 0)]
+            if let other, other.fileDescriptor >= 0 {
+                fds.append(pollfd(fd: other.fileDescriptor, events: Int16(POLLIN), revents: 0))
+            }
             if poll(&fds, nfds_t(fds.count), Int32(waitMS)) < 0 && errno != EINTR {
                 throw AMQPError(.socketError, "poll failed: \(String(cString: strerror(errno)))")
             }
-            let woken = fds[1].revents != 0 && waker.drain()
+            let woken = (fds[1].revents != 0 && waker.drain()) || (fds.count > 2 && fds[2].revents != 0)
             // Even when nothing arrived: librabbitmq sends a due heartbeat, and notices that the
             // broker's are missing, only inside its own reads. A zero timeout does both (0.11
             // compares the deadline "now" with the heartbeat deadlines) without blocking.
@@ -627,6 +663,25 @@ public final class BlockingConnection {
             if let deadline, ContinuousClock.now >= deadline, !hasBufferedEvents { return nil }
         }
     }
+
+    /// Sends a heartbeat frame when a quarter of the heartbeat interval has passed since the
+    /// last one sent here, without reading: for an owner that leaves the socket unread a while
+    /// (deliveries it has no room for wait in the kernel's buffers meanwhile). librabbitmq
+    /// sends heartbeats only inside its reads.
+    public func sendHeartbeatIfDue() throws {
+        guard heartbeat > 0 else { return }
+        let now = ContinuousClock.now
+        if let last = lastHeartbeatSent, last.duration(to: now) < .milliseconds(heartbeat * 250) { return }
+        let st = try ensureOpen()
+        var frame = amqp_frame_t()
+        frame.frame_type = UInt8(AMQP_FRAME_HEARTBEAT)
+        frame.channel = 0
+        let status = amqp_send_frame(st, &frame)
+        if status != AMQP_STATUS_OK.rawValue { throw fail(statusError(status, "sending a heartbeat")) }
+        lastHeartbeatSent = now
+    }
+
+    private var lastHeartbeatSent: ContinuousClock.Instant?
 
     /// Whole milliseconds until `deadline`, rounded up (librabbitmq and poll() truncate to
     /// milliseconds; rounding down would turn the last fraction into a busy loop).
@@ -724,7 +779,9 @@ public final class BlockingConnection {
         // can be recycled later: every 64 frames, or when the socket has nothing more. Doing it
         // after each frame (it walks every channel's pool) took half the worker's CPU.
         framesSinceRelease += 1
-        defer { if framesSinceRelease >= 64 { releaseBuffers(st) } }
+        // Body frames (up to frame_max each) fill the pools fast: by bytes too, or 64 frames of
+        // 200 KB deliveries on every channel held tens of MB.
+        defer { if framesSinceRelease >= 64 || bytesSinceRelease >= 1 << 20 { releaseBuffers(st) } }
         let ch = frame.channel
         switch Int32(frame.frame_type) {
         case AMQP_FRAME_METHOD: break
@@ -745,6 +802,7 @@ public final class BlockingConnection {
         case AMQP_FRAME_BODY:
             guard let size = partial[ch]?.size else { return true }
             let fragment = frame.payload.body_fragment
+            bytesSinceRelease += fragment.len
             if fragment.len > 0, let bytes = fragment.bytes {
                 // In place: appending to a copy taken out of the dictionary copied the body.
                 partial[ch]!.body.append(contentsOf: UnsafeRawBufferPointer(start: bytes, count: fragment.len))
@@ -821,10 +879,12 @@ public final class BlockingConnection {
     }
 
     private var framesSinceRelease = 0
+    private var bytesSinceRelease = 0
 
     private func releaseBuffers(_ st: amqp_connection_state_t) {
         guard framesSinceRelease > 0 else { return }
         framesSinceRelease = 0
+        bytesSinceRelease = 0
         amqp_maybe_release_buffers(st)
     }
 

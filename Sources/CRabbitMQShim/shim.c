@@ -27,6 +27,7 @@ amqp_rpc_reply_t rw_login_external(amqp_connection_state_t state, const char *vh
 #include <sys/socket.h>
 
 enum { RW_FRAME_OVERHEAD = 8 };  // type, channel, size; frame-end octet
+enum { RW_SLICE_BYTES = 1 << 20 };
 
 typedef struct {
     uint8_t *bytes;
@@ -112,6 +113,25 @@ static int rw_send_all(int fd, const uint8_t *p, size_t len) {
     return AMQP_STATUS_OK;
 }
 
+int rw_check_batch(amqp_connection_state_t state, const rw_publish_t *messages, size_t count) {
+    int frame_max = amqp_get_frame_max(state);
+    if (frame_max < 4096) return AMQP_STATUS_SOCKET_ERROR;
+    size_t body_room = (size_t)frame_max - RW_FRAME_OVERHEAD;
+    rw_buffer_t b = { 0 };
+    int r = 0;
+    for (size_t i = 0; i < count && r == 0; i++) {
+        const rw_publish_t *m = &messages[i];
+        b.len = 0;
+        amqp_basic_publish_t publish = { 0, m->exchange, m->routing_key, 0, 0 };
+        amqp_method_number_t method = AMQP_BASIC_PUBLISH_METHOD;
+        if ((r = rw_append_encoded(&b, rw_encode_method, &method, &publish, body_room - 4))) break;
+        uint16_t class_id = AMQP_BASIC_CLASS;
+        r = rw_append_encoded(&b, rw_encode_properties, &class_id, (void *)&m->properties, body_room - 12);
+    }
+    free(b.bytes);
+    return r;
+}
+
 int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
                      const rw_publish_t *messages, size_t count) {
     amqp_socket_t *socket = amqp_get_socket(state);
@@ -121,9 +141,18 @@ int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
     size_t body_room = (size_t)frame_max - RW_FRAME_OVERHEAD;
 
     rw_buffer_t b = { 0 };
-    int r = 0;
+    // Every method and header is encoded once before anything is sent: one that cannot be
+    // refuses the whole batch with the connection intact, although the frames go out in
+    // slices below.
+    int r = rw_check_batch(state, messages, count);
     for (size_t i = 0; i < count && r == 0; i++) {
         const rw_publish_t *m = &messages[i];
+        // Sent in slices of about RW_SLICE_BYTES: a batch of large events is not held whole
+        // a second time (small events still go out in one write per slice).
+        if (b.len >= RW_SLICE_BYTES) {
+            if ((r = rw_send_all(fd, b.bytes, b.len))) break;
+            b.len = 0;
+        }
         if ((r = rw_reserve(&b, 7 + 4))) break;
         // basic.publish: method id, then its arguments.
         size_t start = rw_begin_frame(&b, AMQP_FRAME_METHOD, channel);
@@ -154,7 +183,7 @@ int rw_publish_batch(amqp_connection_state_t state, amqp_channel_t channel,
             offset += part;
         }
     }
-    if (r == 0) r = rw_send_all(fd, b.bytes, b.len);
+    if (r == 0 && b.len > 0) r = rw_send_all(fd, b.bytes, b.len);
     free(b.bytes);
     return r;
 }

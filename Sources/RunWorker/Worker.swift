@@ -201,7 +201,12 @@ final class WorkerLoop: @unchecked Sendable {
     var leases: LeaseTable
 
     // Per connection.
+    /// The connection for the control and publishing channels (round trips, confirms).
     var conn: BlockingConnection?
+    /// The partition consumers' connection, apart so that the loop can leave it unread while
+    /// the read-ahead is full: confirms and round trips on `conn` never wait behind
+    /// deliveries, and what the broker sends meanwhile waits in the kernel and the broker.
+    var consumers: BlockingConnection?
     /// Keys of messages this worker requeued because the store was out (`requeue`).
     private var requeuedForOutage: Set<String> = []
     /// When `status.storeError` was last set (monotonic seconds).
@@ -216,7 +221,7 @@ final class WorkerLoop: @unchecked Sendable {
     /// Outbox rows the broker confirmed, deleted with the next batch's commit (or when idle).
     var confirmedOutbox: [Int64] = []
     /// Deliveries read but not yet applied, in arrival order.
-    var buffered: [Received] = []
+    var buffered = ReadAhead()
     /// When the last batch of commands was applied (monotonic seconds).
     var lastBatchAt = 0.0
     /// Idle this long, the worker marks confirmed outbox rows in a transaction of their own.
@@ -308,6 +313,9 @@ final class WorkerLoop: @unchecked Sendable {
         if config.connectionName == nil { config.connectionName = "runworker-\(workerID)" }
         let conn = try BlockingConnection(configuration: config)
         self.conn = conn
+        var consumerConfig = config
+        consumerConfig.connectionName = (config.connectionName ?? "runworker") + " consumers"
+        consumers = try BlockingConnection(configuration: consumerConfig)
         control = try conn.openChannel()
         try declareTopology(conn)
         publisher = try conn.openChannel()
@@ -334,11 +342,13 @@ final class WorkerLoop: @unchecked Sendable {
     func close() {
         conn?.close()
         conn = nil
+        consumers?.close()
+        consumers = nil
         channels = [:]
         balancer.reset()
         // Unacked deliveries go back to their queues with the connection; unconfirmed events
         // stay in the outbox for the next sweep.
-        buffered = []
+        buffered.removeAll()
         pipeline.reset()
         status.connected = false
         status.ready = false
@@ -422,8 +432,7 @@ final class WorkerLoop: @unchecked Sendable {
             return
         }
         guard !buffered.isEmpty else { return }  // what was read on lost partitions is gone
-        let batch = Array(buffered.prefix(Received.batchLength(buffered, count: settings.batchSize * 2, bytes: settings.batchBytes)))
-        buffered.removeFirst(batch.count)
+        let batch = buffered.takeBatch(count: settings.batchSize * 2, bytes: settings.batchBytes)
 
         // A redelivered message may be what killed a worker: take such batches one message at
         // a time, counting each delivery, so that only the culprit reaches the limit.
@@ -468,32 +477,59 @@ final class WorkerLoop: @unchecked Sendable {
 
     // MARK: - Connection events
 
-    /// Waits up to `timeout` for one event (or the waker), handling it.
+    /// Waits up to `timeout` for one event on either connection (or the waker), handling
+    /// what arrived. The consumers' connection is read only while the read-ahead has room.
     private func pump(timeout: Double) throws {
-        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
-        if let event = try conn.nextEvent(timeout: timeout, waker: waker) { try handle(event) }
+        guard let conn, let consumers else { throw AMQPError(.connectionClosed, "not connected") }
+        let reading = try readConsumers(consumers)
+        // Deliveries already read, or the read-ahead just filled: nothing to wait for there.
+        let watch = reading && !consumers.hasBufferedEvents ? consumers : nil
+        let wait = reading && consumers.hasBufferedEvents ? 0 : timeout
+        if let event = try conn.nextEvent(timeout: wait, waker: waker, alsoWatching: watch) { try handle(event) }
+        _ = try readConsumers(consumers)
         try completeConfirmed()
     }
 
     /// Handles what has already arrived, without waiting.
     private func pumpAvailable() throws {
-        guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
+        guard let conn, let consumers else { throw AMQPError(.connectionClosed, "not connected") }
         for event in try conn.drainEvents(max: settings.batchSize * 2) { try handle(event) }
+        _ = try readConsumers(consumers)
         try completeConfirmed()
+    }
+
+    /// Reads what the consumers' connection holds while the read-ahead has room; when full,
+    /// only keeps its heartbeats going. Returns whether it had room.
+    private func readConsumers(_ consumers: BlockingConnection) throws -> Bool {
+        guard buffered.mayReadMore(limit: settings.readAheadBytes) else {
+            status.counters.readAheadFull += 1
+            try consumers.sendHeartbeatIfDue()
+            return false
+        }
+        // One event at a time, so that the bound is overshot by one delivery at most.
+        while buffered.mayReadMore(limit: settings.readAheadBytes) {
+            guard let event = try consumers.drainEvents(max: 1).first else { break }
+            try handle(event, onConsumers: true)
+        }
+        if buffered.bytes > status.counters.readAheadPeakBytes {
+            status.counters.readAheadPeakBytes = buffered.bytes
+            statusDirty = true
+        }
+        return true
     }
 
     /// Sorts one event from the connection: deliveries wait in `buffered`, confirms count
     /// down their batch.
-    private func handle(_ event: AMQPEvent) throws {
+    private func handle(_ event: AMQPEvent, onConsumers: Bool = false) throws {
         switch event {
         case .delivery(let d):
-            guard let partition = channels[d.channel] else { return }  // released: the broker requeues it
+            guard onConsumers, let partition = channels[d.channel] else { return }  // released: the broker requeues it
             buffered.append(Received(
                 channel: d.channel, tag: d.deliveryTag, redelivered: d.redelivered,
                 command: InboundCommand(
                     body: d.body, routingKey: d.routingKey, messageID: d.properties.messageID,
                     replyTo: d.properties.replyTo, correlationID: d.properties.correlationID, partition: partition)))
-        case .confirm(let c) where c.channel == publisher:
+        case .confirm(let c) where c.channel == publisher && !onConsumers:
             do {
                 try pipeline.confirmed(tag: c.deliveryTag, acked: c.acked)
             } catch {
@@ -504,13 +540,13 @@ final class WorkerLoop: @unchecked Sendable {
         case .consumerCancelled(let channel, _), .channelClosed(let channel, _):
             // The partition's lease stays until the next rebalance claims it again (same epoch)
             // or gives it back.
-            if let partition = channels[channel] {
+            if onConsumers, let partition = channels[channel] {
                 logger.warning("lost partition", metadata: ["partition": "\(partition)"])
                 closeConsumer(channel)
                 schedule.soon(.rebalance)
                 partitionsChanged()
             }
-            if channel == publisher || channel == control {
+            if !onConsumers && (channel == publisher || channel == control) {
                 throw AMQPError(.channelClosed, "worker channel \(channel) was closed by the broker")
             }
         case .confirm, .returned:
@@ -520,10 +556,10 @@ final class WorkerLoop: @unchecked Sendable {
 
     /// Acks the batches at the head of the pipeline whose events are all confirmed.
     private func completeConfirmed() throws {
-        guard let conn else { return }
+        guard let consumers else { return }
         for done in pipeline.takeCompleted() {
-            for ack in done.acks where conn.isChannelOpen(ack.channel) {
-                try conn.ack(channel: ack.channel, deliveryTag: ack.tag, multiple: ack.multiple)
+            for ack in done.acks where consumers.isChannelOpen(ack.channel) {
+                try consumers.ack(channel: ack.channel, deliveryTag: ack.tag, multiple: ack.multiple)
             }
             confirmedOutbox += done.outboxIDs
             status.count(done.results)
@@ -752,8 +788,7 @@ final class WorkerLoop: @unchecked Sendable {
     /// Gives deliveries back to their queues, with everything read after them (so that the
     /// queue order is kept), and pauses.
     private func requeue(_ batch: [Received], because error: Error, pause seconds: Double, outage: Bool = true) throws {
-        let all = batch + buffered
-        buffered = []
+        let all = batch + buffered.takeAll()
         if outage {
             // Given back because the store (or the lease check) was out, not because of the
             // message: its redelivery must not count toward the delivery limit, or an outage
@@ -764,9 +799,9 @@ final class WorkerLoop: @unchecked Sendable {
         logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(all.count)"])
         status.counters.requeued += all.count
         statusDirty = true
-        if let conn {
-            for r in all.reversed() where conn.isChannelOpen(r.channel) {
-                try conn.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
+        if let consumers {
+            for r in all.reversed() where consumers.isChannelOpen(r.channel) {
+                try consumers.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
             }
         }
         pause(seconds)
@@ -807,7 +842,7 @@ final class WorkerLoop: @unchecked Sendable {
                 channels[channel] = nil
                 balancer.released(partition)
                 buffered.removeAll { $0.channel == channel }
-                try? conn.closeChannel(channel)
+                try? consumers?.closeChannel(channel)
                 logger.info("released partition", metadata: ["partition": "\(partition)", "workers": "\(workers)"])
             }
             partitionsChanged()
@@ -825,10 +860,11 @@ final class WorkerLoop: @unchecked Sendable {
                 try sweepOutbox(olderThan: 0, partitions: [partition])
                 // Given up while the sweep waited on the store (see abandonStalePartitions).
                 guard leases.lease(for: partition) == lease else { continue }
-                let channel = try conn.openChannel()
+                guard let consumers else { throw AMQPError(.connectionClosed, "not connected") }
+                let channel = try consumers.openChannel()
                 do {
-                    try conn.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                    _ = try conn.consume(
+                    try consumers.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
+                    _ = try consumers.consume(
                         channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
                     channels[channel] = partition
                     balancer.claimed(partition)
@@ -840,7 +876,7 @@ final class WorkerLoop: @unchecked Sendable {
                     // A stale consumer still holds the queue (403 in exclusive use: the previous
                     // owner's connection is not closed yet). The lease goes back below; a later
                     // rebalance tries again.
-                    try? conn.closeChannel(channel)
+                    try? consumers.closeChannel(channel)
                     logger.info("partition leased but its queue is still in use", metadata: [
                         "partition": "\(partition)", "error": "\(error)",
                     ])
@@ -949,7 +985,7 @@ final class WorkerLoop: @unchecked Sendable {
         status.counters.leasesLost += lost
         metrics.leasesLost.increment(by: Int64(lost))
         for channel in Array(channels.keys) { closeConsumer(channel) }
-        buffered = []
+        buffered.removeAll()
         schedule.soon(.rebalance)
         partitionsChanged()
     }
@@ -962,7 +998,7 @@ final class WorkerLoop: @unchecked Sendable {
     private func stillHolding(_ leased: Set<Int>, after batch: [Received]) throws -> Bool {
         let confirmed = try confirmLeases()
         guard confirmed, leased.isSubset(of: leases.partitions) else {
-            buffered = batch.filter { channels[$0.channel] != nil } + buffered
+            buffered.putBack(batch.filter { channels[$0.channel] != nil })
             if !confirmed { pause(0.5) }
             return false
         }
@@ -975,7 +1011,7 @@ final class WorkerLoop: @unchecked Sendable {
         guard let conn else { throw AMQPError(.connectionClosed, "not connected") }
         if !(try renewLeases(conn)) { pause(0.5) }
         closeUnleasedConsumers()
-        buffered = batch.filter { channels[$0.channel] != nil } + buffered
+        buffered.putBack(batch.filter { channels[$0.channel] != nil })
     }
 
     /// Closes a partition's consumer channel and forgets what was read from it and the acks
@@ -986,7 +1022,7 @@ final class WorkerLoop: @unchecked Sendable {
         balancer.lost(partition)
         buffered.removeAll { $0.channel == channel }
         pipeline.updatePending { $0.acks.removeAll { $0.channel == channel } }
-        try? conn?.closeChannel(channel)
+        try? consumers?.closeChannel(channel)
     }
 
     /// Consumers whose partition has no lease (lost while a store call ran) stop.

@@ -209,6 +209,8 @@ extension WorkerStatus {
         counters.stageCommands = n("stage_commands")
         counters.runCacheRuns = n("run_cache_runs")
         counters.runCacheBytes = n("run_cache_bytes")
+        counters.readAheadFull = n("read_ahead_full")
+        counters.readAheadPeakBytes = n("read_ahead_peak_bytes")
         if let w = json["webhooks"]?.objectValue {
             var hooks = WebhookCounters()
             hooks.connected = w["connected"]?.boolValue ?? false

@@ -254,10 +254,41 @@ import Testing
         #expect(Received.batchLength(Self.received([]), count: 512, bytes: 1_000) == 0)
     }
 
-    /// The default budget (256 MiB) bounds a batch at 16 MiB of bodies: 83 of 200 KB, not 512.
+    /// The default budget (256 MiB) bounds a batch at 8 MiB of bodies: 41 of 200 KB, not 512.
     @Test func defaultShare() {
         let settings = WorkerSettings()
-        #expect(settings.batchBytes == 16 << 20)
-        #expect(Received.batchLength(Self.received(Array(repeating: 200_000, count: 512)), count: 512, bytes: settings.batchBytes) == 83)
+        #expect(settings.batchBytes == 8 << 20)
+        #expect(Received.batchLength(Self.received(Array(repeating: 200_000, count: 512)), count: 512, bytes: settings.batchBytes) == 41)
+    }
+}
+
+@Suite struct ReadAheadTests {
+    /// The read-ahead counts its bodies' bytes through every way in and out: appended,
+    /// taken as a batch, put back at the front, dropped by channel, taken whole.
+    @Test func countsBytesInAndOut() {
+        var r = ReadAhead()
+        for d in BatchLengthTests.received([100, 200, 300, 400]) { r.append(d) }
+        #expect(r.bytes == 1_000 && r.count == 4)
+        let batch = r.takeBatch(count: 512, bytes: 350)
+        #expect(batch.map(\.command.body.count) == [100, 200] && r.bytes == 700)
+        r.putBack(batch)
+        #expect(r.items.map(\.command.body.count) == [100, 200, 300, 400] && r.bytes == 1_000)
+        var other = BatchLengthTests.received([50])[0]
+        other.channel = 2
+        r.append(other)
+        r.removeAll { $0.channel == 1 }
+        #expect(r.count == 1 && r.bytes == 50)
+        #expect(r.takeAll().count == 1 && r.isEmpty && r.bytes == 0)
+    }
+
+    /// Reading stops once the bytes reach the limit, not before.
+    @Test func mayReadMoreBelowTheLimit() {
+        var r = ReadAhead()
+        #expect(r.mayReadMore(limit: 1))
+        for d in BatchLengthTests.received([600, 399]) { r.append(d) }
+        #expect(r.mayReadMore(limit: 1_000))
+        r.append(BatchLengthTests.received([1])[0])
+        #expect(!r.mayReadMore(limit: 1_000))
+        #expect(WorkerSettings().readAheadBytes == 32 << 20)
     }
 }

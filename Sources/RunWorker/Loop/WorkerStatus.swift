@@ -49,6 +49,10 @@ public struct WorkerStatus: Sendable, Equatable {
         /// What the run cache holds now: runs, and their bytes by `Run.approximateBytes`.
         public var runCacheRuns = 0
         public var runCacheBytes = 0
+        /// Times the loop left the consumers' connection unread because the read-ahead was
+        /// full, and the most body bytes the read-ahead has held.
+        public var readAheadFull = 0
+        public var readAheadPeakBytes = 0
     }
 
     public var workerID: String
@@ -90,6 +94,7 @@ public struct WorkerStatus: Sendable, Equatable {
                 "stage_store_ns": .int(Int64(c.stageStoreNs)), "stage_publish_ns": .int(Int64(c.stagePublishNs)),
                 "stage_commands": .int(Int64(c.stageCommands)),
                 "run_cache_runs": .int(Int64(c.runCacheRuns)), "run_cache_bytes": .int(Int64(c.runCacheBytes)),
+                "read_ahead_full": .int(Int64(c.readAheadFull)), "read_ahead_peak_bytes": .int(Int64(c.readAheadPeakBytes)),
             ]),
         ]
         if let w = webhooks { o["webhooks"] = .object(w.json) }

@@ -238,7 +238,9 @@ struct BrokerTests {
             try conn.confirmSelect(channel: ch)
             #expect(try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("before".utf8)) == 1)
             let large = (0..<(300 * 1024)).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 9) }
+            // Over 1 MiB of bodies: the batch goes out in parts (publishPartBytes), still in order.
             let bodies: [[UInt8]] = [[], Array("{\"a\":1}".utf8), large] + (0..<200).map { Array("m\($0)".utf8) }
+                + [large, large.reversed(), large, Array("tail".utf8)]
             let batch = bodies.enumerated().map { i, body in
                 AMQPOutgoingMessage(
                     exchange: "", routingKey: q, body: body,
@@ -261,9 +263,12 @@ struct BrokerTests {
             #expect(try conn.publishBatch(channel: ch, []) == nil)
 
             // A message that cannot be encoded (a routing key over 255 bytes) is refused before
-            // anything is sent: the batch is not published, the connection and its tags go on.
+            // anything is sent, even behind parts that could go out: the batch is not
+            // published, the connection and its tags go on.
             let tooLong = AMQPOutgoingMessage(exchange: "", routingKey: String(repeating: "k", count: 300), body: [1])
-            #expect(throws: AMQPError.self) { _ = try conn.publishBatch(channel: ch, [batch[0], tooLong]) }
+            #expect(throws: AMQPError.self) {
+                _ = try conn.publishBatch(channel: ch, Array(repeating: batch[2], count: 8) + [tooLong])
+            }
             #expect(try conn.publish(channel: ch, exchange: "", routingKey: q, body: Array("still".utf8)) == UInt64(3 + batch.count))
             #expect(try conn.waitForConfirms(channel: ch, timeout: 10).nacked.isEmpty)
             #expect(try conn.get(channel: ch, queue: q, noAck: true)?.body == Array("still".utf8))
