@@ -278,7 +278,11 @@ public enum Shapes {
 
     static func begin(_ p: inout RunPlanner, config: JSONObject? = nil, createFirst: Bool = false) {
         if p.rng.chance(p.noise) { p.maybeNoise() }  // maybe a command before the run exists
-        var fields: JSONObject = ["agent_id": "agent-chaos", "input": ["task": .string(p.plan.runID)]]
+        var input: JSONObject = ["task": .string(p.plan.runID)]
+        // One run in twenty carries an agent-sized input (64-512 KiB, its own bytes): the
+        // workers' memory budget must hold with them mixed into the load (the soak's RSS check).
+        if p.rng.chance(0.05) { input = JSONObject(input.entries + [("transcript", .string(Self.transcript(&p.rng)))]) }
+        var fields: JSONObject = ["agent_id": "agent-chaos", "input": .object(input)]
         if let config { fields = JSONObject(fields.entries + [("config", .object(config))]) }
         if createFirst {
             p.send("create", fields)
@@ -288,6 +292,13 @@ public enum Shapes {
             p.send("start", fields)
         }
         p.maybeNoise()
+    }
+
+    /// 64-512 KiB of text: a seeded 64-character line repeated, each run's different.
+    static func transcript(_ rng: inout SeededRandom) -> String {
+        let alphabet = Array("abcdefghijklmnopqrstuvwxyz0123456789 ")
+        let line = String((0..<63).map { _ in alphabet[Int.random(in: 0..<alphabet.count, using: &rng)] }) + "\n"
+        return String(repeating: line, count: Int.random(in: 1_024...8_192, using: &rng))
     }
 
     static func happy(_ p: inout RunPlanner) {

@@ -81,8 +81,8 @@ struct RunChaos: ParsableCommand {
     @Option(help: "Hostile messages flooded in beside the load, as fast as the broker takes them.")
     var flood = 100_000
 
-    @Option(help: "A worker's resident memory above this (MiB) is a violation.")
-    var maxWorkerRSSMiB = 512
+    @Option(help: "A worker's resident memory above this (MiB) is a violation: the workers' memory budget (memory.budget_mib, 256 by default), which must hold with large inputs mixed into the load.")
+    var maxWorkerRSSMiB = 256
 
     @Option(help: "Partition lease TTL of the workers, seconds.")
     var leaseTTL = 3.0
@@ -118,6 +118,8 @@ struct RunChaos: ParsableCommand {
         let commandCount = load.reduce(0) { $0 + $1.commands }
         var shapes: [String: Int] = [:]
         for p in plans { shapes[p.shape, default: 0] += 1 }
+        let large = load.filter { $0.steps.contains { if case .send(let m) = $0 { m.body.count > 64 << 10 } else { false } } }
+        say("load: \(large.count) runs start with a large input (64-512 KiB)")
         say("load: \(commandCount) messages, \(hostile.count) hostile ones beside it; shapes " + shapes.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " "))
 
         let schema = prefix.lowercased()
