@@ -316,6 +316,13 @@ public final class BlockingConnection {
         openChannels.remove(ch)
         confirmChannels.removeValue(forKey: ch)
         dropPending(channel: ch)
+        // The close's round trip queued, inside librabbitmq, what arrived before its reply; a
+        // delivery of this channel among it must not surface on a channel opened later with
+        // the same number: read them now, while the channel is closed (deliveries on a closed
+        // channel are dropped).
+        while amqp_frames_enqueued(st) != 0 {
+            if try !readFrame(timeout: 0) { break }
+        }
         if r.reply_type == AMQP_RESPONSE_SERVER_EXCEPTION, r.reply.id == Method.channelClose {
             return  // the broker closed it at the same time; fine
         }
@@ -696,11 +703,17 @@ public final class BlockingConnection {
     /// blocking, up to `max` events. Also services heartbeats.
     public func drainEvents(max: Int = .max) throws -> [AMQPEvent] {
         var out: [AMQPEvent] = []
-        while out.count < max {
-            if let e = popPending() { out.append(e); continue }
-            if try !readFrame(timeout: 0) { break }
-        }
+        while out.count < max, let e = try nextAvailableEvent() { out.append(e) }
         return out
+    }
+
+    /// The next event already received (library buffers and the socket's kernel buffer), or
+    /// nil, without blocking. Also services heartbeats.
+    public func nextAvailableEvent() throws -> AMQPEvent? {
+        while true {
+            if let e = popPending() { return e }
+            if try !readFrame(timeout: 0) { return nil }
+        }
     }
 
     /// Deliveries only, up to `max`, waiting at most `timeout` for the first one; other events
@@ -815,6 +828,8 @@ public final class BlockingConnection {
         let decoded = frame.payload.method.decoded
         switch frame.payload.method.id {
         case Method.basicDeliver:
+            // A closed channel's: the broker has requeued it (see closeChannel).
+            guard openChannels.contains(ch) else { return true }
             let m = decoded!.assumingMemoryBound(to: amqp_basic_deliver_t.self).pointee
             let d = AMQPDelivery(channel: ch, deliveryTag: m.delivery_tag, redelivered: m.redelivered != 0,
                                  exchange: String(amqp: m.exchange), routingKey: String(amqp: m.routing_key),

@@ -508,7 +508,7 @@ final class WorkerLoop: @unchecked Sendable {
         }
         // One event at a time, so that the bound is overshot by one delivery at most.
         while buffered.mayReadMore(limit: settings.readAheadBytes) {
-            guard let event = try consumers.drainEvents(max: 1).first else { break }
+            guard let event = try consumers.nextAvailableEvent() else { break }
             try handle(event, onConsumers: true)
         }
         if buffered.bytes > status.counters.readAheadPeakBytes {
@@ -810,12 +810,31 @@ final class WorkerLoop: @unchecked Sendable {
         logger.error("requeueing commands", metadata: ["error": "\(error)", "commands": "\(all.count)"])
         status.counters.requeued += all.count
         statusDirty = true
-        if let consumers {
-            for r in all.reversed() where consumers.isChannelOpen(r.channel) {
-                try consumers.nack(channel: r.channel, deliveryTag: r.tag, multiple: false, requeue: true)
+        try giveBack(channels: Set(all.map(\.channel)))
+        pause(seconds)
+    }
+
+    /// Gives every unacked delivery of these consumer channels back to its queue, in queue
+    /// order, by closing each channel and consuming its partition again on a new one (the
+    /// lease stays). Nacking what was read does not keep the order: the broker hands each
+    /// nacked message straight back to a consumer with room, so nacks sent newest first came
+    /// back reversed, and deliveries it had sent but the worker had not read yet (the read-ahead
+    /// leaves them in the socket) came before the requeued ones. Either way a run's later
+    /// command could reach the store before its start and be refused as run_not_found.
+    /// Closing returns everything unacked in order, and drops what the socket still held.
+    /// Call with the pipeline drained (its batches' acks are on these channels).
+    private func giveBack(channels affected: Set<UInt16>) throws {
+        for channel in affected.sorted() {
+            guard let partition = channels.removeValue(forKey: channel) else { continue }
+            buffered.removeAll { $0.channel == channel }
+            try consumers?.closeChannel(channel)
+            if try !startConsumer(partition) {
+                // Someone else consumes it now: the lease goes back with the next rebalance.
+                balancer.lost(partition)
+                schedule.soon(.rebalance)
+                partitionsChanged()
             }
         }
-        pause(seconds)
     }
 
     private func deadLetterPoison(_ r: Received, attempts: Int, lastError: String) throws {
@@ -871,25 +890,11 @@ final class WorkerLoop: @unchecked Sendable {
                 try sweepOutbox(olderThan: 0, partitions: [partition])
                 // Given up while the sweep waited on the store (see abandonStalePartitions).
                 guard leases.lease(for: partition) == lease else { continue }
-                guard let consumers else { throw AMQPError(.connectionClosed, "not connected") }
-                let channel = try consumers.openChannel()
-                do {
-                    try consumers.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
-                    _ = try consumers.consume(
-                        channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
-                    channels[channel] = partition
+                if try startConsumer(partition) {
                     balancer.claimed(partition)
                     claimed += 1
                     logger.info("claimed partition", metadata: [
                         "partition": "\(partition)", "epoch": "\(lease.epoch)", "workers": "\(workers)",
-                    ])
-                } catch let error as AMQPError where !error.isConnectionLevel {
-                    // A stale consumer still holds the queue (403 in exclusive use: the previous
-                    // owner's connection is not closed yet). The lease goes back below; a later
-                    // rebalance tries again.
-                    try? consumers.closeChannel(channel)
-                    logger.info("partition leased but its queue is still in use", metadata: [
-                        "partition": "\(partition)", "error": "\(error)",
                     ])
                 }
             }
@@ -1025,6 +1030,28 @@ final class WorkerLoop: @unchecked Sendable {
         if !(try renewLeases(conn)) { pause(0.5) }
         closeUnleasedConsumers()
         buffered.putBack(batch.filter { channels[$0.channel] != nil })
+    }
+
+    /// Opens a channel on the consumers' connection and consumes the partition's queue on it.
+    /// False when the queue is still in use (403 in exclusive use: a stale consumer, the previous
+    /// owner's connection not closed yet); the caller's lease goes back, a later rebalance tries
+    /// again.
+    private func startConsumer(_ partition: Int) throws -> Bool {
+        guard let consumers else { throw AMQPError(.connectionClosed, "not connected") }
+        let channel = try consumers.openChannel()
+        do {
+            try consumers.qos(channel: channel, prefetchCount: UInt16(settings.prefetch))
+            _ = try consumers.consume(
+                channel: channel, queue: topology.partitionQueue(partition), exclusive: topology.exclusivePartitionConsumers)
+            channels[channel] = partition
+            return true
+        } catch let error as AMQPError where !error.isConnectionLevel {
+            try? consumers.closeChannel(channel)
+            logger.info("partition leased but its queue is still in use", metadata: [
+                "partition": "\(partition)", "error": "\(error)",
+            ])
+            return false
+        }
     }
 
     /// Closes a partition's consumer channel and forgets what was read from it and the acks

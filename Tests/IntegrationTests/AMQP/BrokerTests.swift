@@ -276,6 +276,47 @@ struct BrokerTests {
         }
     }
 
+    /// Closing a consumer channel gives every unacked delivery back to the queue in order,
+    /// those read and those still in the socket or the library's buffers alike, and none of
+    /// them surfaces on the channel opened next with the same number: what the worker's
+    /// requeue (close, consume again) relies on, since nacking read deliveries one by one put
+    /// them back behind the unread ones.
+    @Test func closingAConsumerGivesEverythingBackInOrder() throws {
+        try AMQPTest.withChannel { conn, ch in
+            let q = AMQPTest.unique("giveback")
+            try conn.queueDeclare(channel: ch, name: q, autoDelete: false)
+            defer { try? conn.queueDelete(channel: ch, queue: q) }
+            try conn.confirmSelect(channel: ch)
+            let bodies = (0..<40).map { Array("m\($0)-".utf8) + [UInt8](repeating: 0x61, count: 20_000) }
+            _ = try conn.publishBatch(channel: ch, bodies.map { AMQPOutgoingMessage(exchange: "", routingKey: q, body: $0) })
+            #expect(try conn.waitForConfirms(channel: ch, timeout: 10).nacked.isEmpty)
+
+            func deliveries(_ n: Int, on channel: UInt16) throws -> [AMQPDelivery] {
+                try (0..<n).map { _ in
+                    try AMQPTest.waitForEvent(conn, within: 10, "a delivery") { e in
+                        if case .delivery(let d) = e, d.channel == channel { d } else { nil }
+                    }
+                }
+            }
+            let consumer = try conn.openChannel()
+            try conn.qos(channel: consumer, prefetchCount: 256)
+            _ = try conn.consume(channel: consumer, queue: q)
+            let first = try deliveries(5, on: consumer)
+            #expect(first.map(\.body) == Array(bodies.prefix(5)))
+            // The broker has sent all 40 by now (prefetch 256); 35 are unread.
+            usleep(200_000)
+            try conn.closeChannel(consumer)
+            let again = try conn.openChannel()
+            #expect(again == consumer, "the number is reused, which is the case that matters")
+            try conn.qos(channel: again, prefetchCount: 256)
+            _ = try conn.consume(channel: again, queue: q)
+            let back = try deliveries(40, on: again)
+            #expect(back.map(\.body) == bodies, "in queue order, each once")
+            #expect(back.map(\.deliveryTag) == Array(1...40), "no delivery of the closed channel among them")
+            try conn.ack(channel: again, deliveryTag: 40, multiple: true)
+        }
+    }
+
     /// A mandatory publish that no queue is bound for comes back as a returned message.
     @Test func mandatoryReturn() throws {
         try AMQPTest.withChannel { conn, ch in
