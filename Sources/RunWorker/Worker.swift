@@ -656,11 +656,7 @@ final class WorkerLoop: @unchecked Sendable {
                 return .fenced
             } catch let error as StoreError where error.isTransient {
                 if attempt == 4 || stop.isSet {
-                    if error.code == .unavailable {
-                        status.storeError = "\(error)"
-                        storeErrorAt = Self.monotonic()
-                        statusDirty = true
-                    }
+                    storeRefused(error)
                     return .unavailable(error)
                 }
                 logger.warning("store busy, retrying", metadata: ["error": "\(error)", "attempt": "\(attempt)"])
@@ -673,6 +669,20 @@ final class WorkerLoop: @unchecked Sendable {
             }
         }
         return .unavailable(StoreError(.unavailable, "unreachable"))
+    }
+
+    /// A write the store refused as unavailable (a full disk, an I/O error, a database that
+    /// does not answer) makes the worker report it (status `store_error`, /readyz), whichever
+    /// write met it: a batch after its retries, a redelivered command's attempt count, a lease
+    /// renewal or claim, an outbox deletion. A full disk often meets one of the small writes
+    /// first, the batch path never at all when its partitions were given up meanwhile and its
+    /// deliveries come back redelivered. A commit that goes through clears it, as does a lease
+    /// renewal 10 s after the last refusal.
+    private func storeRefused(_ error: Error) {
+        guard let error = error as? StoreError, error.code == .unavailable else { return }
+        status.storeError = "\(error)"
+        storeErrorAt = Self.monotonic()
+        statusDirty = true
     }
 
     // MARK: - The careful path
@@ -699,6 +709,7 @@ final class WorkerLoop: @unchecked Sendable {
                 } catch let error as AMQPError {
                     throw error
                 } catch {
+                    storeRefused(error)
                     try requeue(rest, because: error, pause: 0.5)
                     return
                 }
@@ -880,6 +891,7 @@ final class WorkerLoop: @unchecked Sendable {
             throw error
         } catch {
             logger.warning("cannot take a partition lease", metadata: ["partition": "\(partition)", "error": "\(error)"])
+            storeRefused(error)
             return .storeFailed
         }
     }
@@ -908,6 +920,7 @@ final class WorkerLoop: @unchecked Sendable {
             throw error
         } catch {
             logger.warning("cannot renew partition leases", metadata: ["error": "\(error)"])
+            storeRefused(error)
             return false
         }
         // The store took this write; a refused batch long enough ago (with nothing refused
@@ -1128,6 +1141,7 @@ final class WorkerLoop: @unchecked Sendable {
             throw error
         } catch {
             logger.warning("could not delete confirmed outbox rows, will retry", metadata: ["error": "\(error)"])
+            storeRefused(error)
         }
     }
 
