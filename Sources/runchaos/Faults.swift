@@ -235,6 +235,7 @@ final class FaultInjector: @unchecked Sendable {
         var small = [UInt8](repeating: 0x55, count: 4096)
         while small.withUnsafeMutableBytes({ write(fd, $0.baseAddress, $0.count) }) > 0 { written += 4096 }
         close(fd)
+        let walAtFill = walBytes(in: dir)
         // Commands to fail on, whatever the load is doing now.
         if let publisher {
             let batch = probes.dropFirst(probesSent).prefix(20)
@@ -242,17 +243,25 @@ final class FaultInjector: @unchecked Sendable {
             for p in batch { for case .send(let m) in p.steps { publisher.publish(m) } }
             publisher.flush()
         }
-        let until = Date().addingTimeInterval(seconds)
+        let full = Date()
+        let until = full.addingTimeInterval(seconds)
         var noticed: Set<Int> = []
+        var firstNoticed: Double?
         while Date() < until {
             // "cannot write" (SQLite's full or I/O error), not a busy file between workers.
             for i in 0..<pool.count where pool.worker(i)?.status?.storeError?.contains("cannot write") == true {
                 noticed.insert(i)
+                if firstNoticed == nil { firstNoticed = Date().timeIntervalSince(full) }
             }
             Thread.sleep(forTimeInterval: 0.1)
         }
+        let walAtEnd = walBytes(in: dir)
         unlink(filler)
-        say("disk full: \(written >> 20) MiB of filler; workers that reported the store unwritable: \(noticed.sorted())")
+        // The write-ahead log's size: a write fits on the full disk while it fits in the room
+        // the log already has, so the workers meet the full disk only once that is used up.
+        say("disk full: \(written >> 20) MiB of filler, write-ahead log \(walAtFill >> 10) KiB then \(walAtEnd >> 10) KiB; "
+            + "workers that reported the store unwritable: \(noticed.sorted())"
+            + (firstNoticed.map { String(format: ", the first after %.1f s", $0) } ?? ""))
         guard !noticed.isEmpty else { throw ChaosError("no worker reported the full disk (store_error) in \(seconds) s") }
         // Recovery by itself: every worker's store error clears (each commits again).
         let deadline = Date().addingTimeInterval(60)
@@ -261,6 +270,14 @@ final class FaultInjector: @unchecked Sendable {
             Thread.sleep(forTimeInterval: 0.2)
         }
         throw ChaosError("a worker still reports the store unwritable 60 s after space returned")
+    }
+
+    /// The bytes of the SQLite write-ahead logs in `dir`.
+    private func walBytes(in dir: String) -> Int {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
+        return names.filter { $0.hasSuffix("-wal") }.reduce(0) { total, name in
+            total + ((try? FileManager.default.attributesOfItem(atPath: dir + "/" + name)[.size] as? Int) ?? 0)
+        }
     }
 
     private func script(_ name: String, _ args: String...) throws {
