@@ -8,6 +8,7 @@ import PackageDescription
 //   RunContract       the wire contract: commands, events, snapshots, codec (re-exports RunJSON)
 //   RunStateMachine   the pure run state machine (no I/O, time passed in)
 //   RunStore          the store's protocol and values, the in-memory store (no database linked)
+//   RunStorePayloads  large values stored once: cut out of rows, kept by digest, spliced back
 //   RunStoreSQLite, RunStorePostgres   the durable stores; RunStores opens one by URL
 //   RunApply          commands applied to the store in batches (processor, applier, run cache)
 //   RunWorker         the worker: topology, partition ownership, batched command loop
@@ -59,10 +60,15 @@ let package = Package(
         .executableTarget(name: "example-agent", dependencies: ["RunClient"], path: "docs/examples/swift-agent"),
         // The store's protocol, its values and the in-memory store: no database linked.
         .target(name: "RunStore", dependencies: ["RunContract"]),
+        // What the durable stores share to keep each large value once (SHA-256 from swift-crypto).
+        .target(
+            name: "RunStorePayloads",
+            dependencies: ["RunContract", "RunStore", .product(name: "Crypto", package: "swift-crypto")]
+        ),
         .target(
             name: "RunStoreSQLite",
             dependencies: [
-                "RunContract", "RunStore",
+                "RunContract", "RunStore", "RunStorePayloads",
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "GRDBSQLite", package: "GRDB.swift"),
             ]
@@ -70,7 +76,7 @@ let package = Package(
         .target(
             name: "RunStorePostgres",
             dependencies: [
-                "RunContract", "RunStore",
+                "RunContract", "RunStore", "RunStorePayloads",
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
                 .product(name: "Logging", package: "swift-log"),
@@ -185,7 +191,8 @@ let package = Package(
         .testTarget(name: "RunJSONTests", dependencies: ["RunTestSupport", "RunJSON"]),
         .testTarget(name: "RunContractTests", dependencies: ["RunTestSupport", "RunContract"]),
         .testTarget(name: "RunClientTests", dependencies: ["RunTestSupport", "RunClient", "AMQPClient"]),
-        .testTarget(name: "RunStoreTests", dependencies: ["RunTestSupport", "RunStore", "RunStores"]),
+        .testTarget(
+            name: "RunStoreTests", dependencies: ["RunTestSupport", "RunApply", "RunStateMachine", "RunStore", "RunStorePayloads", "RunStores"]),
         .testTarget(name: "RunWorkerTests", dependencies: ["RunTestSupport", "RunApply", "RunWorker", "RunStore", "RunStores", "RunWebhooks"]),
         .testTarget(name: "RunChaosKitTests", dependencies: ["RunTestSupport", "RunApply", "RunChaosKit", "RunWorker", "RunStore"]),
         // The HTTP side served in memory (HummingbirdTesting's router framework): no listener, no broker.

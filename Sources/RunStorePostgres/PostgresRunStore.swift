@@ -4,6 +4,7 @@ import NIOSSL
 import PostgresNIO
 import RunContract
 import RunStore
+import RunStorePayloads
 import ServiceLifecycle
 import Synchronization
 
@@ -90,6 +91,12 @@ public final class PostgresRunStore: RunStore, Service {
     /// under a transaction-scoped advisory lock, and each step is recorded. The lock is the
     /// schema's own, so stores in other schemas of the database never wait for each other.
     public func prepare() async throws {
+        try await migrate(through: Self.migrations.count)
+    }
+
+    /// Applies the migrations up to `last` (1-based) that the schema lacks (tests stop early to
+    /// write rows as an older version did).
+    func migrate(through last: Int) async throws {
         let lockName = "runworker:" + (schema ?? "")
         try await mapErrors {
             try await client.withTransaction(logger: logger) { conn in
@@ -104,7 +111,7 @@ public final class PostgresRunStore: RunStore, Service {
                 {
                     current = v ?? 0
                 }
-                for (index, statements) in Self.migrations.enumerated() where Int64(index + 1) > current {
+                for (index, statements) in Self.migrations.prefix(last).enumerated() where Int64(index + 1) > current {
                     for sql in statements { try await conn.query(PostgresQuery(unsafeSQL: sql), logger: logger) }
                     try await conn.query("INSERT INTO runworker_schema (version) VALUES (\(Int64(index + 1)))", logger: logger)
                 }
@@ -173,6 +180,74 @@ public final class PostgresRunStore: RunStore, Service {
             END
             $$
             """
+
+    /// `runworker_commit_fenced` as first created (migration 2): `runworker_commit`'s arguments,
+    /// then a fence.
+    static let commitFencedFunctionV2 =
+            """
+            CREATE FUNCTION runworker_commit_fenced(
+                bigint[], text[], bigint[], text[], text[], bool[], bigint[], bigint[], bigint[], bigint[], text[],
+                text[], text[], text[], text[], text[],
+                text[], bigint[], text[], text[], text[], text[], bigint[], text[],
+                f_worker text, f_partition bigint[], f_epoch bigint[]
+            ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+            DECLARE
+                held bigint;
+            BEGIN
+                SELECT count(*) INTO held FROM (
+                    SELECT l.partition FROM runworker_leases l
+                    JOIN unnest(f_partition, f_epoch) AS f(part, epoch) ON l.partition = f.part AND l.epoch = f.epoch
+                    WHERE l.owner = f_worker AND l.expires_at > clock_timestamp()
+                    ORDER BY l.partition
+                    FOR SHARE OF l
+                ) AS locked;
+                IF held <> coalesce(array_length(f_partition, 1), 0) THEN
+                    RAISE EXCEPTION 'a partition lease is no longer held' USING ERRCODE = 'RW410';
+                END IF;
+                RETURN QUERY SELECT runworker_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
+                    $16, $17, $18, $19, $20, $21, $22, $23, $24);
+            END
+            $$
+            """
+
+    /// Migration 4, large values stored once (see `RunStorePayloads`): `runworker_commit` also
+    /// takes each run's and outbox row's payload references (`r_refs`, `o_refs`; '' for none) and
+    /// the payloads they refer to (`p_run`, `p_digest`, `p_body`), kept once per (run, digest).
+    /// A new overload: the version 3 functions stay for workers not yet stopped.
+    static let commitFunctionV4 = {
+        let v4 = commitFunctionV3
+            .replacingOccurrences(
+                of: "o_written bigint[], o_body text[]\n",
+                with: "o_written bigint[], o_body text[],\n    r_refs text[], o_refs text[], p_run text[], p_digest text[], p_body text[]\n")
+            .replacingOccurrences(of: "r_partition, r_body)", with: "r_partition, r_body, r_refs)")
+            .replacingOccurrences(of: "deadline, part, body)", with: "deadline, part, body, refs)")
+            .replacingOccurrences(of: "runs.partition), body = u.body", with: "runs.partition), body = u.body, body_refs = NULLIF(u.refs, '')")
+            .replacingOccurrences(of: "partition, body, created_at_ms)", with: "partition, body, created_at_ms, body_refs)")
+            .replacingOccurrences(of: "\(createdAtOfBody("u.body"))\n", with: "\(createdAtOfBody("u.body")), NULLIF(u.refs, '')\n")
+            .replacingOccurrences(
+                of: "RETURN QUERY\n",
+                with: "INSERT INTO runworker_payloads (run_id, digest, body)\n"
+                    + "    SELECT * FROM unnest(p_run, p_digest, p_body) ON CONFLICT DO NOTHING;\n\n    RETURN QUERY\n")
+            .replacingOccurrences(of: "message_id, written_at_ms, body)", with: "message_id, written_at_ms, body, body_refs)")
+            .replacingOccurrences(of: "o.written, o.body\n", with: "o.written, o.body, NULLIF(o.refs, '')\n")
+            .replacingOccurrences(of: "o_written, o_body)", with: "o_written, o_body, o_refs)")
+            .replacingOccurrences(of: "written, body, ord)", with: "written, body, refs, ord)")
+        precondition(
+            v4.components(separatedBy: "u.refs").count == 3 && v4.components(separatedBy: "r_refs)").count == 3
+                && v4.contains("NULLIF(o.refs, '')") && v4.contains("o_body, o_refs)") && v4.contains("body, refs, ord)")
+                && v4.contains("INSERT INTO runworker_payloads") && v4.contains("p_body text[]\n"),
+            "runworker_commit v4 not derived")
+        return v4
+    }()
+
+    /// Migration 4's `runworker_commit_fenced`: the fence after `runworker_commit`'s v4 arguments.
+    static let commitFencedFunctionV4 = {
+        let v4 = commitFencedFunctionV2
+            .replacingOccurrences(of: "bigint[], text[],\n    f_worker", with: "bigint[], text[],\n    text[], text[], text[], text[], text[],\n    f_worker")
+            .replacingOccurrences(of: "$23, $24);", with: "$23, $24,\n        $25, $26, $27, $28, $29);")
+        precondition(v4.contains("$28, $29);") && v4.contains("text[], text[], text[], text[], text[],\n    f_worker"), "runworker_commit_fenced v4 not derived")
+        return v4
+    }()
 
     /// The top-level `created_at` of a stored run body, in SQL. Not through jsonb: jsonb
     /// refuses `\u0000`, which the contract allows in a run's input. The greedy match takes the
@@ -246,31 +321,7 @@ public final class PostgresRunStore: RunStore, Service {
             // this commit and then bumps the epoch: no write of the old owner lands after it.
             // Rows are locked in partition order, as renewals lock them, so the two cannot
             // deadlock. Callers pass each lease once.
-            """
-            CREATE FUNCTION runworker_commit_fenced(
-                bigint[], text[], bigint[], text[], text[], bool[], bigint[], bigint[], bigint[], bigint[], text[],
-                text[], text[], text[], text[], text[],
-                text[], bigint[], text[], text[], text[], text[], bigint[], text[],
-                f_worker text, f_partition bigint[], f_epoch bigint[]
-            ) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
-            DECLARE
-                held bigint;
-            BEGIN
-                SELECT count(*) INTO held FROM (
-                    SELECT l.partition FROM runworker_leases l
-                    JOIN unnest(f_partition, f_epoch) AS f(part, epoch) ON l.partition = f.part AND l.epoch = f.epoch
-                    WHERE l.owner = f_worker AND l.expires_at > clock_timestamp()
-                    ORDER BY l.partition
-                    FOR SHARE OF l
-                ) AS locked;
-                IF held <> coalesce(array_length(f_partition, 1), 0) THEN
-                    RAISE EXCEPTION 'a partition lease is no longer held' USING ERRCODE = 'RW410';
-                END IF;
-                RETURN QUERY SELECT runworker_commit($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15,
-                    $16, $17, $18, $19, $20, $21, $22, $23, $24);
-            END
-            $$
-            """,
+            commitFencedFunctionV2,
         ],
         // History and retention (see SQLiteRunStore's v3). Command records written before
         // count as recorded at the migration.
@@ -284,6 +335,18 @@ public final class PostgresRunStore: RunStore, Service {
             "CREATE INDEX commands_by_time ON commands (recorded_at_ms)",
             commitFunctionV3,
         ],
+        // Large values stored once (see SQLiteRunStore's v4): payload rows, and the references
+        // that run and outbox bodies keep to them. Rows written before have none.
+        [
+            """
+            CREATE TABLE runworker_payloads (
+                run_id text NOT NULL, digest text NOT NULL, body text NOT NULL, PRIMARY KEY (run_id, digest))
+            """,
+            "ALTER TABLE runs ADD COLUMN body_refs text",
+            "ALTER TABLE outbox ADD COLUMN body_refs text",
+            commitFunctionV4,
+            commitFencedFunctionV4,
+        ],
     ]
 
     // MARK: - The batch path
@@ -293,10 +356,8 @@ public final class PostgresRunStore: RunStore, Service {
             var snapshot = StoreSnapshot()
             if !runIDs.isEmpty {
                 let ids = Array(runIDs)
-                for try await (id, body) in try await query(
-                    "SELECT run_id, body FROM runs WHERE run_id = ANY(\(ids)::text[])"
-                ).decode((String, String).self) {
-                    snapshot.runs[id] = try Self.decodeRun(body)
+                for run in try await runRows("SELECT \(unescaped: Self.runColumns) WHERE r.run_id = ANY(\(ids)::text[])") {
+                    snapshot.runs[run.runID] = run
                 }
             }
             if !commands.isEmpty {
@@ -324,7 +385,10 @@ public final class PostgresRunStore: RunStore, Service {
         let runs = batch.runs
         let outcomes = batch.outcomes
         let outbox = batch.outbox
-        var binds = PostgresBindings(capacity: 27)
+        var cutter = PayloadCutter()
+        let runBodies = runs.map { cutter.cutRun($0.run) }
+        let outboxBodies = outbox.map { cutter.cut($0.body, runID: $0.runID) }
+        var binds = PostgresBindings(capacity: 32)
         binds.append(batch.removeOutbox)
         binds.append(runs.map(\.run.runID))
         binds.append(runs.map { $0.previousVersion ?? -1 })
@@ -335,7 +399,7 @@ public final class PostgresRunStore: RunStore, Service {
         binds.append(runs.map(\.run.updatedAt.milliseconds))
         binds.append(runs.map { $0.run.status.isTerminal ? -1 : ($0.nextDeadline?.milliseconds ?? -1) })
         binds.append(runs.map { Int64($0.partition ?? -1) })
-        binds.append(runs.map { String(decoding: $0.run.encodeForStorage(), as: UTF8.self) })
+        binds.append(runBodies.map { String(decoding: $0.bytes, as: UTF8.self) })
         binds.append(outcomes.map(\.key.runID))
         binds.append(outcomes.map(\.key.commandID))
         binds.append(outcomes.map { $0.outcome.command ?? "" })
@@ -348,7 +412,12 @@ public final class PostgresRunStore: RunStore, Service {
         binds.append(outbox.map(\.routingKey))
         binds.append(outbox.map(\.messageID))
         binds.append(outbox.map(\.writtenAt.milliseconds))
-        binds.append(outbox.map { String(decoding: $0.body, as: UTF8.self) })
+        binds.append(outboxBodies.map { String(decoding: $0.bytes, as: UTF8.self) })
+        binds.append(runBodies.map { $0.encodedRefs ?? "" })
+        binds.append(outboxBodies.map { $0.encodedRefs ?? "" })
+        binds.append(cutter.payloads.map(\.runID))
+        binds.append(cutter.payloads.map(\.digest))
+        binds.append(cutter.payloads.map { String(decoding: $0.bytes, as: UTF8.self) })
         var types = Self.commitArgumentTypes
         var function = "runworker_commit"
         if let fence = batch.fence, !fence.leases.isEmpty {
@@ -378,45 +447,82 @@ public final class PostgresRunStore: RunStore, Service {
         "bigint[]", "text[]", "bigint[]", "text[]", "text[]", "bool[]", "bigint[]", "bigint[]", "bigint[]", "bigint[]", "text[]",
         "text[]", "text[]", "text[]", "text[]", "text[]",
         "text[]", "bigint[]", "text[]", "text[]", "text[]", "text[]", "bigint[]", "text[]",
+        "text[]", "text[]", "text[]", "text[]", "text[]",
     ]
 
     public func pendingOutbox(runIDs: Set<String>) async throws -> [OutboxMessage] {
         guard !runIDs.isEmpty else { return [] }
         let ids = Array(runIDs)
-        return try await outboxRows("SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = ANY(\(ids)::text[]) AND NOT published ORDER BY id")
+        return try await outboxRows(
+            "SELECT \(unescaped: Self.outboxColumns) WHERE o.run_id = ANY(\(ids)::text[]) AND NOT o.published ORDER BY o.id")
     }
 
     public func pendingOutbox(writtenBefore: Timestamp, partitions: [Int]?, limit: Int) async throws -> [OutboxMessage] {
         guard let partitions else {
             return try await outboxRows(
-                "SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE NOT published AND written_at_ms <= \(writtenBefore.milliseconds) ORDER BY id LIMIT \(Int64(limit))"
+                "SELECT \(unescaped: Self.outboxColumns) WHERE NOT o.published AND o.written_at_ms <= \(writtenBefore.milliseconds) ORDER BY o.id LIMIT \(Int64(limit))"
             )
         }
         if partitions.isEmpty { return [] }
         let ps = partitions.map(Int64.init)
         return try await outboxRows(
             """
-            SELECT \(unescaped: Self.outboxColumnsOfO)
-            FROM outbox o JOIN runs r ON r.run_id = o.run_id
+            SELECT \(unescaped: Self.outboxColumns) JOIN runs r ON r.run_id = o.run_id
             WHERE NOT o.published AND o.written_at_ms <= \(writtenBefore.milliseconds) AND r.partition = ANY(\(ps)::bigint[])
             ORDER BY o.id LIMIT \(Int64(limit))
             """
         )
     }
 
-    static let outboxColumns = "id, run_id, seq, type, status, routing_key, message_id, body, written_at_ms"
-    /// The same columns of the outbox aliased `o`, for joins.
-    static let outboxColumnsOfO = outboxColumns.split(separator: ", ").map { "o." + $0 }.joined(separator: ", ")
+    /// What an outbox row is read from, up to the WHERE: the outbox aliased `o`, with the
+    /// payloads its body refers to (`payloadsOf`). A query may join more before its WHERE.
+    static let outboxColumns = """
+        o.id, o.run_id, o.seq, o.type, o.status, o.routing_key, o.message_id, o.body, o.written_at_ms, o.body_refs,
+            p.digests, p.bodies
+        FROM outbox o \(payloadsOf("o"))
+        """
+    /// What a run is read from, up to the WHERE: the runs aliased `r`, with their payloads.
+    static let runColumns = "r.body, r.body_refs, p.digests, p.bodies FROM runs r \(payloadsOf("r"))"
+
+    /// The payloads of the row aliased `alias` that its `body_refs` name, as two arrays (digests,
+    /// bodies; NULL when it names none), for `spliced`. A run keeps few payloads, so matching
+    /// each digest by its text in the references is cheap.
+    static func payloadsOf(_ alias: String) -> String {
+        """
+        LEFT JOIN LATERAL (
+            SELECT array_agg(q.digest) AS digests, array_agg(q.body) AS bodies FROM runworker_payloads q
+            WHERE \(alias).body_refs IS NOT NULL AND q.run_id = \(alias).run_id AND strpos(\(alias).body_refs, q.digest) > 0) p ON true
+        """
+    }
+
+    /// A body as written, from a row's stored body, references and payloads.
+    static func spliced(_ body: String, refs: String?, digests: [String]?, bodies: [String]?) throws(StoreError) -> [UInt8] {
+        var payloads: [String: [UInt8]] = [:]
+        for (digest, payload) in zip(digests ?? [], bodies ?? []) { payloads[digest] = Array(payload.utf8) }
+        return try StoredBody.read(Array(body.utf8), refs: refs, payloads: payloads)
+    }
 
     private func outboxRows(_ q: PostgresQuery) async throws -> [OutboxMessage] {
         try await mapErrors {
             var out: [OutboxMessage] = []
-            for try await (id, run, seq, type, status, key, messageID, body, written) in try await query(q)
-                .decode((Int64, String, Int64, String, String, String, String, String, Int64).self)
+            for try await (id, run, seq, type, status, key, messageID, body, written, refs, digests, bodies) in try await query(q)
+                .decode((Int64, String, Int64, String, String, String, String, String, Int64, String?, [String]?, [String]?).self)
             {
                 out.append(OutboxMessage(
                     id: id, runID: run, seq: seq, type: type, status: status, routingKey: key, messageID: messageID,
-                    body: Array(body.utf8), writtenAt: Timestamp(milliseconds: written)))
+                    body: try Self.spliced(body, refs: refs, digests: digests, bodies: bodies),
+                    writtenAt: Timestamp(milliseconds: written)))
+            }
+            return out
+        }
+    }
+
+    /// The runs a query of `runColumns` returns, in its order.
+    private func runRows(_ q: PostgresQuery) async throws -> [Run] {
+        try await mapErrors {
+            var out: [Run] = []
+            for try await (body, refs, digests, bodies) in try await query(q).decode((String, String?, [String]?, [String]?).self) {
+                out.append(try Self.decodeRun(Self.spliced(body, refs: refs, digests: digests, bodies: bodies)))
             }
             return out
         }
@@ -482,42 +588,32 @@ public final class PostgresRunStore: RunStore, Service {
     }
 
     public func run(_ runID: String) async throws -> Run? {
-        try await mapErrors {
-            for try await body in try await query("SELECT body FROM runs WHERE run_id = \(runID)").decode(String.self) {
-                return try Self.decodeRun(body)
-            }
-            return nil
-        }
+        try await runRows("SELECT \(unescaped: Self.runColumns) WHERE r.run_id = \(runID)").first
     }
 
     public func listRuns(_ q: RunQuery) async throws -> RunPage {
         let statuses = q.statuses.map(\.rawValue)
         let limit = Int64(q.limit + 1)
         let query: PostgresQuery = """
-            SELECT body FROM runs
+            SELECT \(unescaped: Self.runColumns)
             WHERE (cardinality(\(statuses)::text[]) = 0 OR status = ANY(\(statuses)::text[]))
-              AND (\(q.agentID)::text IS NULL OR agent_id = \(q.agentID)::text)
+              AND (\(q.agentID)::text IS NULL OR r.agent_id = \(q.agentID)::text)
               AND (\(q.createdAfter?.milliseconds)::bigint IS NULL OR created_at_ms > \(q.createdAfter?.milliseconds)::bigint)
               AND (\(q.createdBefore?.milliseconds)::bigint IS NULL OR created_at_ms < \(q.createdBefore?.milliseconds)::bigint)
               AND (\(q.updatedAfter?.milliseconds)::bigint IS NULL OR updated_at_ms > \(q.updatedAfter?.milliseconds)::bigint)
               AND (\(q.updatedBefore?.milliseconds)::bigint IS NULL OR updated_at_ms < \(q.updatedBefore?.milliseconds)::bigint)
               AND (\(q.after?.createdAtMs)::bigint IS NULL OR created_at_ms < \(q.after?.createdAtMs)::bigint
                    OR (created_at_ms = \(q.after?.createdAtMs)::bigint AND run_id < \(q.after?.runID)::text))
-            ORDER BY created_at_ms DESC, run_id DESC LIMIT \(limit)
+            ORDER BY created_at_ms DESC, r.run_id DESC LIMIT \(limit)
             """
-        let rows = try await mapErrors {
-            var out: [Run] = []
-            for try await body in try await self.query(query).decode(String.self) { out.append(try Self.decodeRun(body)) }
-            return out
-        }
-        return RunPage(rows: rows, limit: q.limit)
+        return RunPage(rows: try await runRows(query), limit: q.limit)
     }
 
     public func history(runID: String, afterSeq: Int64, limit: Int) async throws -> [OutboxMessage] {
         try await outboxRows(
             """
-            SELECT \(unescaped: Self.outboxColumns) FROM outbox WHERE run_id = \(runID) AND seq > \(afterSeq)
-            ORDER BY id LIMIT \(Int64(limit))
+            SELECT \(unescaped: Self.outboxColumns) WHERE o.run_id = \(runID) AND o.seq > \(afterSeq)
+            ORDER BY o.id LIMIT \(Int64(limit))
             """)
     }
 
@@ -555,6 +651,7 @@ public final class PostgresRunStore: RunStore, Service {
                         ORDER BY r.updated_at_ms LIMIT \(n))
                     RETURNING run_id),
                 history AS (DELETE FROM outbox WHERE run_id IN (SELECT run_id FROM gone) RETURNING 1),
+                payloads AS (DELETE FROM runworker_payloads WHERE run_id IN (SELECT run_id FROM gone)),
                 expired AS (
                     DELETE FROM commands WHERE (run_id, command_id) IN (
                         SELECT run_id, command_id FROM commands WHERE recorded_at_ms < \(commandsBefore.milliseconds)
@@ -581,15 +678,9 @@ public final class PostgresRunStore: RunStore, Service {
             clauses.append("agent_id = $\(binds.count)")
         }
         binds.append(Int64(limit))
-        let sql = "SELECT body FROM runs" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
-            + " ORDER BY updated_at_ms DESC, run_id LIMIT $\(binds.count)"
-        return try await mapErrors {
-            var out: [Run] = []
-            for try await body in try await query(PostgresQuery(unsafeSQL: sql, binds: binds)).decode(String.self) {
-                out.append(try Self.decodeRun(body))
-            }
-            return out
-        }
+        let sql = "SELECT \(Self.runColumns)" + (clauses.isEmpty ? "" : " WHERE " + clauses.joined(separator: " AND "))
+            + " ORDER BY updated_at_ms DESC, r.run_id LIMIT $\(binds.count)"
+        return try await runRows(PostgresQuery(unsafeSQL: sql, binds: binds))
     }
 
     // MARK: - Membership and leases
@@ -708,14 +799,40 @@ public final class PostgresRunStore: RunStore, Service {
         try await mapErrors { _ = try await query(PostgresQuery(unsafeSQL: sql)) }
     }
 
+    /// The bytes the store's tables take on disk (with their indexes and out-of-line storage),
+    /// for the tests and the benchmark.
+    public func diskBytes() async throws -> Int64 {
+        try await mapErrors {
+            for try await n in try await query(
+                """
+                SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint FROM pg_class c
+                JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = current_schema() AND c.relkind = 'r'
+                """
+            ).decode(Int64.self) {
+                return n
+            }
+            return 0
+        }
+    }
+
+    /// How many payload rows the store keeps for a run (tests).
+    func payloadRows(of runID: String) async throws -> Int {
+        try await mapErrors {
+            for try await n in try await query("SELECT count(*) FROM runworker_payloads WHERE run_id = \(runID)").decode(Int64.self) {
+                return Int(n)
+            }
+            return 0
+        }
+    }
+
     private func query(_ q: PostgresQuery) async throws -> PostgresRowSequence {
         roundTripCounter.increment()
         return try await client.query(q, logger: logger)
     }
 
-    static func decodeRun(_ body: String) throws -> Run {
+    static func decodeRun(_ body: [UInt8]) throws -> Run {
         do {
-            return try Run.decodeStorage(Array(body.utf8))
+            return try Run.decodeStorage(body)
         } catch {
             throw StoreError(.corrupt, "stored run cannot be decoded: \(error)")
         }

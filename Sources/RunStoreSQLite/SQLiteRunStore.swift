@@ -2,6 +2,7 @@ import Foundation
 import GRDB
 import RunContract
 import RunStore
+import RunStorePayloads
 
 /// The embedded store: one SQLite file in WAL mode, shared by every worker process on a
 /// host. Reads take no lock; a batch's commit takes SQLite's write lock (`BEGIN IMMEDIATE`)
@@ -62,7 +63,7 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    private static var migrator: DatabaseMigrator {
+    static var migrator: DatabaseMigrator {
         var m = DatabaseMigrator()
         m.registerMigration("v1") { db in
             try db.execute(
@@ -145,6 +146,22 @@ public final class SQLiteRunStore: RunStore {
                 sql: "UPDATE commands SET recorded_at_ms = ?",
                 arguments: [Timestamp(seconds: Date().timeIntervalSince1970).milliseconds])
         }
+        // Large values stored once (`RunStorePayloads`): each run's large values in rows of their
+        // own, by digest; run and outbox bodies are stored with them cut out and say where they go
+        // back (`body_refs`). Rows written before have no references and read as they are.
+        m.registerMigration("v4") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE runworker_payloads (
+                        run_id TEXT NOT NULL,
+                        digest TEXT NOT NULL,
+                        body BLOB NOT NULL,
+                        PRIMARY KEY (run_id, digest)
+                    );
+                    ALTER TABLE runs ADD COLUMN body_refs TEXT;
+                    ALTER TABLE outbox ADD COLUMN body_refs TEXT;
+                    """)
+        }
         return m
     }
 
@@ -195,7 +212,7 @@ public final class SQLiteRunStore: RunStore {
     static func pendingOutbox(_ db: Database, runIDs: Set<String>) throws -> [OutboxMessage] {
         guard !runIDs.isEmpty else { return [] }
         let statement = try db.cachedStatement(sql: "SELECT * FROM outbox WHERE run_id = ? AND published = 0 ORDER BY id")
-        return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map(Self.outboxMessage) }
+        return try runIDs.flatMap { id in try Row.fetchAll(statement, arguments: [id]).map { try Self.outboxMessage(db, $0) } }
             .sorted { $0.id < $1.id }
     }
 
@@ -210,12 +227,15 @@ public final class SQLiteRunStore: RunStore {
             try LeaseRow.checkFence(fence, rows: rows, at: now)
         }
         try Self.deleteOutbox(db, batch.removeOutbox)
-        try Self.save(db, batch.runs)
+        var cutter = PayloadCutter()
+        try Self.save(db, batch.runs, &cutter)
         if !batch.outcomes.isEmpty {
             let recordedAt = (clock?() ?? Timestamp(seconds: Date().timeIntervalSince1970)).milliseconds
             try Self.recordOutcomes(db, batch.outcomes, at: recordedAt)
         }
-        return try Self.appendOutbox(db, batch.outbox)
+        let ids = try Self.appendOutbox(db, batch.outbox, &cutter)
+        try Self.savePayloads(db, cutter.payloads)
+        return ids
     }
 
     public func commit(_ batch: StoreCommit) async throws -> [Int64] {
@@ -240,7 +260,7 @@ public final class SQLiteRunStore: RunStore {
     }
 
     public func runs(status: RunStatus?, agentID: String?, limit: Int) async throws -> [Run] {
-        var sql = "SELECT body FROM runs"
+        var sql = "SELECT \(Self.runColumns) FROM runs"
         var clauses: [String] = []
         var args: [(any DatabaseValueConvertible)?] = []
         if let status {
@@ -258,7 +278,7 @@ public final class SQLiteRunStore: RunStore {
         let query = sql
         return try await mapErrors {
             try await queue.read { db in
-                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun($0["body"]) }
+                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun(db, $0) }
             }
         }
     }
@@ -286,14 +306,14 @@ public final class SQLiteRunStore: RunStore {
             clauses.append("(created_at_ms < ? OR (created_at_ms = ? AND run_id < ?))")
             args += [after.createdAtMs, after.createdAtMs, after.runID]
         }
-        var sql = "SELECT body FROM runs"
+        var sql = "SELECT \(Self.runColumns) FROM runs"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY created_at_ms DESC, run_id DESC LIMIT ?"
         args.append(q.limit + 1)
         let (query, arguments) = (sql, StatementArguments(args))
         let rows = try await mapErrors {
             try await queue.read { db in
-                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun($0["body"]) }
+                try Row.fetchAll(db, sql: query, arguments: arguments).map { try Self.decodeRun(db, $0) }
             }
         }
         return RunPage(rows: rows, limit: q.limit)
@@ -305,7 +325,7 @@ public final class SQLiteRunStore: RunStore {
                 try Row.fetchAll(
                     db, sql: "SELECT * FROM outbox WHERE run_id = ? AND seq > ? ORDER BY id LIMIT ?",
                     arguments: [runID, afterSeq, limit]
-                ).map(Self.outboxMessage)
+                ).map { try Self.outboxMessage(db, $0) }
             }
         }
     }
@@ -340,11 +360,13 @@ public final class SQLiteRunStore: RunStore {
                     """, arguments: [finishedBefore.milliseconds, limit])
             let deleteRun = try db.cachedStatement(sql: "DELETE FROM runs WHERE run_id = ?")
             let deleteHistory = try db.cachedStatement(sql: "DELETE FROM outbox WHERE run_id = ?")
+            let deletePayloads = try db.cachedStatement(sql: "DELETE FROM runworker_payloads WHERE run_id = ?")
             for id in ids {
                 try deleteRun.execute(arguments: [id])
                 result.runs += db.changesCount
                 try deleteHistory.execute(arguments: [id])
                 result.events += db.changesCount
+                try deletePayloads.execute(arguments: [id])
             }
             try db.execute(
                 sql: """
@@ -366,15 +388,17 @@ public final class SQLiteRunStore: RunStore {
         let statement = sql
         return try await mapErrors {
             try await queue.read { db in
-                try Row.fetchAll(db, sql: statement, arguments: [writtenBefore.milliseconds, limit]).map(Self.outboxMessage)
+                try Row.fetchAll(db, sql: statement, arguments: [writtenBefore.milliseconds, limit]).map { try Self.outboxMessage(db, $0) }
             }
         }
     }
 
-    static func outboxMessage(_ row: Row) -> OutboxMessage {
-        OutboxMessage(
-            id: row["id"], runID: row["run_id"], seq: row["seq"], type: row["type"], status: row["status"],
-            routingKey: row["routing_key"], messageID: row["message_id"], body: [UInt8](row["body"] as Data),
+    static func outboxMessage(_ db: Database, _ row: Row) throws -> OutboxMessage {
+        let runID: String = row["run_id"]
+        return OutboxMessage(
+            id: row["id"], runID: runID, seq: row["seq"], type: row["type"], status: row["status"],
+            routingKey: row["routing_key"], messageID: row["message_id"],
+            body: try storedBody(db, runID: runID, bytes: [UInt8](row["body"] as Data), refs: row["body_refs"]),
             writtenAt: Timestamp(milliseconds: row["written_at_ms"]))
     }
 
@@ -552,20 +576,45 @@ public final class SQLiteRunStore: RunStore {
 
     // The batch path's statements are looked up once per batch, not per row: GRDB's cache is
     // keyed by the SQL text, hashed at every lookup.
-    static let selectRunSQL = "SELECT body FROM runs WHERE run_id = ?"
+    static let selectRunSQL = "SELECT body, body_refs FROM runs WHERE run_id = ?"
+    /// What a run is read from: its body and where its payloads go back.
+    static let runColumns = "run_id, body, body_refs"
 
     static func loadRun(_ db: Database, _ runID: String, _ statement: Statement? = nil) throws -> Run? {
         var select = SQLiteBinder(db, try statement ?? db.cachedStatement(sql: selectRunSQL))
         select.bind(1, runID)
-        var body: [UInt8]?
+        var stored: (body: [UInt8], refs: String?)?
         try select.query { row in
-            body = row.bytes(0)
+            stored = (row.bytes(0), row.string(1))
             return false
         }
-        return try body.map(decodeRun)
+        guard let stored else { return nil }
+        return try decodeRun(storedBody(db, runID: runID, bytes: stored.body, refs: stored.refs))
     }
 
-    static func decodeRun(_ data: Data) throws -> Run { try decodeRun([UInt8](data)) }
+    /// A run from a row of `runColumns`.
+    static func decodeRun(_ db: Database, _ row: Row) throws -> Run {
+        try decodeRun(storedBody(db, runID: row["run_id"], bytes: [UInt8](row["body"] as Data), refs: row["body_refs"]))
+    }
+
+    /// A body as written: `bytes` with the run's payloads spliced back where `refs` says
+    /// (`bytes` as they are when there are none).
+    static func storedBody(_ db: Database, runID: String, bytes: [UInt8], refs text: String?) throws -> [UInt8] {
+        let refs = try StoredBody.decodeRefs(text)
+        guard !refs.isEmpty else { return bytes }
+        let select = try db.cachedStatement(sql: "SELECT body FROM runworker_payloads WHERE run_id = ? AND digest = ?")
+        var payloads: [String: [UInt8]] = [:]
+        for digest in Set(refs.map(\.digest)) {
+            var lookup = SQLiteBinder(db, select)
+            lookup.bind(1, runID)
+            lookup.bind(2, digest)
+            try lookup.query { row in
+                payloads[digest] = row.bytes(0)
+                return false
+            }
+        }
+        return try StoredBody(bytes: bytes, refs: refs).spliced(payloads)
+    }
 
     static func decodeRun(_ bytes: [UInt8]) throws -> Run {
         do {
@@ -601,25 +650,26 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    /// Writes each run, version-checked (an update) or new (an insert).
-    static func save(_ db: Database, _ writes: [RunWrite]) throws {
+    /// Writes each run, version-checked (an update) or new (an insert), with its large values
+    /// cut out by `cutter`.
+    static func save(_ db: Database, _ writes: [RunWrite], _ cutter: inout PayloadCutter) throws {
         guard !writes.isEmpty else { return }
         let updateRun = try db.cachedStatement(
             sql: """
                 UPDATE runs SET status = ?, agent_id = ?, version = ?, updated_at_ms = ?,
-                    next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?
+                    next_deadline_ms = ?, partition = COALESCE(?, partition), body = ?, body_refs = ?
                 WHERE run_id = ? AND version = ?
                 """)
         let insertRun = try db.cachedStatement(
             sql: """
-                INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
+                INSERT INTO runs (run_id, status, agent_id, version, updated_at_ms, next_deadline_ms, partition, body, created_at_ms, body_refs)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(run_id) DO NOTHING
                 """)
         for write in writes {
             let run = write.run
             // A terminal run has no timer left.
             let nextDeadline = run.status.isTerminal ? nil : write.nextDeadline
-            let body = run.encodeForStorage()
+            let body = cutter.cutRun(run)
             if let previousVersion = write.previousVersion {
                 var update = SQLiteBinder(db, updateRun)
                 update.bind(1, run.status.rawValue)
@@ -628,9 +678,10 @@ public final class SQLiteRunStore: RunStore {
                 update.bind(4, run.updatedAt.milliseconds)
                 update.bind(5, nextDeadline?.milliseconds)
                 update.bind(6, write.partition)
-                update.bind(7, body)
-                update.bind(8, run.runID)
-                update.bind(9, previousVersion)
+                update.bind(7, body.bytes)
+                update.bind(8, body.encodedRefs)
+                update.bind(9, run.runID)
+                update.bind(10, previousVersion)
                 try update.execute()
                 if db.changesCount != 1 {
                     throw StoreError(.versionConflict, "run \(run.runID) is no longer at version \(previousVersion)")
@@ -644,8 +695,9 @@ public final class SQLiteRunStore: RunStore {
                 insert.bind(5, run.updatedAt.milliseconds)
                 insert.bind(6, nextDeadline?.milliseconds)
                 insert.bind(7, write.partition)
-                insert.bind(8, body)
+                insert.bind(8, body.bytes)
                 insert.bind(9, run.createdAt.milliseconds)
+                insert.bind(10, body.encodedRefs)
                 try insert.execute()
                 if db.changesCount != 1 {
                     throw StoreError(.versionConflict, "run \(run.runID) was created by another writer")
@@ -675,11 +727,12 @@ public final class SQLiteRunStore: RunStore {
         }
     }
 
-    static func appendOutbox(_ db: Database, _ messages: [OutboxMessage]) throws -> [Int64] {
+    /// Appends the rows with the large values of their runs cut out by `cutter`.
+    static func appendOutbox(_ db: Database, _ messages: [OutboxMessage], _ cutter: inout PayloadCutter) throws -> [Int64] {
         let statement = try db.cachedStatement(
             sql: """
-                INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body)
-                VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                INSERT INTO outbox (run_id, seq, type, status, routing_key, message_id, written_at_ms, body, body_refs)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """)
         var ids: [Int64] = []
         ids.reserveCapacity(messages.count)
@@ -692,10 +745,45 @@ public final class SQLiteRunStore: RunStore {
             insert.bind(5, m.routingKey)
             insert.bind(6, m.messageID)
             insert.bind(7, m.writtenAt.milliseconds)
-            insert.bind(8, m.body)
+            let body = cutter.cut(m.body, runID: m.runID)
+            insert.bind(8, body.bytes)
+            insert.bind(9, body.encodedRefs)
             try insert.execute()
             ids.append(db.lastInsertedRowID)
         }
         return ids
+    }
+
+    /// Keeps each payload a cut body refers to; one already kept (the same bytes, written by an
+    /// earlier transition of the run) is left as it is.
+    static func savePayloads(_ db: Database, _ payloads: [Payload]) throws {
+        guard !payloads.isEmpty else { return }
+        let statement = try db.cachedStatement(
+            sql: "INSERT INTO runworker_payloads (run_id, digest, body) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        for payload in payloads {
+            var insert = SQLiteBinder(db, statement)
+            insert.bind(1, payload.runID)
+            insert.bind(2, payload.digest)
+            insert.bind(3, payload.bytes)
+            try insert.execute()
+        }
+    }
+
+    // MARK: - For tests
+
+    /// How many payload rows the store keeps for a run.
+    func payloadRows(of runID: String) async throws -> Int {
+        try await mapErrors {
+            try await queue.read { db in
+                try Int.fetchOne(db, sql: "SELECT count(*) FROM runworker_payloads WHERE run_id = ?", arguments: [runID]) ?? 0
+            }
+        }
+    }
+
+    /// Moves the write-ahead log into the file and empties it, so that the file's size is the store's.
+    func checkpoint() async throws {
+        try await mapErrors {
+            try await queue.writeWithoutTransaction { db in _ = try Row.fetchAll(db, sql: "PRAGMA wal_checkpoint(TRUNCATE)") }
+        }
     }
 }

@@ -17,6 +17,14 @@ public enum TestPostgres {
         return TestEnvironment.isCI || TestEnvironment.canConnect(host: host, port: c.port ?? 5432, timeout: 2)
     }()
 
+    /// Skips the running test with a message when no PostgreSQL answers (never in CI, where
+    /// `available` is always true and a missing database fails the test).
+    public static func requireAvailable() throws {
+        if !available {
+            try Test.cancel("needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL (\(url)); scripts/test starts one")
+        }
+    }
+
     /// `url` with a schema of its own (PostgreSQL identifiers: lower case, no dashes).
     public static func url(schema: String) -> String {
         url + (url.contains("?") ? "&" : "?") + "schema=" + schema
@@ -56,9 +64,7 @@ public enum StoreKind: String, CaseIterable, Sendable, CustomTestStringConvertib
             let store = try SQLiteRunStore(path: file.path, synchronous: .normal, clock: read)
             return StoreFixture(store: store, tearDown: { file.remove() })
         case .postgres:
-            if !TestPostgres.available {
-                try Test.cancel("needs a PostgreSQL at RUNWORKER_TEST_POSTGRES_URL (\(TestPostgres.url)); scripts/test starts one")
-            }
+            try TestPostgres.requireAvailable()
             let schema = "t_" + UUID().uuidString.prefix(12).lowercased().replacingOccurrences(of: "-", with: "")
             let store = try PostgresRunStore(url: TestPostgres.url(schema: schema))
             let client = Task { try await store.run() }
