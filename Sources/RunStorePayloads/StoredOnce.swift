@@ -1,4 +1,7 @@
 import Crypto
+#if canImport(Glibc)
+import Glibc
+#endif
 import RunContract
 import RunStore
 
@@ -193,10 +196,9 @@ public struct PayloadCutter {
         return stored
     }
 
-    /// One large value: its bytes, and (made when first needed) its search table and payload.
+    /// One large value: its bytes, and (made when first needed) its payload.
     struct Candidate {
         let bytes: [UInt8]
-        private var failure: [Int32]?
         private var payload: Payload?
 
         init(bytes: [UInt8]) { self.bytes = bytes }
@@ -210,42 +212,30 @@ public struct PayloadCutter {
         }
 
         /// The start of every non-overlapping occurrence of `bytes` in `text`, left to right:
-        /// Knuth–Morris–Pratt, linear in both lengths whatever the bytes (a value cannot make a
-        /// commit quadratic).
-        mutating func occurrences(in text: [UInt8]) -> [Int] {
+        /// glibc's memmem (the two-way algorithm), linear in both lengths whatever the bytes
+        /// (a value cannot make a commit quadratic) and without a table. A Knuth–Morris–Pratt
+        /// table of 4 bytes per byte of value, kept per candidate, held 184 MB at the peak of
+        /// runbench large (2 000 runs of 200 KB).
+        func occurrences(in text: [UInt8]) -> [Int] {
             let m = bytes.count
             guard m > 0, m <= text.count else { return [] }
-            let table = failureTable()
             var starts: [Int] = []
-            var k = 0
-            bytes.withUnsafeBufferPointer { p in
-                text.withUnsafeBufferPointer { t in
-                    for i in 0..<t.count {
-                        while k > 0 && p[k] != t[i] { k = Int(table[k - 1]) }
-                        if p[k] == t[i] { k += 1 }
-                        if k == m {
-                            starts.append(i - m + 1)
-                            k = 0  // non-overlapping: start afresh after a match
-                        }
+            bytes.withUnsafeBytes { p in
+                text.withUnsafeBytes { t in
+                    guard let needle = p.baseAddress, let base = t.baseAddress else { return }
+                    var from = 0
+                    while t.count - from >= m, let hit = glibcMemmem(base + from, t.count - from, needle, m) {
+                        let start = base.distance(to: UnsafeRawPointer(hit))
+                        starts.append(start)
+                        from = start + m  // non-overlapping: go on after a match
                     }
                 }
             }
             return starts
         }
-
-        private mutating func failureTable() -> [Int32] {
-            if let failure { return failure }
-            var table = [Int32](repeating: 0, count: bytes.count)
-            bytes.withUnsafeBufferPointer { p in
-                var k = 0
-                for i in 1..<max(p.count, 1) {
-                    while k > 0 && p[k] != p[i] { k = Int(table[k - 1]) }
-                    if p[k] == p[i] { k += 1 }
-                    table[i] = Int32(k)
-                }
-            }
-            failure = table
-            return table
-        }
     }
 }
+
+/// glibc's memmem: a GNU extension, which Swift's Glibc module leaves out, so by symbol.
+private typealias Memmem = @convention(c) (UnsafeRawPointer?, Int, UnsafeRawPointer?, Int) -> UnsafeMutableRawPointer?
+private let glibcMemmem: Memmem = unsafeBitCast(dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memmem")!, to: Memmem.self)

@@ -28,7 +28,7 @@ public struct WorkerSettings: Sendable, Equatable {
     public var deliveryLimit = 5
     public var pipelineDepth = 16
     /// The memory budget, in MiB, the worker's byte-bounded parts take their shares from: the
-    /// run cache a quarter, the read-ahead an eighth, a batch a 32nd, the streams a quarter.
+    /// run cache a quarter, the read-ahead a sixteenth, a batch a 32nd, the streams a quarter.
     public var memoryBudgetMiB = 256
     /// The run cache's share of the memory budget, in bytes.
     public var runCacheBytes: Int { (memoryBudgetMiB << 20) / 4 }
@@ -38,8 +38,8 @@ public struct WorkerSettings: Sendable, Equatable {
     /// 200 KB (100 MB of bodies) were one transaction before.
     public var batchBytes: Int { (memoryBudgetMiB << 20) / 32 }
     /// Command bytes read ahead of the batch being applied before the loop stops reading the
-    /// connection (an eighth of the budget): see `ReadAhead`.
-    public var readAheadBytes: Int { (memoryBudgetMiB << 20) / 8 }
+    /// connection (a sixteenth of the budget): see `ReadAhead`.
+    public var readAheadBytes: Int { (memoryBudgetMiB << 20) / 16 }
     public var logLevel = Logger.Level.info
     public var runDefaults = RunConfig(retry: RetryPolicy(maxAttempts: 1, delayS: 1, backoff: 2, maxDelayS: 300, retryTimeouts: false))
     /// A JSON file the worker rewrites with its readiness, partitions and counters; nil: none.
@@ -310,7 +310,7 @@ extension WorkerSettings {
             integer("pipeline_depth", \.pipelineDepth, "Batches published but not yet confirmed, at most."),
             integer(
                 "memory.budget_mib", \.memoryBudgetMiB,
-                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter, larger runs are read from the store; deliveries read ahead an eighth; a batch at most a 32nd of command bytes; event streams a quarter)."),
+                "MiB the worker's byte-bounded buffers share (the run cache takes a quarter, larger runs are read from the store; deliveries read ahead a sixteenth; a batch at most a 32nd of command bytes; event streams a quarter)."),
             integer("max_body_bytes", \.maxBodyBytes, "Larger command bodies are refused (payload_too_large)."),
             number("rebalance_interval_s", \.rebalanceIntervalS, "Seconds between partition ownership checks."),
             number(

@@ -289,6 +289,6 @@ import Testing
         #expect(r.mayReadMore(limit: 1_000))
         r.append(BatchLengthTests.received([1])[0])
         #expect(!r.mayReadMore(limit: 1_000))
-        #expect(WorkerSettings().readAheadBytes == 32 << 20)
+        #expect(WorkerSettings().readAheadBytes == 16 << 20)
     }
 }
