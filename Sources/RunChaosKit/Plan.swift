@@ -466,8 +466,11 @@ public func planLoad(seed: UInt64, count: Int, prefix: String, noise: Double) ->
 /// write, so that the workers have something to fail on): plain lifecycles without timers or
 /// noise (nothing in them waits), checked like the rest of the load. Each starts with an input
 /// of `inputBytes`, so that storing them needs new pages (a store with room left in its write-ahead
-/// log would otherwise absorb small writes on a full disk).
-public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int = 256 * 1024) -> [PlannedRun] {
+/// log would otherwise absorb small writes on a full disk). 768 KiB: the store keeps a large
+/// input once now (it was three copies of 256 KiB), and 20 probes of 256 KiB (5 MiB) could fit
+/// in the 4 MiB a busy soak's log had left: a fresh-clone run saw the log at 4035 KiB before and
+/// after the window and no worker meet the full disk. 20 x 768 KiB is what 256 KiB wrote before.
+public func planProbes(seed: UInt64, count: Int, prefix: String, inputBytes: Int = 768 * 1024) -> [PlannedRun] {
     (0..<count).map { i in
         let rng = SeededRandom(seed: seed ^ (UInt64(i + 1) &* 0x9E37_79B9))
         var p = RunPlanner(runID: "\(prefix)-probe\(i)", rng: rng, noise: 0)
